@@ -1,0 +1,47 @@
+"""Small models trained on the synthetic world, shipped with the package (see scripts/train_*.py).
+
+``manifest.json`` maps a teacher/proposal name to the files it needs, e.g.
+``{"obsnet": {"segmenter": "segnet.onnx", "observer": "observer.onnx"}}``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from posthoc._checks import PosthocError
+
+__all__ = ["BUNDLED_DIR", "default_weights", "bundled_names", "NoBundledWeightsError"]
+
+BUNDLED_DIR = Path(__file__).resolve().parent
+
+
+class NoBundledWeightsError(PosthocError, FileNotFoundError):
+    """No bundled default exists for that name; the user must pass weights."""
+
+
+def _manifest() -> dict:
+    path = BUNDLED_DIR / "manifest.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def bundled_names() -> list[str]:
+    return sorted(_manifest())
+
+
+def default_weights(name: str) -> dict:
+    """Return ``{role: Path}`` of the bundled files for ``name``; raise if none are bundled."""
+    entry = _manifest().get(name)
+    if entry is None:
+        raise NoBundledWeightsError(
+            f"no bundled weights for {name!r} (bundled: {', '.join(bundled_names()) or 'none'}); "
+            "pass your own with weights=... / --weights"
+        )
+    out = {}
+    for role, fname in entry.items():
+        p = BUNDLED_DIR / fname
+        if not p.exists() and role != "meta":
+            raise NoBundledWeightsError(f"bundled file {p} for {name!r} is missing; reinstall posthoc")
+        out[role] = p if role != "meta" else fname
+    return out

@@ -1,0 +1,57 @@
+"""posthoc: inference-time structure constraints for segmentation and anomaly models.
+
+The functional core (``fuse``, ``soft_assign``, ``hard_assign``, ``split_components``,
+``refine``, ``refinement_mask``, ``mine_unknown_instances``, ``offset_resample``,
+``offsets_from_proposals``) is made of pure functions on numpy arrays or torch
+tensors. Submodules are imported lazily so ``import posthoc`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # name -> module that defines it
+    "fuse": "posthoc.fusion",
+    "region_means": "posthoc.fusion",
+    "region_class_logits": "posthoc.fusion",
+    "soft_assign": "posthoc.assign",
+    "hard_assign": "posthoc.assign",
+    "split_components": "posthoc.components",
+    "refinement_mask": "posthoc.refine",
+    "refine": "posthoc.refine",
+    "mine_unknown_instances": "posthoc.refine",
+    "offset_resample": "posthoc.offsets",
+    "offsets_from_proposals": "posthoc.offsets",
+    "Pipeline": "posthoc.pipeline",
+    "Proposals": "posthoc.types",
+    "TeacherOutput": "posthoc.types",
+    "PosthocError": "posthoc._checks",
+    "ShapeError": "posthoc._checks",
+    "ValueRangeError": "posthoc._checks",
+    "DTypeError": "posthoc._checks",
+    "OverlapError": "posthoc._checks",
+    "NonFiniteError": "posthoc._checks",
+    "MissingExtraError": "posthoc._checks",
+}
+_SUBMODULES = {"scores", "metrics", "kernels", "adapters", "bench"}
+
+__all__ = sorted(_LAZY) + sorted(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        mod = importlib.import_module(f"posthoc.{name}")
+        globals()[name] = mod
+        return mod
+    raise AttributeError(f"module 'posthoc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

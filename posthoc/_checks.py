@@ -1,0 +1,130 @@
+"""Input checks shared by every public entry point.
+
+Convention (DESIGN.md, "Conventions" 4): user input is checked here, never with
+``assert``. Every error is a ``ValueError``/``TypeError`` subclass whose message
+names what was expected and what came, e.g.
+``labels must be (B,H,W) matching scores (2,19,512,1024); got (2,256,512)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PosthocError",
+    "ShapeError",
+    "ValueRangeError",
+    "DTypeError",
+    "OverlapError",
+    "NonFiniteError",
+    "MissingExtraError",
+    "shape_str",
+    "check_tensor_type",
+    "check_finite",
+    "check_ndim",
+    "check_same_hw",
+    "check_labels",
+    "check_range",
+    "check_float",
+    "check_int",
+]
+
+
+class PosthocError(Exception):
+    """Base class of every error posthoc raises on purpose."""
+
+
+class ShapeError(PosthocError, ValueError):
+    """An input has the wrong number of axes or a size that does not match."""
+
+
+class ValueRangeError(PosthocError, ValueError):
+    """An input holds values outside the domain the function is defined on."""
+
+
+class NonFiniteError(ValueRangeError):
+    """An input holds NaN or +-Inf."""
+
+
+class OverlapError(PosthocError, ValueError):
+    """Boolean proposal masks overlap where a partition was required."""
+
+
+class DTypeError(PosthocError, TypeError):
+    """An input has the wrong dtype or Python type."""
+
+
+class MissingExtraError(PosthocError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """Format a shape as ``(2,19,512,1024)``."""
+    return "(" + ",".join(str(int(s)) for s in shape) + ")"
+
+
+def check_tensor_type(x: Any, name: str) -> None:
+    """Raise DTypeError unless ``x`` is a numpy array or a torch tensor."""
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise DTypeError(f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise NonFiniteError if a float tensor holds NaN or Inf (one reduction, no copy of x)."""
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        raise NonFiniteError(
+            f"{name} must be finite; got {n_nan} NaN and {n_inf} Inf values in a tensor of shape {shape_str(x.shape)}"
+        )
+
+
+def check_ndim(x: torch.Tensor, name: str, allowed: Sequence[int], layout: str) -> None:
+    """Raise ShapeError unless ``x.ndim`` is one of ``allowed``; ``layout`` names the axes, e.g. '(B,C,H,W)'."""
+    if x.ndim not in allowed:
+        raise ShapeError(f"{name} must be {layout}; got {x.ndim} axes with shape {shape_str(x.shape)}")
+
+
+def check_same_hw(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str, b_layout: str) -> None:
+    """Raise ShapeError unless the last two axes and the batch axis of ``b`` match ``a``."""
+    if a.shape[0] != b.shape[0] or a.shape[-2:] != b.shape[-2:]:
+        which = "batch axis (0)" if a.shape[0] != b.shape[0] else "spatial axes (H,W)"
+        raise ShapeError(
+            f"{b_name} must be {b_layout} matching {a_name} {shape_str(a.shape)}; "
+            f"got {shape_str(b.shape)} (mismatch in the {which})"
+        )
+
+
+def check_float(x: torch.Tensor, name: str) -> None:
+    """Raise DTypeError unless ``x`` has a floating dtype."""
+    if not x.is_floating_point():
+        raise DTypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+
+
+def check_int(x: torch.Tensor, name: str) -> None:
+    """Raise DTypeError unless ``x`` has an integer dtype (bool is not accepted)."""
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise DTypeError(f"{name} must be an integer tensor (int32/int64, -1 = unassigned); got dtype {x.dtype}")
+
+
+def check_labels(labels: torch.Tensor, name: str = "labels") -> int:
+    """Check an integer label map with -1 for unassigned; return max label + 1 (0 when all are -1)."""
+    check_int(labels, name)
+    if labels.numel() == 0:
+        return 0
+    lo = int(labels.min())
+    if lo < -1:
+        raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got minimum {lo}")
+    return int(labels.max()) + 1
+
+
+def check_range(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
+    """Raise ValueRangeError unless every value lies in [lo, hi] (and is finite)."""
+    check_finite(x, name)
+    if x.numel() == 0:
+        return
+    mn, mx = float(x.min()), float(x.max())
+    if mn < lo or mx > hi:
+        raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]; got values in [{mn:g},{mx:g}]")
