@@ -27,7 +27,7 @@ try:  # numba is a core dependency; the pure-python fallback below exists only f
     import numba
 
     _njit = numba.njit(cache=True, nogil=True)
-except Exception:  # pragma: no cover - numba missing or broken
+except ImportError:  # pragma: no cover - numba missing
     numba = None
 
     def _njit(f):
