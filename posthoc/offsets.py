@@ -1,0 +1,279 @@
+"""Offset-vector resampling (OVeNet Eq. 2-4) and a post-hoc offset field from proposals.
+
+OVeNet (Alexandropoulos et al., "OVeNet: Offset Vector Network for Semantic
+Segmentation") predicts, besides the segmentation S_i, an offset field o and a confidence
+F; the final map is
+
+    S_s(p) = S_i(p + o(p))                       (Eq. 2-3, bilinear sampling, border padding)
+    S_f(p) = (1 - F(p)) * S_i(p) + F(p) * S_s(p)  (Eq. 4)
+
+posthoc computes Eq. 4 as ``S_i + F * (S_s - S_i)`` (algebraically equal) and samples in
+pixel coordinates with clamping to the border, so a zero offset is an *exact* identity
+(bit for bit) — OVeNet's own ``grid_sample`` call is not, because its grid and
+``align_corners`` disagree.
+
+Post hoc there is no trained offset head. :func:`offsets_from_proposals` builds an
+OVeNet-*style* field from region proposals (it is not OVeNet): boundary pixels point
+toward the interior of their own region, so the resampled score of a pixel near a region
+boundary is read from a pixel that is safely inside the region.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ._checks import (
+    ShapeError,
+    ValueRangeError,
+    check_finite,
+    check_float,
+    check_int,
+    check_labels,
+    check_ndim,
+    check_range,
+    shape_str,
+)
+from ._tensor import as_float32, as_torch, restore
+from .fusion import _scores_4d, _to_device
+
+__all__ = ["offset_resample", "offsets_from_proposals"]
+
+logger = logging.getLogger(__name__)
+
+
+def _bilinear_border(x: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+    """Sample (B,C,H,W) ``x`` at pixel coordinates px, py (B,H,W), bilinear, border clamp.
+
+    Integer coordinates reproduce the input exactly: weights are (1,0) and 0*v adds 0.
+    """
+    B, C, H, W = x.shape
+    px = px.clamp(0.0, float(W - 1))
+    py = py.clamp(0.0, float(H - 1))
+    x0 = px.floor()
+    y0 = py.floor()
+    wx = (px - x0).unsqueeze(1)
+    wy = (py - y0).unsqueeze(1)
+    x0i = x0.long()
+    y0i = y0.long()
+    x1i = (x0i + 1).clamp_max(W - 1)
+    y1i = (y0i + 1).clamp_max(H - 1)
+    flat = x.reshape(B, C, H * W)
+
+    def g(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        idx = (yi * W + xi).reshape(B, 1, H * W).expand(B, C, H * W)
+        return torch.gather(flat, 2, idx).reshape(B, C, H, W)
+
+    v00, v01, v10, v11 = g(y0i, x0i), g(y0i, x1i), g(y1i, x0i), g(y1i, x1i)
+    top = v00 * (1.0 - wx) + v01 * wx
+    bot = v10 * (1.0 - wx) + v11 * wx
+    return top * (1.0 - wy) + bot * wy
+
+
+@torch.inference_mode()
+def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pixels") -> Any:
+    """Resample scores along an offset field and blend by confidence (OVeNet Eq. 2-4).
+
+    ``S_s(p) = S(p + o(p))`` sampled bilinearly with border padding, then
+    ``S_f = (1 - F) * S + F * S_s`` (computed as ``S + F * (S_s - S)``). A zero offset, or
+    zero confidence, returns the input bit for bit (as float32).
+
+    Args:
+        scores: (B,C,H,W), (C,H,W) or (H,W) float scores, any range, finite.
+        offsets: (B,2,H,W) (or (2,H,W) for unbatched scores) float, finite; channel 0 = x
+            (along W), channel 1 = y (along H).
+        confidence: (B,1,H,W) (or (1,H,W)/(H,W) for unbatched scores) float in [0,1].
+        units: ``"pixels"`` or ``"normalized"`` (the ``grid_sample(align_corners=True)``
+            convention: an offset of 2 spans the image, i.e. ``pixels = o * (size-1) / 2``).
+
+    Returns:
+        Float32 with the shape of ``scores``; numpy in -> numpy out, torch on its device.
+    """
+    if units not in ("pixels", "normalized"):
+        raise ValueRangeError(f"units must be 'pixels' or 'normalized'; got {units!r}")
+    s, was_numpy, shape = _scores_4d(scores, "scores")
+    batched = len(shape) == 4
+    B, _, H, W = s.shape
+    o, o_np = as_torch(offsets, "offsets")
+    o = _to_device(o, o_np, s, "offsets", "scores")
+    check_float(o, "offsets")
+    o4 = o if o.ndim == 4 else (o.unsqueeze(0) if (o.ndim == 3 and not batched) else None)
+    want_o = f"(B,2,H,W)=({B},2,{H},{W})" if batched else f"(2,H,W)=(2,{H},{W})"
+    if o4 is None or o4.shape[1] != 2:
+        raise ShapeError(f"offsets must be {want_o} (channel 0 = x, 1 = y); got shape {shape_str(o.shape)}")
+    if o4.shape[0] != B or o4.shape[-2:] != (H, W):
+        axis = "batch axis (0)" if o4.shape[0] != B else "spatial axes (H,W)"
+        raise ShapeError(f"offsets must be {want_o} matching scores; got {shape_str(o.shape)} (mismatch in the {axis})")
+    o4 = as_float32(o4)
+    check_finite(o4, "offsets")
+    f, f_np = as_torch(confidence, "confidence")
+    f = _to_device(f, f_np, s, "confidence", "scores")
+    check_float(f, "confidence")
+    want_f = f"(B,1,H,W)=({B},1,{H},{W})" if batched else f"(1,H,W) or (H,W)=({H},{W})"
+    if batched:
+        f4 = f if f.ndim == 4 else None
+    else:
+        f4 = f.reshape(1, 1, H, W) if (f.ndim == 2 or (f.ndim == 3 and f.shape[0] == 1)) and f.shape[-2:] == (H, W) else None
+    if f4 is None or f4.shape[1] != 1:
+        raise ShapeError(f"confidence must be {want_f}; got shape {shape_str(f.shape)}")
+    if f4.shape[0] != B or f4.shape[-2:] != (H, W):
+        axis = "batch axis (0)" if f4.shape[0] != B else "spatial axes (H,W)"
+        raise ShapeError(f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})")
+    f4 = as_float32(f4)
+    check_range(f4, "confidence", 0.0, 1.0)
+    if s.numel() == 0:
+        return restore(s.clone().reshape(shape), was_numpy)
+    ox, oy = o4[:, 0], o4[:, 1]
+    if units == "normalized":
+        ox = ox * ((W - 1) / 2.0)
+        oy = oy * ((H - 1) / 2.0)
+    ys = torch.arange(H, dtype=torch.float32, device=s.device).view(1, H, 1)
+    xs = torch.arange(W, dtype=torch.float32, device=s.device).view(1, 1, W)
+    sampled = _bilinear_border(s, xs + ox, ys + oy)
+    out = s + f4 * (sampled - s)
+    return restore(out.reshape(shape), was_numpy)
+
+
+def _boundary_map(lab: np.ndarray) -> np.ndarray:
+    """(H,W) int labels -> bool map of pixels with a 4-neighbour of another label (-1 included)."""
+    b = np.zeros(lab.shape, bool)
+    d = lab[1:, :] != lab[:-1, :]
+    b[1:, :] |= d
+    b[:-1, :] |= d
+    d = lab[:, 1:] != lab[:, :-1]
+    b[:, 1:] |= d
+    b[:, :-1] |= d
+    return b
+
+
+@torch.inference_mode()
+def offsets_from_proposals(
+    labels: Any,
+    *,
+    max_offset: float = 4.0,
+    boundary_width: float = 3.0,
+    teacher: Any = None,
+    teacher_weight: float = 0.5,
+    smooth: float = 1.0,
+) -> tuple[Any, Any]:
+    """An OVeNet-style offset field and confidence derived from proposals (not OVeNet).
+
+    For every assigned pixel p let ``d(p)`` be the Euclidean distance to the nearest region
+    boundary pixel (a pixel with a 4-neighbour of a different label; image borders are not
+    boundaries; ``cv2.distanceTransform``, DIST_L2 precise). The offset points along the
+    (Gaussian-smoothed, ``smooth`` = sigma in pixels) gradient of d, i.e. away from the
+    boundary into the region, with length ``max(0, max_offset - d(p))``: a boundary pixel
+    reads from about ``max_offset`` pixels inside its region, interior pixels do not move.
+    An offset whose target (rounded) lies in another region is halved until it does not
+    (up to 4 times), else set to 0. Unassigned pixels (-1) get zero offset and confidence.
+
+    Confidence ``F = exp(-d / boundary_width)`` is 1 on boundaries and decays inside. With
+    a ``teacher`` map D (B,C,H,W) in [0,1], F is scaled by
+    ``(1 - teacher_weight) + teacher_weight * dev`` where ``dev`` in [0,1] is the L1
+    deviation of D(p) from its region mean (halved for C>1): pixels whose teacher score
+    disagrees with their region are resampled more.
+
+    Args:
+        labels: (B,H,W) or (H,W) integer label map, -1 = unassigned.
+        max_offset: maximum offset length in pixels (>= 0).
+        boundary_width: confidence decay length in pixels (> 0).
+        teacher: optional (B,C,H,W) (or (C,H,W)/(H,W) for unbatched labels) float scores in [0,1].
+        teacher_weight: in [0,1], how much the teacher deviation modulates F.
+        smooth: sigma (pixels) of the Gaussian applied to d before taking its gradient (>= 0).
+
+    Returns:
+        ``(offsets, confidence)``: (B,2,H,W) float32 offsets in pixels (channel 0 = x,
+        1 = y) and (B,1,H,W) float32 confidence in [0,1] ((2,H,W)/(1,H,W) unbatched);
+        numpy in -> numpy out, torch on the labels' device (computed on CPU).
+    """
+    lab, was_numpy = as_torch(labels, "labels")
+    check_int(lab, "labels")
+    check_ndim(lab, "labels", (2, 3), "(B,H,W) or (H,W)")
+    check_labels(lab, "labels")
+    for name, v, lo in (("max_offset", max_offset, 0.0), ("smooth", smooth, 0.0)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < lo:
+            raise ValueRangeError(f"{name} must be a finite number >= {lo:g}; got {v!r}")
+    if isinstance(boundary_width, bool) or not isinstance(boundary_width, (int, float)) or not boundary_width > 0:
+        raise ValueRangeError(f"boundary_width must be a positive number; got {boundary_width!r}")
+    if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) or not 0 <= teacher_weight <= 1:
+        raise ValueRangeError(f"teacher_weight must be a number in [0,1]; got {teacher_weight!r}")
+    batched = lab.ndim == 3
+    lab3 = lab if batched else lab.unsqueeze(0)
+    B, H, W = lab3.shape
+    lab_np = lab3.detach().cpu().numpy().astype(np.int64)
+
+    dev_map = None
+    if teacher is not None:
+        t, _, tshape = _scores_4d(teacher, "teacher")
+        if (len(tshape) == 4) != batched or t.shape[0] != B or t.shape[-2:] != (H, W):
+            raise ShapeError(
+                f"teacher must be {'(B,C,H,W)' if batched else '(C,H,W) or (H,W)'} matching labels "
+                f"{shape_str(lab.shape)}; got {shape_str(tshape)}"
+            )
+        check_range(t, "teacher", 0.0, 1.0)
+        t = t.detach().cpu()
+        from .fusion import region_means
+
+        means = region_means(t, torch.from_numpy(lab_np))  # (B,N,C)
+        C = t.shape[1]
+        lt = torch.from_numpy(lab_np)
+        if means.shape[1] == 0:
+            dev_map = torch.zeros((B, H, W))
+        else:
+            g = torch.gather(means.permute(0, 2, 1), 2, lt.clamp_min(0).reshape(B, 1, -1).expand(B, C, -1))
+            dev_map = (t.reshape(B, C, -1) - g).abs().sum(dim=1).reshape(B, H, W)
+            dev_map = (dev_map / (2.0 if C > 1 else 1.0)).clamp(0.0, 1.0)
+            dev_map = torch.where(lt >= 0, dev_map, torch.zeros_like(dev_map))
+
+    offs = np.zeros((B, 2, H, W), np.float32)
+    conf = np.zeros((B, 1, H, W), np.float32)
+    for b in range(B):  # per image (distance transforms run on CPU with OpenCV)
+        if H == 0 or W == 0:
+            break
+        lb = lab_np[b]
+        assigned = lb >= 0
+        bd = _boundary_map(lb)
+        src = np.where(bd, 0, 255).astype(np.uint8)
+        if bd.any():
+            d = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float32)
+        else:
+            d = np.full((H, W), np.float32(max(H, W)), np.float32)
+        ds = cv2.GaussianBlur(d, (0, 0), float(smooth), borderType=cv2.BORDER_REPLICATE) if smooth > 0 else d
+        gy = np.gradient(ds, axis=0) if H > 1 else np.zeros_like(ds)
+        gx = np.gradient(ds, axis=1) if W > 1 else np.zeros_like(ds)
+        norm = np.sqrt(gx * gx + gy * gy)
+        length = np.clip(max_offset - d, 0.0, max_offset)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ux = np.where(norm > 1e-6, gx / norm, 0.0)
+            uy = np.where(norm > 1e-6, gy / norm, 0.0)
+        ox = (ux * length).astype(np.float32)
+        oy = (uy * length).astype(np.float32)
+        ox[~assigned] = 0.0
+        oy[~assigned] = 0.0
+        # keep targets inside the pixel's own region
+        yy, xx = np.mgrid[0:H, 0:W]
+        for it in range(5):
+            tx = np.clip(np.rint(xx + ox), 0, W - 1).astype(np.int64)
+            ty = np.clip(np.rint(yy + oy), 0, H - 1).astype(np.int64)
+            bad = (lb[ty, tx] != lb) & assigned
+            if not bad.any():
+                break
+            scale = 0.0 if it == 4 else 0.5
+            ox[bad] *= scale
+            oy[bad] *= scale
+        f = np.exp(-d / float(boundary_width)).astype(np.float32)
+        f[~assigned] = 0.0
+        if dev_map is not None:
+            f = f * ((1.0 - teacher_weight) + teacher_weight * dev_map[b].numpy())
+        offs[b, 0], offs[b, 1] = ox, oy
+        conf[b, 0] = np.clip(f, 0.0, 1.0)
+    o_t, c_t = torch.from_numpy(offs), torch.from_numpy(conf)
+    if not was_numpy and lab.device.type != "cpu":
+        o_t, c_t = o_t.to(lab.device), c_t.to(lab.device)
+    if not batched:
+        o_t, c_t = o_t[0], c_t[0]
+    return restore(o_t, was_numpy), restore(c_t, was_numpy)
+
