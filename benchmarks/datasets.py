@@ -1,0 +1,714 @@
+"""Readers for the road-anomaly data sets the benchmark evaluates on.
+
+Every reader yields :class:`Frame` objects with
+
+* ``image``: (H,W,3) uint8 RGB,
+* ``label``: (H,W) uint8 with 0 = in-distribution, 1 = anomaly, 255 = void, or ``None``
+  for frames whose labels are hidden (the SMIYC test set),
+* ``id``: the frame id the official tools use (file stem without suffixes),
+* ``extras``: optional per-frame data (e.g. the synthetic world's in-distribution class map).
+
+Folder layouts and label remaps follow the official code:
+
+* SMIYC (``SegmentMeIfYouCan/road-anomaly-benchmark``, ``datasets/tracks.py``):
+  ``dataset_AnomalyTrack/images/<id>.jpg`` and ``dataset_ObstacleTrack/images/<id>.webp``
+  with ``labels_masks/<id>_labels_semantic.png`` (0 usual, 1 anomaly, 255 void; any other
+  value is void, as in the official ``DatasetRA.get_frame``). Other image extensions
+  (png, jpg, webp) are accepted, which is how the synthetic world is stored.
+* LostAndFound (same file, ``DatasetLostAndFound``): Cityscapes layout
+  ``leftImg8bit/<split>/<NN_scene>/<id>_leftImg8bit.{png,webp,jpg}`` and
+  ``gtCoarse/<split>/<NN_scene>/<id>_gtCoarse_labelIds.png``; label ids 0 -> void,
+  1 (free space) -> 0, 2..200 (obstacles) -> 1, anything else -> void. Frames whose
+  label source is all zero are skipped (the official exclusion lists are exactly those
+  frames). ``NoKnown`` additionally drops the sequences with children and bicycles.
+* Fishyscapes LostAndFound / Static: the released validation sets as converted by the
+  Fishyscapes tooling, ``images/<id>.<ext>`` (or ``original/``) and ``labels_masks/<id>.png``
+  (or ``labels/``), already 0/1/255.
+* Road Anomaly (EPFL release): ``frames/<id>.{jpg,webp,png}`` with
+  ``frames/<id>.labels/labels_semantic.png`` (0 background, 1 road, 2 anomaly ->
+  anomaly = 2, everything else in-distribution); the common converted layout
+  ``images/`` + ``labels_masks/`` (0/1/255) is accepted too.
+* StreetHazards (``hendrycks/anomaly-seg``): ``<root>/test/images/test/<town>/<n>.png`` and
+  ``<root>/test/annotations/test/<town>/<n>.png`` storing class index + 1; the official
+  evaluation (``eval_ood.py``) subtracts one and calls class 13 (PNG value 14) the
+  anomaly and every other pixel in-distribution. PNG value 0 (never written by the
+  generator) becomes void.
+
+Roots come from an argument or environment variables (see :func:`resolve_root`). A missing
+or malformed folder raises :class:`DatasetLayoutError` showing the expected layout and what
+was found; an unreadable image raises :class:`CorruptFileError` naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from posthoc._checks import PosthocError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ENV_DATA_ROOT",
+    "ENV_VARS",
+    "IMAGE_EXTENSIONS",
+    "CorruptFileError",
+    "Dataset",
+    "DatasetLayoutError",
+    "FishyscapesReader",
+    "Frame",
+    "FrameRef",
+    "LostAndFoundReader",
+    "RoadAnomalyReader",
+    "SMIYCReader",
+    "StreetHazardsReader",
+    "get_dataset",
+    "read_image",
+    "read_label_png",
+    "resolve_root",
+]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+ENV_DATA_ROOT = "POSTHOC_DATA_ROOT"
+#: per-data-set environment variables; each takes precedence over POSTHOC_DATA_ROOT
+ENV_VARS = {
+    "smiyc": "POSTHOC_SMIYC_ROOT",
+    "laf": "POSTHOC_LAF_ROOT",
+    "fishyscapes": "POSTHOC_FISHYSCAPES_ROOT",
+    "road-anomaly": "POSTHOC_ROAD_ANOMALY_ROOT",
+    "streethazards": "POSTHOC_STREETHAZARDS_ROOT",
+}
+#: the sub-folder of POSTHOC_DATA_ROOT each data set is looked for in (the first that exists)
+_SUBDIRS = {
+    "smiyc": ("",),
+    "laf": ("dataset_LostAndFound", "LostAndFound", "lost_and_found"),
+    "fishyscapes": ("fishyscapes", "Fishyscapes", ""),
+    "road-anomaly": ("dataset_RoadAnomaly", "RoadAnomaly", "road_anomaly", "RoadAnomaly_jpg"),
+    "streethazards": ("streethazards", "StreetHazards", ""),
+}
+
+
+class DatasetLayoutError(PosthocError, FileNotFoundError):
+    """A data-set folder is missing or does not have the expected layout."""
+
+
+class CorruptFileError(PosthocError, ValueError):
+    """An image or label file exists but cannot be decoded, or has the wrong shape/values."""
+
+
+@dataclass
+class Frame:
+    """One evaluation frame.
+
+    Attributes:
+        image: (H,W,3) uint8 RGB.
+        label: (H,W) uint8, 0 = in-distribution, 1 = anomaly, 255 = void; ``None`` when
+            the data set hides its labels (SMIYC test frames).
+        id: frame id as used by the official tools (and by the submission files).
+        extras: optional data, e.g. ``"classes"``: (H,W) uint8 in-distribution class map
+            of the synthetic world (255 on anomaly/void).
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    id: str
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one frame's files are; ``label_path`` is None for unlabeled frames."""
+
+    id: str
+    image_path: Path
+    label_path: Path | None
+    extra_paths: tuple = ()  # ((name, Path), ...)
+
+
+# --------------------------------------------------------------------------------------
+# file decoding
+# --------------------------------------------------------------------------------------
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to (H,W,3) uint8 RGB.
+
+    Raises:
+        CorruptFileError: the file cannot be decoded or is not an 8-bit colour/grey image.
+        DatasetLayoutError: the file does not exist.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetLayoutError(f"image file {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise CorruptFileError(f"cannot decode image file {path} ({data.size} bytes): corrupt or unsupported format")
+    if img.dtype != np.uint8:
+        raise CorruptFileError(f"image file {path} must be 8-bit; got dtype {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        raise CorruptFileError(f"image file {path} must be grey, RGB or RGBA; got shape {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Decode a single-channel label PNG to (H,W) uint8 (raw ids, no remap)."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetLayoutError(f"label file {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    lab = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if lab is None:
+        raise CorruptFileError(f"cannot decode label file {path} ({data.size} bytes): corrupt or not a PNG")
+    if lab.ndim == 3:
+        # palette PNGs decode to colour; a grey image stored as RGB has equal channels
+        if lab.shape[2] >= 3 and np.array_equal(lab[:, :, 0], lab[:, :, 1]) and np.array_equal(lab[:, :, 1], lab[:, :, 2]):
+            lab = lab[:, :, 0]
+        else:
+            raise CorruptFileError(f"label file {path} must be single-channel (class ids); got shape {lab.shape}")
+    if lab.dtype != np.uint8:
+        if lab.dtype == np.uint16 and lab.size and int(lab.max()) <= 255:
+            lab = lab.astype(np.uint8)
+        else:
+            raise CorruptFileError(f"label file {path} must hold uint8 ids; got dtype {lab.dtype}")
+    return np.ascontiguousarray(lab)
+
+
+def _listing(root: Path, limit: int = 12) -> str:
+    """A short description of what is in ``root`` for error messages."""
+    if not root.exists():
+        parent = root.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        return f"{root} does not exist (nearest existing parent: {parent})"
+    if not root.is_dir():
+        return f"{root} is a file, not a folder"
+    entries = sorted(root.iterdir())
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries[:limit]]
+    more = f" ... and {len(entries) - limit} more" if len(entries) > limit else ""
+    return f"{root} contains: {', '.join(names) if names else '(nothing)'}{more}"
+
+
+def _find_images(folder: Path, pattern_suffix: str = "") -> list[Path]:
+    out: list[Path] = []
+    for ext in IMAGE_EXTENSIONS:
+        out.extend(folder.glob(f"*{pattern_suffix}.{ext}"))
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------------------
+# base class
+# --------------------------------------------------------------------------------------
+
+
+class Dataset:
+    """A list of frames on disk; iterate for :class:`Frame` objects.
+
+    Subclasses fill ``self.refs`` and implement :meth:`remap` (raw label ids -> 0/1/255).
+
+    Attributes:
+        name: the official data-set name, used as the folder of submission files.
+        track: ``"anomaly"`` or ``"obstacle"``: which component-metric preset applies.
+        root: the folder that was read.
+        refs: the frames found, sorted by id.
+    """
+
+    name: str = ""
+    track: str = "anomaly"
+    layout: str = ""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.refs: list[FrameRef] = []
+
+    # -- subclass hooks -----------------------------------------------------------------
+    def remap(self, raw: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # -- access -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.refs]
+
+    @property
+    def has_labels(self) -> bool:
+        return any(r.label_path is not None for r in self.refs)
+
+    def load_label(self, ref: FrameRef, shape: tuple | None = None) -> np.ndarray | None:
+        """Read and remap the label of ``ref``; None for unlabeled frames."""
+        if ref.label_path is None:
+            return None
+        raw = read_label_png(ref.label_path)
+        if shape is not None and raw.shape != tuple(shape):
+            raise CorruptFileError(
+                f"label file {ref.label_path} must be {tuple(shape)} like its image {ref.image_path}; got {raw.shape}"
+            )
+        return self.remap(raw)
+
+    def load(self, ref: FrameRef, *, image: bool = True, label: bool = True) -> Frame:
+        """Read one frame (image and/or label)."""
+        img = read_image(ref.image_path) if image else None
+        lab = None
+        if label and ref.label_path is not None:
+            raw = read_label_png(ref.label_path)
+            if img is not None and raw.shape != img.shape[:2]:
+                raise CorruptFileError(
+                    f"label file {ref.label_path} must be {img.shape[:2]} like its image {ref.image_path}; "
+                    f"got {raw.shape}"
+                )
+            lab = self.remap(raw)
+        extras = {}
+        for name, p in ref.extra_paths:
+            if Path(p).is_file():
+                extras[name] = read_label_png(p)
+        return Frame(image=img, label=lab, id=ref.id, extras=extras)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for ref in self.refs:
+            fr = self.load(ref)
+            if fr.label is not None and not self.keep_remapped(fr):
+                log.info("%s: skipping frame %s (no valid label pixels in the source)", self.name, ref.id)
+                continue
+            yield fr
+
+    def keep_remapped(self, frame: Frame) -> bool:
+        """Whether a labelled frame takes part (LostAndFound drops frames with no valid label)."""
+        return True
+
+    def __getitem__(self, i: int) -> Frame:
+        return self.load(self.refs[i])
+
+    def _require_frames(self, what: str) -> None:
+        if not self.refs:
+            raise DatasetLayoutError(
+                f"{self.name}: found no frames under {self.root} ({what}).\nExpected layout:\n{self.layout}\n"
+                f"Found: {_listing(self.root)}"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, frames={len(self)})"
+
+
+def _remap_usual_anomaly(raw: np.ndarray, usual: int | Sequence[int], anomaly_lo: int, anomaly_hi: int) -> np.ndarray:
+    """0/1/255 label from raw ids: ``usual`` -> 0, ids in [lo,hi] -> 1, anything else -> 255.
+
+    Follows ``DatasetRA.get_frame`` of the official road-anomaly-benchmark (a new array;
+    ``raw`` is not modified).
+    """
+    out = np.full(raw.shape, 255, dtype=np.uint8)
+    for u in np.atleast_1d(usual):
+        out[raw == u] = 0
+    out[(raw >= anomaly_lo) & (raw <= anomaly_hi)] = 1
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# SMIYC
+# --------------------------------------------------------------------------------------
+
+_SMIYC_TRACK_DIRS = {"anomaly": "dataset_AnomalyTrack", "obstacle": "dataset_ObstacleTrack"}
+_SMIYC_NAMES = {"anomaly": "AnomalyTrack-all", "obstacle": "ObstacleTrack-all"}
+# official ObstacleTrack-test: every scene except the special weather, night and validation ones
+_OBSTACLE_NON_TEST_SCENES = {"snowstorm1", "snowstorm2", "driveway", "validation"}
+
+
+class SMIYCReader(Dataset):
+    """SegmentMeIfYouCan RoadAnomaly21 (``track="anomaly"``) or RoadObstacle21 (``"obstacle"``).
+
+    Args:
+        root: the track folder (holding ``images/``), or a folder holding
+            ``dataset_AnomalyTrack/`` / ``dataset_ObstacleTrack/`` (the official
+            ``DIR_DATASETS``), or a synthetic-world root holding ``<split>/dataset_*Track``.
+        track: ``"anomaly"`` or ``"obstacle"``.
+        split: only used for the synthetic-world layout ``<root>/<split>/dataset_*Track``.
+        subset: ``"all"`` (every frame found; what submissions need), ``"validation"``
+            (the public labelled frames: ids starting with ``validation``) or ``"test"``
+            (the rest; for the obstacle track the official ``ObstacleTrack-test`` scene
+            list, i.e. without snowstorm, night and validation scenes).
+
+    Frames without a label file (the hidden test set) are yielded with ``label=None``.
+    """
+
+    def __init__(self, root: Path, track: str = "anomaly", *, split: str | None = None, subset: str = "all"):
+        if track not in _SMIYC_TRACK_DIRS:
+            raise ValueError(f"track must be 'anomaly' or 'obstacle'; got {track!r}")
+        if subset not in ("all", "validation", "test"):
+            raise ValueError(f"subset must be 'all', 'validation' or 'test'; got {subset!r}")
+        self.track = track
+        self.name = _SMIYC_NAMES[track]
+        tdir = _SMIYC_TRACK_DIRS[track]
+        self.layout = (
+            f"  <root>/{tdir}/images/<id>.{{jpg,webp,png}}\n"
+            f"  <root>/{tdir}/labels_masks/<id>_labels_semantic.png   (0 usual, 1 anomaly, 255 void; "
+            "optional for hidden test frames)\n"
+            f"  (or <root> itself being {tdir}/, or <root>/<split>/{tdir}/ for the synthetic world)"
+        )
+        root = Path(root)
+        candidates = [root / tdir]
+        if split:
+            candidates.append(root / split / tdir)
+        candidates.append(root)
+        track_dir = next((c for c in candidates if (c / "images").is_dir()), None)
+        if track_dir is None:
+            tried = "\n".join(f"  {c}/images/ : {'exists' if (c / 'images').exists() else 'missing'}" for c in candidates)
+            raise DatasetLayoutError(
+                f"SMIYC {track} track not found.\nExpected layout:\n{self.layout}\nTried:\n{tried}\n"
+                f"Found: {_listing(root)}"
+            )
+        super().__init__(track_dir)
+        images = _find_images(track_dir / "images")
+        lab_dir = track_dir / "labels_masks"
+        refs = []
+        seen: dict[str, Path] = {}
+        for p in images:
+            fid = p.stem
+            if fid in seen:
+                raise DatasetLayoutError(f"frame id {fid!r} has two image files: {seen[fid]} and {p}")
+            seen[fid] = p
+            lab = lab_dir / f"{fid}_labels_semantic.png"
+            extra = lab_dir / f"{fid}_labels_classes.png"
+            refs.append(
+                FrameRef(
+                    id=fid,
+                    image_path=p,
+                    label_path=lab if lab.is_file() else None,
+                    extra_paths=(("classes", extra),) if extra.is_file() else (),
+                )
+            )
+        if subset != "all":
+            refs = [r for r in refs if self._in_subset(r.id, subset)]
+        self.refs = sorted(refs, key=lambda r: r.id)
+        self._require_frames(f"subset {subset!r}; {len(images)} image files in {track_dir / 'images'}")
+        n_lab = sum(r.label_path is not None for r in self.refs)
+        if n_lab and n_lab < len(self.refs):
+            log.info("%s: %d of %d frames have labels (the rest are evaluated as unlabeled)", self.name, n_lab, len(self))
+
+    def _in_subset(self, fid: str, subset: str) -> bool:
+        if self.track == "obstacle":
+            scene = fid.split("_")[0]
+            if subset == "validation":
+                return scene == "validation"
+            return scene not in _OBSTACLE_NON_TEST_SCENES
+        is_val = fid.startswith("validation")
+        return is_val if subset == "validation" else not is_val
+
+    def remap(self, raw: np.ndarray) -> np.ndarray:
+        return _remap_usual_anomaly(raw, 0, 1, 1)
+
+
+# --------------------------------------------------------------------------------------
+# LostAndFound
+# --------------------------------------------------------------------------------------
+
+_LAF_NAME = re.compile(r"^([0-9]{2})_(.*)_([0-9]{6})_([0-9]{6})$")
+# official LostAndFound-testNoKnown: drop sequences with children and bicycles
+_LAF_NOKNOWN_EXCLUDE = (
+    "15_Rechbergstr_Deckenpfronn",
+    "01_Hanns_Klemm_Str_45_000006",
+    "01_Hanns_Klemm_Str_45_000007",
+    "10_Schlossberg_9_000004",
+)
+
+
+class LostAndFoundReader(Dataset):
+    """LostAndFound in the Cityscapes layout.
+
+    Args:
+        root: the folder holding ``leftImg8bit/`` and ``gtCoarse/``.
+        split: ``"test"`` or ``"train"``.
+        no_known: drop the frames with known objects (children, bicycles), giving the
+            official ``LostAndFound-testNoKnown``.
+
+    Label ids: 0 -> void, 1 (free space) -> 0, 2..200 (obstacles) -> 1, others -> void.
+    Frames whose label source is all zero are skipped while iterating, which is how the
+    official index lists of invalid frames are defined.
+    """
+
+    track = "obstacle"
+
+    def __init__(self, root: Path, split: str = "test", *, no_known: bool = False):
+        if split not in ("test", "train"):
+            raise ValueError(f"LostAndFound split must be 'test' or 'train'; got {split!r}")
+        super().__init__(root)
+        self.split = split
+        self.no_known = no_known
+        self.name = "LostAndFound-test" if split == "test" else "LostAndFound-train"
+        self.layout = (
+            f"  <root>/leftImg8bit/{split}/<NN_scene>/<id>_leftImg8bit.{{png,webp,jpg}}\n"
+            f"  <root>/gtCoarse/{split}/<NN_scene>/<id>_gtCoarse_labelIds.png\n"
+            "  with <id> = <NN>_<scene>_<seq 6 digits>_<time 6 digits>"
+        )
+        img_dir = self.root / "leftImg8bit" / split
+        if not img_dir.is_dir():
+            raise DatasetLayoutError(
+                f"LostAndFound {split} images not found at {img_dir}.\nExpected layout:\n{self.layout}\n"
+                f"Found: {_listing(self.root)}"
+            )
+        files: list[Path] = []
+        for ext in ("png", "webp", "jpg"):  # the official reader's order
+            files = sorted(img_dir.glob(f"*/*_leftImg8bit.{ext}"))
+            if files:
+                break
+        refs = []
+        for p in files:
+            fid = p.name[: -len("_leftImg8bit" + p.suffix)]
+            if not _LAF_NAME.match(fid):
+                raise DatasetLayoutError(
+                    f"LostAndFound file {p} does not follow <NN>_<scene>_<seq>_<time>_leftImg8bit.<ext>"
+                )
+            if no_known and any(fid.startswith(x) for x in _LAF_NOKNOWN_EXCLUDE):
+                continue
+            lab = self.root / "gtCoarse" / split / p.parent.name / f"{fid}_gtCoarse_labelIds.png"
+            if not lab.is_file():
+                raise DatasetLayoutError(
+                    f"LostAndFound label {lab} for image {p} is missing.\nExpected layout:\n{self.layout}"
+                )
+            refs.append(FrameRef(id=fid, image_path=p, label_path=lab))
+        self.refs = sorted(refs, key=lambda r: r.id)
+        self._require_frames(f"no *_leftImg8bit images in {img_dir}/*/")
+
+    def remap(self, raw: np.ndarray) -> np.ndarray:
+        return _remap_usual_anomaly(raw, 1, 2, 200)
+
+    def keep_remapped(self, frame: Frame) -> bool:
+        # raw id 0 -> 255 and every raw id > 200 -> 255 as well; an all-zero source gives an all-void label
+        return bool((frame.label != 255).any())
+
+
+# --------------------------------------------------------------------------------------
+# Fishyscapes
+# --------------------------------------------------------------------------------------
+
+_FS_DIRS = {
+    "laf": ("fs_lost_found", "LostAndFound", "lost_and_found", "fs_LostAndFound", "FS_LostFound", "fs_laf"),
+    "static": ("fs_static", "Static", "static", "FS_Static"),
+}
+_FS_NAMES = {"laf": "FishyLAF-val", "static": "FishyStatic-val"}
+
+
+class FishyscapesReader(Dataset):
+    """Fishyscapes LostAndFound (``subset="laf"``) or Static (``subset="static"``) validation sets.
+
+    Args:
+        root: the subset folder (holding ``images/`` or ``original/``) or its parent,
+            holding e.g. ``fs_lost_found/`` / ``LostAndFound/`` and ``fs_static/`` / ``Static/``.
+        subset: ``"laf"`` or ``"static"``.
+
+    Labels are already 0 (in-distribution) / 1 (anomaly) / 255 (void); other values are
+    treated as void.
+    """
+
+    track = "anomaly"
+
+    def __init__(self, root: Path, subset: str = "laf"):
+        if subset not in _FS_DIRS:
+            raise ValueError(f"Fishyscapes subset must be 'laf' or 'static'; got {subset!r}")
+        self.name = _FS_NAMES[subset]
+        self.layout = (
+            "  <root>/<subset>/images/<id>.{png,jpg,webp}   (or original/)\n"
+            "  <root>/<subset>/labels_masks/<id>.png        (or labels/; 0 in-dist, 1 anomaly, 255 void)\n"
+            f"  <subset> one of: {', '.join(_FS_DIRS[subset])} (or <root> itself)"
+        )
+        root = Path(root)
+        cands = [root / d for d in _FS_DIRS[subset]] + [root]
+        folder = next((c for c in cands if (c / "images").is_dir() or (c / "original").is_dir()), None)
+        if folder is None:
+            raise DatasetLayoutError(
+                f"Fishyscapes {subset} not found.\nExpected layout:\n{self.layout}\nFound: {_listing(root)}"
+            )
+        super().__init__(folder)
+        img_dir = folder / "images" if (folder / "images").is_dir() else folder / "original"
+        lab_dir = next((folder / d for d in ("labels_masks", "labels") if (folder / d).is_dir()), None)
+        if lab_dir is None:
+            raise DatasetLayoutError(
+                f"Fishyscapes {subset}: no labels_masks/ or labels/ folder in {folder}.\n"
+                f"Expected layout:\n{self.layout}\nFound: {_listing(folder)}"
+            )
+        refs = []
+        for p in _find_images(img_dir):
+            lab = next(
+                (q for q in (lab_dir / f"{p.stem}.png", lab_dir / f"{p.stem}_labels_semantic.png") if q.is_file()),
+                None,
+            )
+            if lab is None:
+                raise DatasetLayoutError(
+                    f"Fishyscapes {subset}: no label for image {p} (looked for {lab_dir / (p.stem + '.png')})"
+                )
+            refs.append(FrameRef(id=p.stem, image_path=p, label_path=lab))
+        self.refs = refs
+        self._require_frames(f"no images in {img_dir}")
+
+    def remap(self, raw: np.ndarray) -> np.ndarray:
+        return _remap_usual_anomaly(raw, 0, 1, 1)
+
+
+# --------------------------------------------------------------------------------------
+# Road Anomaly
+# --------------------------------------------------------------------------------------
+
+
+class RoadAnomalyReader(Dataset):
+    """Road Anomaly (Lis et al., ICCV 2019), 60 frames.
+
+    Accepts the original EPFL release (``frames/<id>.jpg`` and
+    ``frames/<id>.labels/labels_semantic.png`` with 2 = anomaly, everything else
+    in-distribution) and the converted layout (``images/`` + ``labels_masks/<id>.png`` with
+    0/1/255).
+    """
+
+    track = "anomaly"
+    name = "RoadAnomaly"
+
+    def __init__(self, root: Path):
+        self.layout = (
+            "  <root>/frames/<id>.{jpg,webp,png}\n"
+            "  <root>/frames/<id>.labels/labels_semantic.png   (0 background, 1 road, 2 anomaly)\n"
+            "or the converted layout:\n"
+            "  <root>/images/<id>.{jpg,png}  and  <root>/labels_masks/<id>.png  (0/1/255)"
+        )
+        root = Path(root)
+        cands = [root, root / "RoadAnomaly_jpg", root / "RoadAnomaly"]
+        folder = next((c for c in cands if (c / "frames").is_dir() or (c / "images").is_dir()), None)
+        if folder is None:
+            raise DatasetLayoutError(f"Road Anomaly not found.\nExpected layout:\n{self.layout}\nFound: {_listing(root)}")
+        super().__init__(folder)
+        refs = []
+        if (folder / "frames").is_dir():
+            self._converted = False
+            for p in _find_images(folder / "frames"):
+                lab = folder / "frames" / f"{p.stem}.labels" / "labels_semantic.png"
+                if not lab.is_file():
+                    raise DatasetLayoutError(f"Road Anomaly: label {lab} for image {p} is missing")
+                refs.append(FrameRef(id=p.stem, image_path=p, label_path=lab))
+        else:
+            self._converted = True
+            lab_dir = folder / "labels_masks"
+            for p in _find_images(folder / "images"):
+                lab = lab_dir / f"{p.stem}.png"
+                if not lab.is_file():
+                    raise DatasetLayoutError(f"Road Anomaly: label {lab} for image {p} is missing")
+                refs.append(FrameRef(id=p.stem, image_path=p, label_path=lab))
+        self.refs = refs
+        self._require_frames("no images in frames/ or images/")
+
+    def remap(self, raw: np.ndarray) -> np.ndarray:
+        if self._converted:
+            return _remap_usual_anomaly(raw, 0, 1, 1)
+        out = np.zeros(raw.shape, dtype=np.uint8)
+        out[raw == 2] = 1
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# StreetHazards
+# --------------------------------------------------------------------------------------
+
+
+class StreetHazardsReader(Dataset):
+    """StreetHazards (Hendrycks et al.) test set, 1500 frames in towns t5/t6.
+
+    PNG annotations store class + 1; the official ``eval_ood.py`` subtracts one and scores
+    class 13 (PNG 14) as the anomaly against every other pixel, "unlabeled" included.
+    We do the same; PNG 0 (not produced by the generator) and values > 14 become void.
+    """
+
+    track = "anomaly"
+    name = "StreetHazards-test"
+
+    def __init__(self, root: Path, split: str = "test"):
+        self.layout = (
+            f"  <root>/{split}/images/{split}/<town>/<n>.png\n"
+            f"  <root>/{split}/annotations/{split}/<town>/<n>.png   (class id + 1; 14 = anomaly)\n"
+            f"  (or <root> itself being the {split}/ folder)"
+        )
+        root = Path(root)
+        cands = [root / split, root]
+        folder = next((c for c in cands if (c / "images" / split).is_dir()), None)
+        if folder is None:
+            raise DatasetLayoutError(
+                f"StreetHazards {split} not found.\nExpected layout:\n{self.layout}\nFound: {_listing(root)}"
+            )
+        super().__init__(folder)
+        self.name = f"StreetHazards-{split}"
+        refs = []
+        for town in sorted(p for p in (folder / "images" / split).iterdir() if p.is_dir()):
+            for p in _find_images(town):
+                lab = folder / "annotations" / split / town.name / f"{p.stem}.png"
+                if not lab.is_file():
+                    raise DatasetLayoutError(f"StreetHazards: annotation {lab} for image {p} is missing")
+                refs.append(FrameRef(id=f"{town.name}_{p.stem}", image_path=p, label_path=lab))
+        self.refs = sorted(refs, key=lambda r: r.id)
+        self._require_frames(f"no images in {folder / 'images' / split}/<town>/")
+
+    def remap(self, raw: np.ndarray) -> np.ndarray:
+        out = np.full(raw.shape, 255, dtype=np.uint8)
+        out[(raw >= 1) & (raw <= 13)] = 0
+        out[raw == 14] = 1
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# roots and factory
+# --------------------------------------------------------------------------------------
+
+
+def resolve_root(dataset: str, root: os.PathLike | None = None) -> Path | None:
+    """Find the root folder of ``dataset``.
+
+    Order: the explicit ``root``; the data set's own environment variable (``ENV_VARS``);
+    ``$POSTHOC_DATA_ROOT`` joined with the first of the usual sub-folder names that exists
+    (or the variable itself). Returns None when nothing is configured (the CLI then falls
+    back to the synthetic world for ``smiyc``).
+    """
+    if dataset not in ENV_VARS:
+        raise ValueError(f"unknown data set {dataset!r}; known: {', '.join(sorted(ENV_VARS))}")
+    if root is not None:
+        return Path(root).expanduser()
+    own = os.environ.get(ENV_VARS[dataset])
+    if own:
+        return Path(own).expanduser()
+    common = os.environ.get(ENV_DATA_ROOT)
+    if common:
+        base = Path(common).expanduser()
+        for sub in _SUBDIRS[dataset]:
+            if sub and (base / sub).is_dir():
+                return base / sub
+        return base
+    return None
+
+
+_FACTORIES: dict[str, Callable[..., Dataset]] = {
+    "smiyc": SMIYCReader,
+    "laf": LostAndFoundReader,
+    "fishyscapes": FishyscapesReader,
+    "road-anomaly": RoadAnomalyReader,
+    "streethazards": StreetHazardsReader,
+}
+
+
+def get_dataset(dataset: str, root: os.PathLike | None = None, **kw) -> Dataset:
+    """Build the reader for ``dataset`` ("smiyc", "laf", "fishyscapes", "road-anomaly",
+    "streethazards") at ``root`` (or the environment, see :func:`resolve_root`)."""
+    path = resolve_root(dataset, root)
+    if path is None:
+        env = f"${ENV_VARS[dataset]} or ${ENV_DATA_ROOT}"
+        raise DatasetLayoutError(f"no root folder for {dataset!r}: pass --data-root / root=... or set {env}")
+    return _FACTORIES[dataset](path, **kw)

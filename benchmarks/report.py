@@ -1,0 +1,258 @@
+"""Tables, curves and qualitative overlays for ``posthoc-bench`` runs.
+
+The table lists, per teacher, the teacher alone and each post-hoc variant with the
+pixel metrics (AP, FPR95, AUROC; pooled over the data set, in the metric mode named in
+the title) and the component metrics (sIoU_gt, PPV, mean F1 over the 11 IoU thresholds),
+each with its change against the teacher alone. A variant is marked "does not help" when
+neither AP rises nor FPR95 falls, and "mixed" when only one of them improves.
+
+Curves for the PR/ROC plots come from a 2048-bin histogram of the scores of positive
+and negative pixels (:class:`CurveHistogram`); they are for plotting only — the numbers
+in the legends and tables come from ``posthoc.metrics``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._io import atomic_path
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COLUMNS",
+    "CurveHistogram",
+    "format_table",
+    "plot_curves",
+    "plot_overlay",
+    "verdict",
+]
+
+#: (key in the metrics dict, column header, lower is better)
+COLUMNS: list[tuple[str, str, bool]] = [
+    ("ap", "AP", False),
+    ("fpr95", "FPR95", True),
+    ("auroc", "AUROC", False),
+    ("siou_gt", "sIoU", False),
+    ("ppv", "PPV", False),
+    ("f1_mean", "mean F1", False),
+]
+
+
+class CurveHistogram:
+    """Histogram of scores in [0,1] split by label, for PR/ROC plots.
+
+    Args:
+        bins: number of equal-width bins over [0,1].
+        ignore_index: label value that is skipped (void).
+    """
+
+    def __init__(self, bins: int = 2048, ignore_index: int = 255):
+        self.bins = int(bins)
+        self.ignore_index = ignore_index
+        self.pos = np.zeros(self.bins, np.int64)
+        self.neg = np.zeros(self.bins, np.int64)
+
+    def update(self, scores: np.ndarray, label: np.ndarray) -> None:
+        """Add one frame: ``scores`` (H,W) float in [0,1], ``label`` (H,W) uint8 0/1/255."""
+        s = np.asarray(scores, dtype=np.float32)
+        idx = np.clip((s * self.bins).astype(np.int64), 0, self.bins - 1)
+        lab = np.asarray(label)
+        self.pos += np.bincount(idx[lab == 1], minlength=self.bins)
+        self.neg += np.bincount(idx[lab == 0], minlength=self.bins)
+
+    def curves(self) -> dict:
+        """Return ``precision, recall, fpr, tpr`` at thresholds from high to low."""
+        tp = np.cumsum(self.pos[::-1])
+        fp = np.cumsum(self.neg[::-1])
+        npos, nneg = max(int(tp[-1]), 1), max(int(fp[-1]), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+        recall = tp / npos
+        return {
+            "precision": np.concatenate([[1.0], precision]),
+            "recall": np.concatenate([[0.0], recall]),
+            "fpr": np.concatenate([[0.0], fp / nneg]),
+            "tpr": np.concatenate([[0.0], recall]),
+        }
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def verdict(base: Mapping[str, Any], variant: Mapping[str, Any]) -> str:
+    """'helps', 'mixed' or 'does not help', judged on AP (higher better) and FPR95 (lower better)."""
+    ap0, ap1 = _num(base.get("ap")), _num(variant.get("ap"))
+    f0, f1 = _num(base.get("fpr95")), _num(variant.get("fpr95"))
+    better = []
+    if ap0 is not None and ap1 is not None:
+        better.append(ap1 > ap0)
+    if f0 is not None and f1 is not None:
+        better.append(f1 < f0)
+    if not better:
+        return "n/a"
+    if all(better):
+        return "helps"
+    if any(better):
+        return "mixed"
+    return "does not help"
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+def _fmt_delta(v: float | None, b: float | None) -> str:
+    if v is None or b is None:
+        return ""
+    d = 100 * (v - b)
+    return f" ({d:+.1f})"
+
+
+def format_table(title: str, rows: Sequence[Mapping[str, Any]], *, notes: Sequence[str] = ()) -> str:
+    """Markdown table of benchmark rows.
+
+    Args:
+        title: the heading; names the data set, whether it is the synthetic world and the
+            metric modes.
+        rows: dicts with ``teacher``, ``variant`` (display name), ``metrics`` (dict), and
+            ``base`` (the teacher-alone metrics dict, or None for the teacher row).
+        notes: lines printed under the table.
+
+    Returns:
+        Markdown text (a ``###`` heading, the table, notes). Metrics are shown in percent;
+        the change against the teacher alone follows in parentheses.
+    """
+    head = ["teacher", "variant"] + [c[1] for c in COLUMNS] + ["vs teacher"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
+    for r in rows:
+        m, base = r["metrics"], r.get("base")
+        cells = [str(r["teacher"]), str(r["variant"])]
+        for key, _, _ in COLUMNS:
+            v = _num(m.get(key))
+            cells.append(_fmt(v) + (_fmt_delta(v, _num(base.get(key))) if base is not None else ""))
+        cells.append(verdict(base, m) if base is not None else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines) + "\n"
+
+
+def _savefig(fig, dest: Path) -> Path:
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    return dest
+
+
+def plot_curves(
+    dest_pr: os.PathLike,
+    dest_roc: os.PathLike,
+    curves: Mapping[str, dict],
+    metrics: Mapping[str, Mapping[str, Any]],
+    title: str,
+) -> list[Path]:
+    """Write PR and ROC curve PNGs (one line per variant; legend shows AP / AUROC from ``metrics``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = []
+    for kind, dest in (("pr", Path(dest_pr)), ("roc", Path(dest_roc))):
+        fig, ax = plt.subplots(figsize=(5.2, 4.4))
+        for name, c in curves.items():
+            m = metrics.get(name, {})
+            if kind == "pr":
+                ap = _num(m.get("ap"))
+                ax.plot(c["recall"], c["precision"], label=f"{name} (AP {_fmt(ap)})", lw=1.3)
+            else:
+                au = _num(m.get("auroc"))
+                ax.plot(c["fpr"], c["tpr"], label=f"{name} (AUROC {_fmt(au)})", lw=1.3)
+        if kind == "pr":
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+        else:
+            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+            ax.axvline(0.05, color="0.85", lw=0.6)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_title(title, fontsize=8)
+        ax.legend(fontsize=6, loc="lower left" if kind == "pr" else "lower right")
+        ax.grid(alpha=0.3)
+        out.append(_savefig(fig, dest))
+        plt.close(fig)
+    return out
+
+
+def _label_colors(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    n = int(labels.max()) + 1 if labels.size else 0
+    rng = np.random.default_rng(seed)
+    pal = rng.integers(40, 255, size=(max(n, 1), 3)).astype(np.uint8)
+    out = np.zeros(labels.shape + (3,), np.uint8)
+    valid = labels >= 0
+    out[valid] = pal[labels[valid]]
+    return out
+
+
+def plot_overlay(
+    dest: os.PathLike,
+    image: np.ndarray,
+    label: np.ndarray | None,
+    maps: Mapping[str, np.ndarray],
+    proposals: np.ndarray | None,
+    title: str,
+) -> Path:
+    """Qualitative figure: image (GT anomaly outlined), each score map, and the proposals.
+
+    Args:
+        image: (H,W,3) uint8 RGB.
+        label: (H,W) uint8 0/1/255 or None.
+        maps: display name -> (H,W) float scores in [0,1] (e.g. teacher, fused).
+        proposals: (H,W) int region labels (-1 unassigned) or None.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    panels = 1 + len(maps) + (proposals is not None)
+    cols = min(panels, 2)
+    rows = math.ceil(panels / cols)
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows * h / max(w, 1) + 0.4), squeeze=False)
+    axes = axes.ravel()
+    ax = axes[0]
+    ax.imshow(image)
+    if label is not None and (label == 1).any():
+        ax.contour(label == 1, levels=[0.5], colors="cyan", linewidths=0.8)
+    ax.set_title("image (GT anomaly outlined)", fontsize=8)
+    i = 1
+    for name, m in maps.items():
+        axes[i].imshow(np.asarray(m, np.float32), cmap="inferno", vmin=0, vmax=1)
+        axes[i].set_title(name, fontsize=8)
+        i += 1
+    if proposals is not None:
+        axes[i].imshow((0.45 * image + 0.55 * _label_colors(proposals)).astype(np.uint8))
+        n = int(proposals.max()) + 1 if proposals.size else 0
+        axes[i].set_title(f"proposals ({n} regions)", fontsize=8)
+        i += 1
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=8)
+    dest = _savefig(fig, Path(dest))
+    plt.close(fig)
+    return dest
