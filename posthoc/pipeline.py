@@ -1,0 +1,224 @@
+"""``Pipeline``: holds settings and composes the functional core (DESIGN.md, data flow).
+
+    proposals ─▶ [soft_assign | hard_assign | labels] ─▶ split_components ─▶ fuse(D, labels)
+              ─▶ [refine] ─▶ [offset_resample with offsets_from_proposals]
+                           └▶ [mine_unknown_instances]
+
+The class only stores settings and calls the public functions; ``tests/posthoc/test_pipeline.py``
+shows that calling it equals calling the functions by hand. It accepts precomputed
+teacher outputs and proposals, so a benchmark never runs a model twice.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._checks import ShapeError, ValueRangeError, check_tensor_type, shape_str
+from ._tensor import as_torch, restore
+from .assign import hard_assign, soft_assign
+from .components import split_components
+from .fusion import _labels_for, fuse, region_class_logits
+from .offsets import offset_resample, offsets_from_proposals
+from .refine import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refinement_mask
+from .types import Proposals, TeacherOutput
+
+__all__ = ["Pipeline"]
+
+logger = logging.getLogger(__name__)
+
+_ASSIGN = ("auto", "soft", "hard", "labels")
+
+
+@dataclass
+class Pipeline:
+    """Settings for the post-hoc chain; call it on a teacher output and proposals.
+
+    Attributes:
+        normalize: ``fuse`` normalization ("auto", "softmax", "sigmoid", "none").
+        assign: how proposals become a label map: ``"soft"`` (:func:`posthoc.soft_assign`,
+            CSL Eq. 2), ``"hard"`` (:func:`posthoc.hard_assign`), ``"labels"`` (use
+            ``Proposals.labels`` as given) or ``"auto"`` (soft when the proposals carry
+            region scores and validity, else labels).
+        mask_threshold_hard, validity_threshold_hard: :func:`posthoc.hard_assign` thresholds.
+        split: run :func:`posthoc.split_components` (CSL mask split) before fusion.
+        connectivity, min_size: :func:`posthoc.split_components` arguments.
+        refine: apply Mask2Anomaly refinement (anomaly maps, C=1, only).
+        suppress_ids, score_threshold, mask_threshold, min_masks: refinement arguments
+            (:func:`posthoc.refinement_mask`; defaults = the official code).
+        offsets: apply :func:`posthoc.offset_resample` with
+            :func:`posthoc.offsets_from_proposals` on the final label map.
+        max_offset, boundary_width, teacher_weight: ``offsets_from_proposals`` arguments
+            (the current score map is passed as its ``teacher``).
+        mine: run :func:`posthoc.mine_unknown_instances` (needs ``stuff_ids`` and ``thing_ids``).
+        stuff_ids, thing_ids, mine_threshold: mining arguments.
+        backend: kernel backend for ``fuse`` / ``soft_assign``.
+    """
+
+    normalize: str = "auto"
+    assign: str = "auto"
+    mask_threshold_hard: float = 0.5
+    validity_threshold_hard: float = 0.8
+    split: bool = True
+    connectivity: int = 8
+    min_size: int = 0
+    refine: bool = False
+    suppress_ids: Sequence[int] = CITYSCAPES_SUPPRESS_IDS
+    score_threshold: float = 0.95
+    mask_threshold: float = 0.5
+    min_masks: int = 2
+    offsets: bool = False
+    max_offset: float = 4.0
+    boundary_width: float = 3.0
+    teacher_weight: float = 0.5
+    mine: bool = False
+    stuff_ids: Sequence[int] | None = None
+    thing_ids: Sequence[int] | None = None
+    mine_threshold: float = 0.5
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.assign not in _ASSIGN:
+            raise ValueRangeError(f"Pipeline.assign must be one of {_ASSIGN}; got {self.assign!r}")
+        if self.mine and (self.stuff_ids is None or self.thing_ids is None):
+            raise ValueRangeError("Pipeline(mine=True) needs stuff_ids and thing_ids; got None")
+
+    def config(self) -> dict:
+        """The settings as a plain dict (for run records)."""
+        d = asdict(self)
+        d["suppress_ids"] = list(self.suppress_ids)
+        for k in ("stuff_ids", "thing_ids"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _scores(teacher_output_or_scores: Any, semantic_logits: Any) -> tuple[Any, Any]:
+        if isinstance(teacher_output_or_scores, TeacherOutput):
+            to = teacher_output_or_scores
+            scores = to.scores
+            if semantic_logits is None:
+                semantic_logits = to.logits if to.logits is not None else (scores if to.kind == "semantic" else None)
+        else:
+            check_tensor_type(teacher_output_or_scores, "teacher_output_or_scores")
+            scores = teacher_output_or_scores
+            if semantic_logits is None and scores.ndim == 4 and scores.shape[1] > 1:
+                semantic_logits = scores
+        if scores.ndim != 4:
+            raise ShapeError(
+                f"Pipeline needs batched scores (B,C,H,W); got shape {shape_str(scores.shape)} "
+                f"(add a batch axis, or call the functions directly for single images)"
+            )
+        return scores, semantic_logits
+
+    def _labels(self, prop: Proposals, hw: tuple[int, int]) -> Any:
+        has_soft = prop.region_scores is not None and prop.validity is not None
+        mode = self.assign
+        if mode == "auto":
+            mode = "soft" if has_soft else "labels"
+        if mode in ("soft", "hard") and not has_soft:
+            raise ValueRangeError(
+                f"Pipeline(assign={mode!r}) needs proposals with region_scores and validity; got none"
+            )
+        if mode == "soft":
+            return soft_assign(prop.region_scores, prop.validity, size=hw, backend=self.backend)
+        if mode == "hard":
+            return hard_assign(
+                prop.region_scores, prop.validity, self.mask_threshold_hard, self.validity_threshold_hard, size=hw
+            )
+        return prop.labels
+
+    def _class_source(self, prop: Proposals, labels: Any, semantic_logits: Any, what: str) -> tuple[Any, Any]:
+        """(masks, class_logits) for refinement/mining: the proposals' own, else derived."""
+        if prop.class_logits is not None:
+            masks = prop.mask_logits if prop.mask_logits is not None else prop.labels
+            return masks, prop.class_logits
+        if semantic_logits is None:
+            raise ValueRangeError(
+                f"Pipeline({what}=True) needs class logits: proposals.class_logits, or the teacher's semantic "
+                f"logits (TeacherOutput.logits / semantic_logits=) to derive them with region_class_logits; got neither"
+            )
+        return labels, region_class_logits(semantic_logits, labels, backend=self.backend)
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, teacher_output_or_scores: Any, proposals: Any, *, semantic_logits: Any = None) -> dict:
+        """Run the chain and return every stage's output.
+
+        Args:
+            teacher_output_or_scores: a :class:`posthoc.TeacherOutput` or (B,C,H,W) float
+                scores (logits when C>1, an anomaly probability in [0,1] when C=1).
+            proposals: a :class:`posthoc.Proposals`, a (B,H,W) integer label map (-1 =
+                unassigned) or (B,N,H,W) non-overlapping boolean masks.
+            semantic_logits: optional (B,K,H,W) semantic logits used to derive region class
+                logits when the proposals carry none (default: ``TeacherOutput.logits``).
+
+        Returns:
+            dict with ``"labels"`` (assigned label map, (B,H,W) int64), ``"components"``
+            (after the split, if ``split``), ``"fused"`` (CSL Eq. 3, input shape, float32),
+            optionally ``"refinement_mask"`` (B,1,H,W) and ``"refined"``, ``"offsets"``
+            (B,2,H,W), ``"confidence"`` (B,1,H,W) and ``"resampled"``,
+            ``"unknown_instances"`` (B,H,W) int64, and ``"output"`` (the last score map).
+        """
+        with torch.inference_mode():
+            scores, semantic_logits = self._scores(teacher_output_or_scores, semantic_logits)
+            hw = (int(scores.shape[-2]), int(scores.shape[-1]))
+            if isinstance(proposals, Proposals):
+                prop = proposals
+            else:
+                check_tensor_type(proposals, "proposals")
+                t, _ = as_torch(proposals, "proposals")
+                if t.dtype == torch.bool:  # non-overlapping boolean masks -> label map (overlap checked)
+                    lab = _labels_for(proposals, as_torch(scores, "scores")[0], batched=True)
+                    prop = Proposals(labels=restore(lab, isinstance(proposals, np.ndarray)))
+                else:
+                    prop = Proposals(labels=proposals)
+            out: dict = {}
+            labels = self._labels(prop, hw)
+            out["labels"] = labels
+            if self.split:
+                labels = split_components(labels, self.connectivity, self.min_size)
+                out["components"] = labels
+            current = fuse(scores, labels, normalize=self.normalize, backend=self.backend)
+            out["fused"] = current
+            if self.refine or self.mine:
+                anomaly_like = current.shape[1] == 1
+                if self.refine and not anomaly_like:
+                    raise ShapeError(
+                        f"Pipeline(refine=True) refines anomaly maps (B,1,H,W); got fused scores "
+                        f"{shape_str(current.shape)}"
+                    )
+                masks, cls = self._class_source(prop, labels, semantic_logits, "refine" if self.refine else "mine")
+                if self.refine:
+                    r = refinement_mask(
+                        masks, cls, self.suppress_ids, self.score_threshold, self.mask_threshold, self.min_masks,
+                        size=hw,
+                    )
+                    rt, _ = as_torch(r, "r")
+                    ct, c_np = as_torch(current, "current")
+                    refined = ct * (1.0 - rt.to(ct.device))
+                    refined = refined.cpu().numpy() if c_np else refined
+                    out["refinement_mask"] = r
+                    out["refined"] = refined
+                    current = refined
+                if self.mine:
+                    out["unknown_instances"] = mine_unknown_instances(
+                        masks, cls, self.stuff_ids, self.thing_ids, self.mine_threshold,
+                        mask_threshold=self.mask_threshold, size=hw,
+                    )
+            if self.offsets:
+                ct, _ = as_torch(current, "current")
+                teacher = current if (self.teacher_weight > 0 and float(ct.min()) >= 0 and float(ct.max()) <= 1) else None
+                offs, conf = offsets_from_proposals(
+                    labels, max_offset=self.max_offset, boundary_width=self.boundary_width,
+                    teacher=teacher, teacher_weight=self.teacher_weight,
+                )
+                out["offsets"], out["confidence"] = offs, conf
+                current = offset_resample(current, offs, conf, units="pixels")
+                out["resampled"] = current
+            out["output"] = current
+            return out
