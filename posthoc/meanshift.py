@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from ._tensor import as_torch, restore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SPHERE_BANDWIDTH", "meanshift_sphere", "meanshift_points", "MeanShiftSphere"]
+__all__ = ["SPHERE_BANDWIDTH", "MeanShiftSphere", "meanshift_points", "meanshift_sphere"]
 
 #: sqrt(2)/2: the bandwidth of the bottom-up paper (DESIGN.md), in Euclidean units on the unit sphere.
 SPHERE_BANDWIDTH = math.sqrt(2.0) / 2.0
@@ -166,7 +166,7 @@ def meanshift_points(
     points: Any,
     bandwidth: float = SPHERE_BANDWIDTH,
     *,
-    seeds: Optional[Any] = None,
+    seeds: Any | None = None,
     n_seeds: int = 256,
     n_samples: int = 20000,
     max_iter: int = 300,
@@ -342,8 +342,8 @@ class MeanShiftSphere:
                  max_iter: int = 300, tol: float = 1e-3, levels: int = 1, chunk_size: int = 8192,
                  seed: int = 0) -> None:
         _check_settings(bandwidth, n_seeds, n_samples, max_iter, tol, chunk_size, levels)
-        self.kw = dict(bandwidth=bandwidth, n_seeds=n_seeds, n_samples=n_samples, max_iter=max_iter, tol=tol,
-                       levels=levels, chunk_size=chunk_size, seed=seed)
+        self.kw = {"bandwidth": bandwidth, "n_seeds": n_seeds, "n_samples": n_samples, "max_iter": max_iter, "tol": tol,
+                       "levels": levels, "chunk_size": chunk_size, "seed": seed}
 
     def __call__(self, features: Any, return_modes: bool = False) -> Any:
         return meanshift_sphere(features, return_modes=return_modes, **self.kw)

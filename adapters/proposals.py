@@ -1,0 +1,817 @@
+"""Proposal sources: class-agnostic regions for the structure-constrained ops.
+
+Every source is a :class:`posthoc.adapters.ProposalSource`: called on a batch of RGB
+images ((B,H,W,3) uint8 or (B,3,H,W) float in [0,1]) and, optionally, the teacher's
+:class:`posthoc.TeacherOutput`, it returns a :class:`posthoc.Proposals` whose
+``labels`` are at the image resolution. Registered names (``get_proposals(name, **kw)``):
+
+============== ====================================================================
+``sam``        segment-anything's automatic mask generator; soft scores from the
+               mask logits, validity = predicted IoU x stability score
+``mask_transformer`` Mask2Former / Mask2Anomaly / CA-M2F outputs (mask + class logits);
+               validity = 1 - P(no object)
+``superpixels`` SLIC or Felzenszwalb (scikit-image); needs no weights
+``meanshift``  mean-shift on the hypersphere over per-pixel embeddings (Dille et al.)
+``onnx``       any ONNX model with outputs "region_scores" (B,N,h,w) and "validity" (B,N)
+``csl``        ``onnx`` with the bundled CSL region-proposal net as default weights
+============== ====================================================================
+
+Soft sources (sam, mask_transformer, onnx, csl) fill ``region_scores`` (B,N,h,w) in [0,1]
+and ``validity`` (B,N) in [0,1], and set ``labels = split_components(soft_assign(R, V,
+size=(H,W)))`` (CSL scheme 2, Eq. 2 and mask split): every pixel gets a region. Hard
+sources (superpixels, meanshift) give labels only.
+
+Heavy optional packages (segment_anything, onnxruntime) are imported inside the
+functions that need them; a missing one raises :class:`posthoc.MissingExtraError`
+naming the extra to install.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from posthoc._checks import (
+    DTypeError,
+    MissingExtraError,
+    PosthocError,
+    ShapeError,
+    ValueRangeError,
+    check_finite,
+    shape_str,
+)
+from posthoc.types import Proposals, TeacherOutput
+
+from ._image import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize, parse_size, resize, to_float_batch
+from .base import ProposalSource
+from .registry import register_proposals
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SAM_PIXEL_MEAN",
+    "MaskTransformerProposals",
+    "MeanShiftProposals",
+    "OnnxProposals",
+    "SamProposals",
+    "SuperpixelProposals",
+    "UnsafeCheckpointError",
+    "csl_proposals",
+    "load_state_dict",
+    "proposals_from_mask_transformer",
+    "proposals_from_soft",
+]
+
+#: segment-anything's own normalization (0..255 scale), used by its Sam module.
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+
+
+class UnsafeCheckpointError(PosthocError, ValueError):
+    """A checkpoint holds pickled Python objects and was refused (DESIGN.md, Conventions 6)."""
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _require(module: str, extra: str, what: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as e:
+        raise MissingExtraError(
+            f"{what} needs the optional package {module!r}, which is not installed; "
+            f"run `pip install 'posthoc[{extra}]'`. Import error: {e}"
+        ) from e
+
+
+def load_state_dict(path: Any, *, what: str = "checkpoint") -> dict:
+    """Load a state dict without unpickling arbitrary objects.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)``, which only accepts tensors and plain containers.
+    A file that needs full unpickling is refused with :class:`UnsafeCheckpointError`.
+
+    Args:
+        path: file path (str or os.PathLike).
+        what: what the file is, for error messages.
+
+    Returns:
+        dict name -> tensor (a nested ``{"model": {...}}`` / ``{"state_dict": {...}}`` is unwrapped).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise DTypeError(f"{what} path must be a str or os.PathLike; got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        st = _require("safetensors.torch", "bench", "reading .safetensors checkpoints")
+        try:
+            return dict(st.load_file(str(p)))
+        except Exception as e:
+            raise ValueRangeError(f"could not read {str(p)!r} as a safetensors {what}: {e}") from e
+    try:
+        sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"refusing to unpickle {str(p)!r}: the {what} holds Python objects beyond tensors, which could run "
+            "arbitrary code. Save only the state dict (torch.save(model.state_dict(), path)) or convert it to "
+            f".safetensors (safetensors.torch.save_file(model.state_dict(), path)). torch said: {e}"
+        ) from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueRangeError(f"could not read {str(p)!r} as a torch {what}: {type(e).__name__}: {e}") from e
+    for key in ("model", "state_dict"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ValueRangeError(f"{what} {str(p)!r} must hold a state dict; got a {type(sd).__name__}")
+    return sd
+
+
+def _images(images: Any, device: Any = None) -> torch.Tensor:
+    return to_float_batch(images, "images", device=device)
+
+
+def _to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
+    """(B,3,H,W) float in [0,1] -> (B,H,W,3) uint8 numpy (exact inverse for uint8 input)."""
+    return (x * 255.0).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def _check_soft(region_scores: torch.Tensor, validity: torch.Tensor, src: str) -> None:
+    if region_scores.ndim != 4:
+        raise ShapeError(f"{src} region scores must be (B,N,h,w); got shape {shape_str(region_scores.shape)}")
+    if validity.ndim != 2 or tuple(validity.shape) != tuple(region_scores.shape[:2]):
+        raise ShapeError(
+            f"{src} validity must be (B,N) = {shape_str(region_scores.shape[:2])} matching the region scores "
+            f"{shape_str(region_scores.shape)}; got {shape_str(validity.shape)}"
+        )
+    for t, n in ((region_scores, "region scores"), (validity, "validity")):
+        check_finite(t, f"{src} {n}")
+        if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
+            raise ValueRangeError(
+                f"{src} {n} must be probabilities in [0,1]; got values in [{float(t.min()):g},{float(t.max()):g}] "
+                "(does the model output logits? set the activation to 'sigmoid')"
+            )
+
+
+def proposals_from_soft(
+    region_scores: torch.Tensor,
+    validity: torch.Tensor,
+    size: Sequence[int],
+    *,
+    min_size: int = 0,
+    meta: dict | None = None,
+    class_logits: torch.Tensor | None = None,
+    mask_logits: torch.Tensor | None = None,
+) -> Proposals:
+    """Build Proposals from soft region scores (CSL scheme 2).
+
+    ``labels = split_components(soft_assign(R, V, size=size), connectivity=8, min_size)``:
+    every pixel goes to ``argmax_n R_n(p) * V_n`` (CSL Eq. 2, R upsampled bilinearly to
+    ``size``), then each region is split into its 8-connected components (CSL mask split).
+
+    Args:
+        region_scores: (B,N,h,w) float32 probabilities in [0,1].
+        validity: (B,N) float32 probabilities in [0,1].
+        size: (H, W) of the labels (the image size).
+        min_size: components smaller than this become -1 (0 keeps all, the CSL default).
+        meta: source description stored in ``Proposals.meta``.
+        class_logits: optional (B,N,K+1) logits (mask-transformer sources).
+        mask_logits: optional (B,N,h,w) logits.
+
+    Returns:
+        :class:`posthoc.Proposals` with labels (B,H,W) int64.
+    """
+    from posthoc.assign import soft_assign
+    from posthoc.components import split_components
+
+    _check_soft(region_scores, validity, (meta or {}).get("source", "proposal"))
+    H, W = int(size[0]), int(size[1])
+    B, N = region_scores.shape[:2]
+    if N == 0:
+        labels = torch.full((B, H, W), -1, dtype=torch.int64, device=region_scores.device)
+    else:
+        labels = split_components(soft_assign(region_scores, validity, size=(H, W)), connectivity=8,
+                                  min_size=int(min_size))
+    return Proposals(labels=labels, region_scores=region_scores, validity=validity, class_logits=class_logits,
+                     mask_logits=mask_logits, meta=dict(meta or {}))
+
+
+def _pad_stack(items: Sequence[torch.Tensor], tail: tuple, fill: float = 0.0) -> torch.Tensor:
+    """Stack per-image (N_b, *tail) tensors into (B, max N_b, *tail), padding with ``fill``."""
+    n = max((t.shape[0] for t in items), default=0)
+    out = torch.full((len(items), n, *tail), fill, dtype=torch.float32)
+    for b, t in enumerate(items):
+        out[b, : t.shape[0]] = t.float().cpu()
+    return out
+
+
+def _weights_entry(weights: Any, role: str, name: str) -> tuple[Any, dict]:
+    """Normalize ``weights`` (path, or dict role->path with optional "meta") to (path, meta)."""
+    if weights is None:
+        return None, {}
+    if isinstance(weights, Mapping):
+        meta = dict(weights.get("meta") or {})
+        if role not in weights:
+            raise ValueRangeError(f"{name} weights dict must have a {role!r} entry; got keys {sorted(weights)}")
+        return weights[role], meta
+    return weights, {}
+
+
+# ----------------------------------------------------------------------------- SAM
+
+
+def _sam_generator_class():
+    """A SamAutomaticMaskGenerator that keeps each mask's soft logits.
+
+    The official generator binarizes the mask logits inside ``_process_batch`` and keeps
+    only RLEs. This subclass runs the same steps (point grid, predicted-IoU filter,
+    stability score, box NMS) but also keeps SAM's *low-resolution* mask logits (the
+    256x256 frame of the padded 1024 input) cropped to the un-padded image area, and
+    skips the RLE encoding we do not need.
+    """
+    sa = _require("segment_anything", "sam", "the 'sam' proposal source")
+    amg = _require("segment_anything.utils.amg", "sam", "the 'sam' proposal source")
+
+    class _SoftMaskGenerator(sa.SamAutomaticMaskGenerator):
+        def _process_batch(self, points, im_size, crop_box, orig_size):
+            pred = self.predictor
+            tp = pred.transform.apply_coords(points, im_size)
+            in_points = torch.as_tensor(tp, device=pred.device)
+            in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+            masks, iou_preds, low_res = pred.predict_torch(
+                in_points[:, None, :], in_labels[:, None], multimask_output=True, return_logits=True
+            )
+            # valid (un-padded) part of the low-res frame: input_size / 4 (the decoder upsamples 4x)
+            ih, iw = pred.input_size
+            scale = low_res.shape[-1] / pred.model.image_encoder.img_size
+            lh, lw = max(1, round(ih * scale)), max(1, round(iw * scale))
+            data = amg.MaskData(
+                masks=masks.flatten(0, 1),
+                iou_preds=iou_preds.flatten(0, 1),
+                logits=low_res[..., :lh, :lw].flatten(0, 1),
+                points=torch.as_tensor(points.repeat(masks.shape[1], axis=0)),
+            )
+            del masks
+            if self.pred_iou_thresh > 0.0:
+                data.filter(data["iou_preds"] > self.pred_iou_thresh)
+            data["stability_score"] = amg.calculate_stability_score(
+                data["masks"], pred.model.mask_threshold, self.stability_score_offset
+            )
+            if self.stability_score_thresh > 0.0:
+                data.filter(data["stability_score"] >= self.stability_score_thresh)
+            data["masks"] = data["masks"] > pred.model.mask_threshold
+            data["boxes"] = amg.batched_mask_to_box(data["masks"])
+            orig_h, orig_w = orig_size
+            keep = ~amg.is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+            if not torch.all(keep):
+                data.filter(keep)
+            # the crop is the whole image (crop_n_layers=0), so there is nothing to uncrop;
+            # the parent class only needs an "rles" list of the right length for bookkeeping
+            data["rles"] = [None] * len(data["iou_preds"])
+            del data["masks"]
+            return data
+
+    return _SoftMaskGenerator
+
+
+@register_proposals("sam")
+class SamProposals(ProposalSource):
+    """Segment Anything automatic masks as soft proposals.
+
+    Runs ``segment_anything.SamAutomaticMaskGenerator`` (Kirillov et al. 2023; official
+    code facebookresearch/segment-anything) with its point grid, predicted-IoU and
+    stability filters and box NMS, on one image at a time, and keeps for every kept mask:
+
+    * region score R_n = sigmoid of SAM's low-resolution mask logits (256x256 frame of the
+      padded 1024 input, cropped to the un-padded area, i.e. about input_size/4), so
+      ``Proposals.region_scores`` is (B,N,h',w'); ``soft_assign`` upsamples it bilinearly;
+    * validity V_n = clamp(predicted IoU, 0, 1) x stability score (both in [0,1]).
+
+    Images with fewer masks than the batch maximum are padded with R = V = 0.
+
+    Args:
+        model_type: "vit_h", "vit_l" or "vit_b" (segment-anything's ``sam_model_registry``).
+        checkpoint: path to the official ``sam_vit_*.pth`` (a plain state dict, loaded with
+            ``torch.load(weights_only=True)``) or a ``.safetensors`` file. Alias: ``weights``.
+        model: an already built ``segment_anything.modeling.Sam`` (overrides the two above).
+        points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+        stability_score_offset, box_nms_thresh: the generator's settings (official defaults).
+        min_size: components smaller than this become -1 after the mask split (default 0).
+        device: torch device for SAM (default: CUDA if available, else CPU).
+    """
+
+    def __init__(
+        self,
+        model_type: str = "vit_b",
+        checkpoint: Any = None,
+        *,
+        weights: Any = None,
+        model: Any = None,
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        min_size: int = 0,
+        device: Any = None,
+    ) -> None:
+        sa = _require("segment_anything", "sam", "the 'sam' proposal source")
+        if checkpoint is not None and weights is not None:
+            raise ValueRangeError("pass the SAM checkpoint as checkpoint= or weights=, not both")
+        checkpoint = checkpoint if checkpoint is not None else _weights_entry(weights, "model", "sam")[0]
+        for name, v in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueRangeError(f"{name} must be an integer >= 1; got {v!r}")
+        for name, v in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
+            if not (0.0 <= float(v) <= 1.0):
+                raise ValueRangeError(f"{name} must lie in [0,1]; got {v!r}")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        if model is None:
+            if model_type not in sa.sam_model_registry:
+                raise ValueRangeError(
+                    f"model_type must be one of {sorted(sa.sam_model_registry)}; got {model_type!r}")
+            if checkpoint is None:
+                raise ValueRangeError(
+                    "the 'sam' proposal source needs weights: pass checkpoint='sam_vit_b_01ec64.pth' (the official "
+                    "SAM checkpoint for model_type) or model=<a segment_anything Sam module>; no SAM weights are bundled"
+                )
+            model = sa.sam_model_registry[model_type](checkpoint=None)
+            sd = load_state_dict(checkpoint, what="SAM checkpoint")
+            try:
+                model.load_state_dict(sd)
+            except RuntimeError as e:
+                raise ValueRangeError(
+                    f"{str(checkpoint)!r} does not match SAM {model_type!r}: {str(e).splitlines()[0]}") from e
+        elif not isinstance(model, sa.modeling.Sam):
+            raise DTypeError(f"model must be a segment_anything Sam module; got {type(model).__name__}")
+        self.model = model.to(self.device).eval()
+        self.model_type = model_type
+        self.checkpoint = checkpoint
+        self.min_size = int(min_size)
+        self.settings = {"points_per_side": points_per_side, "points_per_batch": points_per_batch,
+                             "pred_iou_thresh": float(pred_iou_thresh),
+                             "stability_score_thresh": float(stability_score_thresh),
+                             "stability_score_offset": float(stability_score_offset), "box_nms_thresh": float(box_nms_thresh)}
+        self.generator = _sam_generator_class()(self.model, output_mode="binary_mask", **self.settings)
+
+    @torch.inference_mode()
+    def masks(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the generator on one (H,W,3) uint8 image.
+
+        Returns:
+            (logits (N,h',w') float32 low-res mask logits, validity (N,) float32 in [0,1]).
+        """
+        data = self.generator._generate_masks(image)
+        n = len(data["iou_preds"])
+        if n == 0:
+            return torch.zeros(0, 1, 1), torch.zeros(0)
+        logits = torch.as_tensor(np.asarray(data["logits"]), dtype=torch.float32)
+        iou = torch.as_tensor(np.asarray(data["iou_preds"]), dtype=torch.float32).clamp(0.0, 1.0)
+        stab = torch.as_tensor(np.asarray(data["stability_score"]), dtype=torch.float32).clamp(0.0, 1.0)
+        return logits, iou * stab
+
+    @torch.inference_mode()
+    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
+        x = _images(images)
+        B, _, H, W = x.shape
+        u8 = _to_uint8_hwc(x)
+        logits, vals = [], []
+        for b in range(B):
+            lg, v = self.masks(u8[b])
+            logits.append(lg)
+            vals.append(v)
+        hw = next((tuple(lg.shape[-2:]) for lg in logits if lg.shape[0]), (1, 1))
+        R = _pad_stack([torch.sigmoid(lg) for lg in logits], hw)
+        V = _pad_stack(vals, ())
+        meta = {"source": "sam", "model_type": self.model_type, **self.settings}
+        return proposals_from_soft(R, V, (H, W), min_size=self.min_size, meta=meta)
+
+
+# ----------------------------------------------------------------------------- mask transformer
+
+
+def proposals_from_mask_transformer(
+    mask_logits: Any,
+    class_logits: Any,
+    size: Sequence[int] | None = None,
+    *,
+    min_size: int = 0,
+    meta: dict | None = None,
+) -> Proposals:
+    """Proposals from Mask2Former-style outputs (Mask2Former / Mask2Anomaly / CA-M2F).
+
+    * region scores R = sigmoid(mask logits) (the masks' per-pixel probability, as in
+      Mask2Former's ``semantic_inference``);
+    * validity V = 1 - softmax(class logits)[..., -1] = 1 - P(no object);
+    * labels = split_components(soft_assign(R, V, size)) (CSL scheme 2).
+
+    Args:
+        mask_logits: (B,N,h,w) float mask logits, any range ("pred_masks").
+        class_logits: (B,N,K+1) float class logits, any range, last = no object ("pred_logits").
+        size: (H, W) of the labels; default (h, w).
+        min_size: components smaller than this become -1 (default 0).
+        meta: stored in ``Proposals.meta``.
+
+    Returns:
+        Proposals with region_scores, validity, class_logits and mask_logits filled (float32, CPU
+        or the input's device).
+    """
+    from posthoc._tensor import as_torch
+
+    m, _ = as_torch(mask_logits, "mask_logits")
+    c, _ = as_torch(class_logits, "class_logits")
+    if m.ndim != 4:
+        raise ShapeError(f"mask_logits must be (B,N,h,w); got shape {shape_str(m.shape)}")
+    if c.ndim != 3 or c.shape[:2] != m.shape[:2] or c.shape[2] < 2:
+        raise ShapeError(
+            f"class_logits must be (B,N,K+1) with (B,N)={shape_str(m.shape[:2])} and K >= 1; got {shape_str(c.shape)}")
+    for t, n in ((m, "mask_logits"), (c, "class_logits")):
+        if not t.is_floating_point():
+            raise DTypeError(f"{n} must be floating point; got {t.dtype}")
+        check_finite(t, n)
+    m = m.float()
+    c = c.float().to(m.device)
+    R = torch.sigmoid(m)
+    V = (1.0 - torch.softmax(c, dim=-1)[..., -1]).clamp_(0.0, 1.0)
+    size = tuple(m.shape[-2:]) if size is None else tuple(int(s) for s in size)
+    meta = {"source": "mask_transformer", **(meta or {})}
+    return proposals_from_soft(R, V, size, min_size=min_size, meta=meta, class_logits=c, mask_logits=m)
+
+
+@register_proposals("mask_transformer")
+class MaskTransformerProposals(ProposalSource):
+    """Wrap a Mask2Former-style model (Mask2Former, Mask2Anomaly, CA-M2F) as a proposal source.
+
+    The model is one of:
+
+    * a callable (torch module or function) taking the normalized image batch (B,3,h,w)
+      float32 and returning ``(mask_logits (B,N,h',w'), class_logits (B,N,K+1))`` or a dict
+      with those under ``mask_key`` / ``class_key`` (Mask2Former's "pred_masks" / "pred_logits");
+    * a path to an ONNX export (or ``weights=`` path / ``{"model": path, "meta": {...}}``)
+      with an "image" input and outputs named ``mask_key`` / ``class_key``;
+    * nothing: then call :meth:`from_outputs` with precomputed outputs.
+
+    See :func:`proposals_from_mask_transformer` for how region scores and validity are derived.
+
+    Args:
+        model: callable, ONNX path, or None.
+        weights: ONNX path or dict (alternative to ``model``).
+        mean, std, channel_order: input normalization (default ImageNet on [0,1] RGB, which
+            equals detectron2's 0..255 pixel mean/std).
+        input_size: (h, w) the model runs at (None = the image size); outputs are resized back.
+        mask_key, class_key: output names.
+        min_size: components smaller than this become -1.
+        device: torch device for a torch model / ONNX session.
+    """
+
+    def __init__(self, model: Any = None, *, weights: Any = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, channel_order: str = "RGB", input_size: Any = None,
+                 mask_key: str = "pred_masks", class_key: str = "pred_logits", min_size: int = 0,
+                 device: Any = None) -> None:
+        if model is not None and weights is not None:
+            raise ValueRangeError("pass either model= or weights=, not both")
+        path, meta = _weights_entry(weights, "model", "mask_transformer")
+        if isinstance(model, (str, os.PathLike)):
+            path, model = model, None
+        self.mean, self.std = check_mean_std(meta.get("mean", mean), meta.get("std", std))
+        self.channel_order = meta.get("channel_order", channel_order)
+        self.input_size = parse_size(meta.get("input_size", input_size))
+        self.mask_key, self.class_key = mask_key, class_key
+        self.min_size = int(min_size)
+        self.session = None
+        self.device = torch.device(device) if device is not None else None
+        if path is not None:
+            from .onnx_runtime import make_session, output_specs
+
+            self.session = make_session(path, device=device, expect="a mask-transformer model (image -> "
+                                        f"{mask_key!r} (B,N,h,w), {class_key!r} (B,N,K+1))")
+            outs = [s.name for s in output_specs(self.session)]
+            for k in (mask_key, class_key):
+                if k not in outs:
+                    raise ValueRangeError(f"ONNX model {str(path)!r} has no output {k!r}; its outputs are {outs}")
+        elif model is not None and not callable(model):
+            raise DTypeError(f"model must be a callable, an ONNX path or None; got {type(model).__name__}")
+        self.model = model
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.session is not None:
+            from .onnx_runtime import input_specs, run_session
+
+            name = input_specs(self.session)[0].name
+            out = run_session(self.session, {name: x}, [self.mask_key, self.class_key])
+            return out[self.mask_key], out[self.class_key]
+        if isinstance(self.model, torch.nn.Module) and self.device is not None:
+            self.model.to(self.device)
+            x = x.to(self.device)
+        out = self.model(x)
+        if isinstance(out, Mapping):
+            if self.mask_key not in out or self.class_key not in out:
+                raise ValueRangeError(
+                    f"model output dict must hold {self.mask_key!r} and {self.class_key!r}; got keys {sorted(out)}")
+            return out[self.mask_key], out[self.class_key]
+        if isinstance(out, (tuple, list)) and len(out) == 2:
+            return out[0], out[1]
+        raise DTypeError(
+            "model must return (mask_logits, class_logits) or a dict with "
+            f"{self.mask_key!r}/{self.class_key!r}; got {type(out).__name__}")
+
+    def from_outputs(self, mask_logits: Any, class_logits: Any, size: Sequence[int] | None = None) -> Proposals:
+        """Proposals from precomputed outputs (no model run); see :func:`proposals_from_mask_transformer`."""
+        return proposals_from_mask_transformer(mask_logits, class_logits, size, min_size=self.min_size)
+
+    @torch.inference_mode()
+    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
+        if self.model is None and self.session is None:
+            raise ValueRangeError(
+                "this mask_transformer source has no model; pass model=/weights= or call from_outputs(...)")
+        x = _images(images)
+        H, W = x.shape[-2:]
+        xin = normalize(resize(x, self.input_size), self.mean, self.std, self.channel_order)
+        m, c = self._run(xin)
+        return proposals_from_mask_transformer(m, c, (H, W), min_size=self.min_size)
+
+
+# ----------------------------------------------------------------------------- superpixels
+
+
+@register_proposals("superpixels")
+class SuperpixelProposals(ProposalSource):
+    """SLIC or Felzenszwalb superpixels (scikit-image) as hard proposals; needs no weights.
+
+    Each image is downscaled (area interpolation) so its longer side is at most
+    ``max_side`` pixels, segmented, and the labels are upsampled back with nearest
+    neighbour, which keeps 512x1024 frames fast. Every pixel gets a label (0..M-1, no -1);
+    SLIC enforces connectivity, Felzenszwalb segments are connected by construction.
+
+    Args:
+        method: "slic" (Achanta et al. 2012) or "felzenszwalb" (Felzenszwalb & Huttenlocher 2004).
+        n_segments, compactness, sigma: SLIC settings (skimage defaults except n_segments=200).
+        scale, min_size: Felzenszwalb settings (sigma is shared, default 0.8 for it when None).
+        max_side: longer side the image is segmented at (None = full resolution).
+    """
+
+    def __init__(self, method: str = "slic", *, n_segments: int = 200, compactness: float = 10.0,
+                 sigma: float | None = None, scale: float = 100.0, min_size: int = 50,
+                 max_side: int | None = 512, weights: Any = None) -> None:
+        if method not in ("slic", "felzenszwalb"):
+            raise ValueRangeError(f"method must be 'slic' or 'felzenszwalb'; got {method!r}")
+        if weights is not None:
+            raise ValueRangeError("the superpixels source takes no weights")
+        if not isinstance(n_segments, int) or n_segments < 1:
+            raise ValueRangeError(f"n_segments must be an integer >= 1; got {n_segments!r}")
+        if max_side is not None and (not isinstance(max_side, int) or max_side < 8):
+            raise ValueRangeError(f"max_side must be None or an integer >= 8; got {max_side!r}")
+        if float(compactness) <= 0 or float(scale) <= 0:
+            raise ValueRangeError(f"compactness and scale must be > 0; got {compactness!r}, {scale!r}")
+        self.method = method
+        self.n_segments, self.compactness = n_segments, float(compactness)
+        self.sigma = (1.0 if method == "slic" else 0.8) if sigma is None else float(sigma)
+        self.scale, self.min_size, self.max_side = float(scale), int(min_size), max_side
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """One (H,W,3) uint8 image -> (H,W) int64 labels 0..M-1."""
+        import cv2
+        from skimage import segmentation
+
+        H, W = image.shape[:2]
+        s = 1.0 if self.max_side is None else min(1.0, self.max_side / max(H, W))
+        small = image
+        if s < 1.0:
+            small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
+        img = small.astype(np.float32) / 255.0
+        if self.method == "slic":
+            lab = segmentation.slic(img, n_segments=self.n_segments, compactness=self.compactness, sigma=self.sigma,
+                                    start_label=0, channel_axis=-1)
+        else:
+            lab = segmentation.felzenszwalb(img, scale=self.scale, sigma=self.sigma, min_size=self.min_size,
+                                            channel_axis=-1)
+        if lab.shape != (H, W):
+            lab = cv2.resize(lab.astype(np.int32), (W, H), interpolation=cv2.INTER_NEAREST)
+        _, lab = np.unique(lab, return_inverse=True)
+        return lab.reshape(H, W).astype(np.int64)
+
+    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
+        x = _images(images)
+        B, _, H, W = x.shape
+        u8 = _to_uint8_hwc(x)
+        labels = np.stack([self.segment(u8[b]) for b in range(B)]) if B else np.zeros((0, H, W), np.int64)
+        meta = {"source": "superpixels", "method": self.method, "n_segments": self.n_segments,
+                "compactness": self.compactness, "sigma": self.sigma, "scale": self.scale,
+                "min_size": self.min_size, "max_side": self.max_side}
+        return Proposals(labels=torch.from_numpy(labels), meta=meta)
+
+
+# ----------------------------------------------------------------------------- mean-shift
+
+
+@register_proposals("meanshift")
+class MeanShiftProposals(ProposalSource):
+    """Mean-shift on the hypersphere over per-pixel embeddings (Dille et al.; DESIGN.md).
+
+    The embeddings come from (first match wins):
+
+    1. ``features=`` passed to the call, a (B,F,h,w) tensor;
+    2. ``embedder``: a callable taking the (B,3,H,W) float [0,1] image batch and returning
+       (B,F,h,w) embeddings (e.g. the bottom-up paper's network);
+    3. ``teacher_output.features[feature_key]`` (``feature_key=None`` takes the only entry).
+
+    They are clustered by :func:`posthoc.meanshift.meanshift_sphere`, the cluster map is
+    upsampled to the image size (nearest) and, with ``split=True`` (default), every
+    cluster is split into its 8-connected components so that two objects sharing one
+    mode become two regions.
+
+    Args:
+        feature_key: which entry of ``TeacherOutput.features`` to cluster.
+        embedder: optional callable producing embeddings from images.
+        bandwidth, n_seeds, n_samples, max_iter, tol, levels, chunk_size, seed: see
+            :func:`posthoc.meanshift.meanshift_sphere`.
+        split: split clusters into connected components.
+        min_size: with ``split``, components smaller than this become -1.
+    """
+
+    def __init__(self, feature_key: str | None = None, *, embedder: Callable | None = None,
+                 bandwidth: float | None = None, n_seeds: int = 256, n_samples: int = 20000, max_iter: int = 300,
+                 tol: float = 1e-3, levels: int = 1, chunk_size: int = 8192, seed: int = 0, split: bool = True,
+                 min_size: int = 0, weights: Any = None) -> None:
+        from posthoc.meanshift import SPHERE_BANDWIDTH, MeanShiftSphere
+
+        if weights is not None:
+            raise ValueRangeError("the meanshift source takes no weights; pass embedder= or features")
+        if embedder is not None and not callable(embedder):
+            raise DTypeError(f"embedder must be callable; got {type(embedder).__name__}")
+        self.feature_key = feature_key
+        self.embedder = embedder
+        self.clusterer = MeanShiftSphere(SPHERE_BANDWIDTH if bandwidth is None else bandwidth, n_seeds=n_seeds,
+                                         n_samples=n_samples, max_iter=max_iter, tol=tol, levels=levels,
+                                         chunk_size=chunk_size, seed=seed)
+        self.split, self.min_size = bool(split), int(min_size)
+
+    def _features(self, x: torch.Tensor, teacher_output: TeacherOutput | None, features: Any) -> torch.Tensor:
+        if features is not None:
+            f = features
+        elif self.embedder is not None:
+            f = self.embedder(x)
+        elif teacher_output is not None and teacher_output.features:
+            feats = teacher_output.features
+            if self.feature_key is None:
+                if len(feats) != 1:
+                    raise ValueRangeError(
+                        f"teacher_output.features has {len(feats)} entries {sorted(feats)}; choose one with "
+                        "feature_key=")
+                f = next(iter(feats.values()))
+            elif self.feature_key not in feats:
+                raise ValueRangeError(
+                    f"teacher_output.features has no {self.feature_key!r}; it has {sorted(feats)}")
+            else:
+                f = feats[self.feature_key]
+        else:
+            raise ValueRangeError(
+                "the meanshift source needs per-pixel embeddings: pass features=(B,F,h,w), an embedder=, "
+                "or a teacher_output whose .features holds them")
+        from posthoc._tensor import as_torch
+
+        f, _ = as_torch(f, "features")
+        if f.ndim != 4 or f.shape[0] != x.shape[0]:
+            raise ShapeError(f"features must be (B,F,h,w) with B={x.shape[0]}; got {shape_str(f.shape)}")
+        return f
+
+    @torch.inference_mode()
+    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None, *,
+                 features: Any = None) -> Proposals:
+        x = _images(images)
+        _B, _, H, W = x.shape
+        f = self._features(x, teacher_output, features)
+        lab = self.clusterer(f)
+        if tuple(lab.shape[-2:]) != (H, W):
+            lab = F.interpolate(lab.unsqueeze(1).float(), size=(H, W), mode="nearest").squeeze(1).long()
+        if self.split:
+            from posthoc.components import split_components
+
+            lab = split_components(lab, connectivity=8, min_size=self.min_size)
+        return Proposals(labels=lab, meta={"source": "meanshift", **self.clusterer.kw, "split": self.split})
+
+
+# ----------------------------------------------------------------------------- ONNX region proposals
+
+
+@register_proposals("onnx")
+class OnnxProposals(ProposalSource):
+    """Any ONNX model that outputs soft region scores and validity (e.g. an exported CSL RPN).
+
+    The model takes one float32 image input (B,3,h,w), normalized with ``mean``/``std`` in
+    ``channel_order``, and returns ``scores_name`` (B,N,h',w') in [0,1] and
+    ``validity_name`` (B,N) in [0,1] (pass ``scores_activation="sigmoid"`` /
+    ``validity_activation="sigmoid"`` for logit outputs). The image is resized to
+    ``input_size`` (or to the model's fixed input size when the graph declares one);
+    labels = split_components(soft_assign(R, V, size=(H,W))) at the original image size.
+
+    Args:
+        path: ONNX file. Alias: ``weights`` = path or ``{"model": path, "meta": {...}}``;
+            meta keys "mean", "std", "channel_order", "input_size" override the arguments.
+        input_name: image input name (default: the model's only input).
+        scores_name, validity_name: output names.
+        scores_activation, validity_activation: None (already probabilities) or "sigmoid".
+        mean, std, channel_order, input_size: preprocessing (defaults: ImageNet, RGB, image size).
+        min_size: components smaller than this become -1.
+        device: "cpu", "cuda" or None (CUDA when available); providers: explicit ORT providers.
+    """
+
+    source_name = "onnx"
+
+    def __init__(self, path: Any = None, *, weights: Any = None, input_name: str | None = None,
+                 scores_name: str = "region_scores", validity_name: str = "validity",
+                 scores_activation: str | None = None, validity_activation: str | None = None,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 channel_order: str = "RGB", input_size: Any = None, min_size: int = 0, device: Any = None,
+                 providers: Sequence[Any] | None = None) -> None:
+        from .onnx_runtime import input_specs, make_session, output_specs
+
+        if path is not None and weights is not None:
+            raise ValueRangeError("pass the ONNX model as path= or weights=, not both")
+        wpath, meta = _weights_entry(weights, "model", self.source_name)
+        path = path if path is not None else wpath
+        if path is None:
+            raise ValueRangeError(f"the {self.source_name!r} proposal source needs an ONNX file: pass path= or weights=")
+        for n, a in (("scores_activation", scores_activation), ("validity_activation", validity_activation)):
+            if a not in (None, "sigmoid"):
+                raise ValueRangeError(f"{n} must be None or 'sigmoid'; got {a!r}")
+        self.path = Path(path)
+        self.session = make_session(path, device=device, providers=providers,
+                                    expect=f"a region-proposal model (image -> {scores_name!r} (B,N,h,w), "
+                                           f"{validity_name!r} (B,N))")
+        ins = input_specs(self.session)
+        outs = [s.name for s in output_specs(self.session)]
+        if input_name is None:
+            if len(ins) != 1:
+                raise ValueRangeError(
+                    f"ONNX model {str(path)!r} has {len(ins)} inputs {[s.name for s in ins]}; choose one with input_name=")
+            input_name = ins[0].name
+        spec = next((s for s in ins if s.name == input_name), None)
+        if spec is None:
+            raise ValueRangeError(f"ONNX model {str(path)!r} has no input {input_name!r}; inputs: {[s.name for s in ins]}")
+        if spec.rank != 4 or spec.shape[1] not in (None, 3):
+            raise ShapeError(f"ONNX input must be an image (B,3,h,w); the model declares {spec.describe()}")
+        for k in (scores_name, validity_name):
+            if k not in outs:
+                raise ValueRangeError(f"ONNX model {str(path)!r} has no output {k!r}; its outputs are {outs}")
+        self.input_name, self.scores_name, self.validity_name = input_name, scores_name, validity_name
+        self.scores_activation, self.validity_activation = scores_activation, validity_activation
+        self.mean, self.std = check_mean_std(meta.get("mean", mean), meta.get("std", std))
+        self.channel_order = meta.get("channel_order", channel_order)
+        size = parse_size(meta.get("input_size", input_size))
+        fixed = spec.shape[2:]
+        if all(d is not None for d in fixed):
+            if size is not None and tuple(size) != tuple(fixed):
+                log.warning("input_size %s differs from the model's fixed input size %s; using the latter", size, fixed)
+            size = (int(fixed[0]), int(fixed[1]))
+        self.input_size = size
+        self.min_size = int(min_size)
+
+    @torch.inference_mode()
+    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
+        from .onnx_runtime import run_session
+
+        x = _images(images)
+        B, _, H, W = x.shape
+        xin = normalize(resize(x, self.input_size), self.mean, self.std, self.channel_order)
+        out = run_session(self.session, {self.input_name: xin}, [self.scores_name, self.validity_name])
+        R, V = out[self.scores_name].float(), out[self.validity_name].float()
+        if self.scores_activation == "sigmoid":
+            R = torch.sigmoid(R)
+        if self.validity_activation == "sigmoid":
+            V = torch.sigmoid(V)
+        if R.ndim != 4 or R.shape[0] != B:
+            raise ShapeError(f"ONNX output {self.scores_name!r} must be (B,N,h,w) with B={B}; got {shape_str(R.shape)}")
+        meta = {"source": self.source_name, "path": str(self.path), "input_size": self.input_size}
+        return proposals_from_soft(R, V, (H, W), min_size=self.min_size, meta=meta)
+
+
+class CslProposals(OnnxProposals):
+    """The ``onnx`` source with the bundled CSL region-proposal net as default weights."""
+
+    source_name = "csl"
+
+
+@register_proposals("csl")
+def csl_proposals(weights: Any = None, **kw: Any) -> OnnxProposals:
+    """``onnx`` proposals from the CSL region-proposal net.
+
+    Args:
+        weights: ONNX path or ``{"model": path, "meta": {...}}``; None -> the bundled net
+            (``posthoc.adapters.bundled.default_weights("csl")``, trained on the synthetic world
+            by scripts/train_*.py), which raises ``NoBundledWeightsError`` when absent.
+        **kw: any :class:`OnnxProposals` setting.
+    """
+    if weights is None and kw.get("path") is None:
+        from .bundled import default_weights
+
+        weights = default_weights("csl")
+    return CslProposals(weights=weights, **kw)
