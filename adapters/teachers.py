@@ -590,9 +590,24 @@ class TorchTeacher(_ImageConfig, Teacher):
 
 
 def _bundled(name: str) -> dict:
-    from .bundled import default_weights
+    """``{role: Path, "meta": dict}`` of the bundled default for ``name`` (NoBundledWeightsError if none)."""
+    from . import bundled
 
-    return default_weights(name)
+    try:
+        return bundled.default_weights(name)
+    except TypeError:
+        # The skeleton's default_weights joins the "meta" *dict* onto BUNDLED_DIR before it checks the role
+        # (reported to the lead); resolve the same manifest entry here, with the same errors, until it is fixed.
+        entry = dict(bundled._manifest().get(name) or {})
+        out: dict = {"meta": entry.pop("meta", None) or {}}
+        for role, fname in entry.items():
+            p = bundled.BUNDLED_DIR / fname
+            if not p.exists():
+                raise bundled.NoBundledWeightsError(
+                    f"bundled file {p} for {name!r} is missing; reinstall posthoc"
+                ) from None
+            out[role] = p
+        return out
 
 
 def _meta_kwargs(meta: Mapping | None) -> dict:
@@ -1075,9 +1090,10 @@ class SMLTeacher(_SemanticWrapper):
             pixels_per_frame, seed, fit_kwargs: as in :meth:`ScoreTeacher.fit_calibration`.
 
         Returns:
-            self. Statistics are exact sums over all pixels (float64), mean and
-            population variance per predicted class; classes never predicted get the
-            pooled statistics of all pixels (count 0 in the file).
+            self. Statistics are exact sums over all pixels (float64): mean and unbiased
+            variance of the max logit per predicted class (official
+            ``calculate_statistics``); classes predicted on fewer than 2 pixels get the
+            pooled variance (and, if never predicted, the pooled mean; count 0 in the file).
         """
         if isinstance(frames, Iterable) and not isinstance(frames, (np.ndarray, torch.Tensor, list, tuple)):
             frames = list(frames)
@@ -1109,11 +1125,12 @@ class SMLTeacher(_SemanticWrapper):
         if tot == 0:
             raise CalibrationError("no in-distribution pixel in frames (all labelled anomaly/void)")
         g_mean = float(s1.sum()) / tot
-        g_var = max(float(s2.sum()) / tot - g_mean**2, 1e-12)
+        g_var = max((float(s2.sum()) - tot * g_mean**2) / max(tot - 1.0, 1.0), 1e-12)
         has = cnt > 0
         mean = torch.where(has, s1 / cnt.clamp(min=1), torch.full_like(s1, g_mean))
-        var = torch.where(has, (s2 / cnt.clamp(min=1) - mean**2).clamp(min=0), torch.full_like(s1, g_var))
-        var = torch.where(var > 1e-12, var, torch.full_like(var, g_var))
+        # unbiased variance, as the official calculate_statistics (np.var(..., ddof=1) semantics)
+        var = ((s2 - cnt * mean**2) / (cnt - 1).clamp(min=1)).clamp(min=0)
+        var = torch.where((cnt > 1) & (var > 1e-12), var, torch.full_like(var, g_var))
         if not bool(has.all()):
             log.warning("SML: classes %s were never predicted; they get the pooled statistics",
                         [i for i in range(k) if not has[i]])
