@@ -1,36 +1,336 @@
-"""Kernels behind ``posthoc.fuse`` and ``posthoc.soft_assign``.
+"""Kernels behind ``posthoc.fuse`` and ``posthoc.soft_assign``, at the memory-bandwidth floor.
 
-Three entry points, each with a ``backend=`` keyword ("auto" picks by device,
-size and availability):
+Three entry points, each with a ``backend=`` keyword:
 
 * ``region_sums(values, labels, num_regions)`` -> (sums (B,N,C) float32, counts (B,N) int64)
-* ``region_fuse(probs, labels, num_regions)`` -> CSL Eq. 3 on normalized scores
+* ``region_fuse(probs, labels, num_regions, out=None)`` -> CSL Eq. 3 on normalized scores
 * ``weighted_argmax(region_scores, validity)`` -> CSL Eq. 2 labels
 
-The inputs here are already validated and normalized by the public functions;
-kernels do no user-facing checks.
+Backends:
+
+* ``"numba"`` -- CPU: parallel fused two-pass run-length kernels (:mod:`._numba`).
+* ``"triton"`` -- CUDA: Triton kernels with a segmented scan per block, so only one atomic
+  per run of equal labels reaches global memory (:mod:`._triton`).
+* ``"torch"`` -- any device: ``scatter_add_`` + ``gather``, chunked (:mod:`._torch`); the
+  semantics reference.
+* ``"auto"`` (default) -- CUDA tensors use triton if it imports, else torch; CPU tensors use
+  numba if it imports, else torch. Inputs smaller than ``SMALL`` elements go to torch on
+  the CPU (no thread start-up, no numba import for tiny test inputs).
+
+Inputs may be numpy arrays or torch tensors; the result is of the same kind (on the input's
+device). The public ops (``posthoc.fuse`` ...) validate their input; the kernels only check
+shapes, dtypes and the label range (for free, while scanning the labels) so that a bad label
+never writes out of bounds. Inputs are never modified, except ``out`` (which may be ``probs``
+itself for an in-place fusion).
+
+Threads: the numba path uses ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)``
+threads, so ``torch.set_num_threads`` is the single knob for both.
 """
 from __future__ import annotations
 
-from ._torch import region_fuse_torch, region_sums_torch, weighted_argmax_torch
+import functools
+import importlib
+import importlib.util
+import logging
+import os
+from typing import Any
 
-__all__ = ["region_sums", "region_fuse", "weighted_argmax", "available_backends"]
+import numpy as np
+import torch
+
+from .._checks import (
+    DTypeError,
+    MissingExtraError,
+    ShapeError,
+    ValueRangeError,
+    check_int,
+    check_tensor_type,
+    shape_str,
+)
+from .._tensor import as_float32, as_torch, restore
+from ._torch import check_label_range, region_fuse_torch, region_sums_torch, weighted_argmax_torch
+
+__all__ = ["region_sums", "region_fuse", "weighted_argmax", "available_backends", "resolve_backend", "SMALL"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "numba", "triton", "torch")
+
+#: CPU inputs with fewer elements than this go to torch under backend="auto"
+SMALL = 1 << 16
 
 
-def available_backends() -> list[str]:
-    return ["torch"]
+@functools.lru_cache(maxsize=None)
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
-def region_sums(values, labels, num_regions: int, *, backend: str = "auto"):
-    """Per-region sums and pixel counts. values (B,C,H,W) float32, labels (B,H,W) int, -1 skipped."""
-    return region_sums_torch(values, labels, num_regions)
+@functools.lru_cache(maxsize=None)
+def _numba_mod():
+    try:
+        return importlib.import_module("posthoc.kernels._numba")
+    except ImportError as e:  # numba missing or broken
+        log.debug("numba backend unavailable: %s", e)
+        return None
 
 
-def region_fuse(probs, labels, num_regions: int, *, backend: str = "auto", out=None):
-    """H[b,c,p] = mean_{q in region(p)} probs[b,c,q] * probs[b,c,p]; probs where label == -1."""
-    return region_fuse_torch(probs, labels, num_regions, out=out)
+@functools.lru_cache(maxsize=None)
+def _triton_mod():
+    try:
+        return importlib.import_module("posthoc.kernels._triton")
+    except ImportError as e:
+        log.debug("triton backend unavailable: %s", e)
+        return None
 
 
-def weighted_argmax(region_scores, validity, *, backend: str = "auto"):
-    """argmax_n region_scores[b,n,p] * validity[b,n], ties to the lowest n -> (B,h,w) int64."""
-    return weighted_argmax_torch(region_scores, validity)
+def _interpret() -> bool:
+    """True when Triton runs in interpreter mode (TRITON_INTERPRET=1): kernels run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available_backends(device: Any = "cpu") -> list[str]:
+    """Backends that can run on ``device`` here, fastest first (``"torch"`` always last).
+
+    Args:
+        device: a torch device or its name ("cpu", "cuda", "cuda:1").
+    """
+    dev = torch.device(device)
+    found = []
+    if dev.type == "cpu" and _has("numba") and _numba_mod() is not None:
+        found.append("numba")
+    if (dev.type == "cuda" or _interpret()) and _has("triton") and _triton_mod() is not None:
+        found.append("triton")
+    found.append("torch")
+    return found
+
+
+def resolve_backend(backend: str, device: torch.device, numel: int) -> str:
+    """The backend that ``backend`` means for a tensor of ``numel`` elements on ``device``.
+
+    Raises:
+        ValueRangeError: an unknown backend name.
+        MissingExtraError: a named backend whose package is not installed.
+        ValueRangeError: a named backend that cannot run on ``device``.
+    """
+    if backend not in BACKENDS:
+        raise ValueRangeError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
+    dev = torch.device(device)
+    if backend == "auto":
+        if dev.type == "cuda":
+            return "triton" if _has("triton") and _triton_mod() is not None else "torch"
+        if dev.type == "cpu" and numel >= SMALL and _has("numba") and _numba_mod() is not None:
+            return "numba"
+        return "torch"
+    if backend == "numba":
+        if not _has("numba") or _numba_mod() is None:
+            raise MissingExtraError("backend='numba' needs numba; install it with `pip install numba`")
+        if dev.type != "cpu":
+            raise ValueRangeError(f"backend='numba' runs on CPU tensors; got a tensor on {dev}")
+    elif backend == "triton":
+        if not _has("triton") or _triton_mod() is None:
+            raise MissingExtraError(
+                "backend='triton' needs triton (shipped with the CUDA builds of torch); "
+                "install it with `pip install triton`"
+            )
+        if dev.type != "cuda" and not (_interpret() and dev.type == "cpu"):
+            raise ValueRangeError(
+                f"backend='triton' runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1); "
+                f"got a tensor on {dev}"
+            )
+    return backend
+
+
+def _labels_tensor(labels: Any, name: str) -> tuple[torch.Tensor, bool]:
+    lab, was_np = as_torch(labels, name)
+    check_int(lab, name)
+    if lab.dtype not in (torch.int32, torch.int64):
+        lab = lab.to(torch.int32)  # uint8/int16/...: small, and the kernels read int32 natively
+    return lab, was_np
+
+
+def _num_regions(num_regions: Any) -> int:
+    if isinstance(num_regions, bool) or not isinstance(num_regions, (int, np.integer)):
+        raise DTypeError(f"num_regions must be an int >= 0; got {type(num_regions).__name__}")
+    if num_regions < 0:
+        raise ValueRangeError(f"num_regions must be >= 0; got {int(num_regions)}")
+    return int(num_regions)
+
+
+def _check_scores_labels(x: torch.Tensor, xname: str, lab: torch.Tensor) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{xname} must be (B,C,H,W); got {x.ndim} axes with shape {shape_str(x.shape)}")
+    if not x.is_floating_point():
+        raise DTypeError(f"{xname} must be a floating-point tensor; got dtype {x.dtype}")
+    want = (x.shape[0], x.shape[2], x.shape[3])
+    if tuple(lab.shape) != want:
+        raise ShapeError(f"labels must be (B,H,W) matching {xname} {shape_str(x.shape)}; got {shape_str(lab.shape)}")
+    if lab.device != x.device:
+        raise ValueRangeError(f"labels must be on the device of {xname} ({x.device}); got {lab.device}")
+
+
+def _range_error(labels: torch.Tensor, n: int) -> ValueRangeError:
+    check_label_range(labels, n)  # raises with the observed range
+    return ValueRangeError(f"labels must lie in [-1,{n - 1}]")  # pragma: no cover - defensive
+
+
+def _numba_threads():
+    nb = importlib.import_module("numba")
+    want = max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS))
+    if nb.get_num_threads() != want:
+        nb.set_num_threads(want)
+
+
+def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "auto"):
+    """Per-region sums and pixel counts (the segment reduction shared by fusion and region means).
+
+    Args:
+        values: (B,C,H,W) float (any float dtype; computed in float32), any finite range.
+        labels: (B,H,W) integer region index in [-1, num_regions), -1 = skipped. int32 and int64
+            are read as they are; other integer dtypes are converted to int32.
+        num_regions: N >= 0.
+        backend: "auto", "numba", "triton" or "torch".
+
+    Returns:
+        sums (B,N,C) float32 and counts (B,N) int64, numpy if ``values`` was numpy.
+
+    Raises:
+        ShapeError, DTypeError: wrong layouts or dtypes.
+        ValueRangeError: a label outside [-1, num_regions), or an unknown/unusable backend.
+    """
+    x, was_np = as_torch(values, "values")
+    lab, _ = _labels_tensor(labels, "labels")
+    n = _num_regions(num_regions)
+    _check_scores_labels(x, "values", lab)
+    be = resolve_backend(backend, x.device, x.numel())
+    x = as_float32(x.detach()).contiguous()
+    lab = lab.contiguous()
+    B, C, H, W = x.shape
+    if be == "numba":
+        _numba_threads()
+        s, c, ok = _numba_mod().region_sums_np(x.numpy().reshape(B, C, H * W), lab.numpy().reshape(B, H * W), n)
+        if not ok:
+            raise _range_error(lab, n)
+        sums, counts = torch.from_numpy(s), torch.from_numpy(c)
+    elif be == "triton":
+        sums, counts = _triton_mod().region_sums_triton(x, lab, n)
+    else:
+        sums, counts = region_sums_torch(x, lab, n)
+    return restore(sums, was_np), restore(counts, was_np)
+
+
+def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "auto", out: Any = None):
+    """Structure-constrained fusion, CSL Eq. 3 (Zhang et al., AAAI 2024), on normalized scores.
+
+    H[b,c,p] = (mean over q in region(p) of probs[b,c,q]) * probs[b,c,p]; pixels with label -1
+    keep probs[b,c,p] exactly. Normalization (softmax over C for logits) is the caller's job
+    (``posthoc.fuse`` does it).
+
+    Args:
+        probs: (B,C,H,W) float scores, probabilities in [0,1] (any finite values are accepted);
+            float16/float64 are computed in float32.
+        labels: (B,H,W) integer region index in [-1, num_regions), -1 = unassigned; int32 or
+            int64 (int32 halves the label traffic).
+        num_regions: N >= 0; with N == 0 every label must be -1 and the output equals probs.
+        backend: "auto", "numba", "triton" or "torch".
+        out: optional (B,C,H,W) float32 array/tensor of the same kind and device to write into
+            (preallocate it: a fresh large output pays page faults on every call). It may be
+            ``probs`` itself.
+
+    Returns:
+        (B,C,H,W) float32 fused scores (``out`` when given), numpy if ``probs`` was numpy.
+
+    Raises:
+        ShapeError, DTypeError: wrong layouts or dtypes, or an ``out`` that does not match.
+        ValueRangeError: a label outside [-1, num_regions), or an unknown/unusable backend.
+    """
+    x, was_np = as_torch(probs, "probs")
+    lab, _ = _labels_tensor(labels, "labels")
+    n = _num_regions(num_regions)
+    _check_scores_labels(x, "probs", lab)
+    be = resolve_backend(backend, x.device, x.numel())
+    out_t = None
+    if out is not None:
+        check_tensor_type(out, "out")
+        if isinstance(out, np.ndarray) != was_np:
+            raise DTypeError(f"out must be a {'numpy array' if was_np else 'torch tensor'} like probs; "
+                             f"got {type(out).__name__}")
+        out_t = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
+        if tuple(out_t.shape) != tuple(x.shape):
+            raise ShapeError(f"out must be (B,C,H,W) = {shape_str(x.shape)} like probs; got {shape_str(out_t.shape)}")
+        if out_t.dtype != torch.float32:
+            raise DTypeError(f"out must be float32; got {out_t.dtype}")
+        if out_t.device != x.device:
+            raise ValueRangeError(f"out must be on the device of probs ({x.device}); got {out_t.device}")
+    x = as_float32(x.detach()).contiguous()
+    lab = lab.contiguous()
+    if be == "torch":
+        res = region_fuse_torch(x, lab, n, out=out_t)
+    else:
+        dst = out_t if out_t is not None and out_t.is_contiguous() else torch.empty(
+            x.shape, dtype=torch.float32, device=x.device
+        )
+        if be == "numba":
+            _numba_threads()
+            B, C, H, W = x.shape
+            ok = _numba_mod().region_fuse_np(
+                x.numpy().reshape(B, C, H * W), lab.numpy().reshape(B, H * W), n,
+                dst.detach().numpy().reshape(B, C, H * W),
+            )
+            if not ok:
+                raise _range_error(lab, n)
+        else:
+            _triton_mod().region_fuse_triton(x, lab, n, dst)
+        if out_t is not None and dst is not out_t:
+            out_t.copy_(dst)
+            dst = out_t
+        res = dst
+    if was_np:
+        return out if out is not None else res.numpy()
+    return res
+
+
+def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto"):
+    """Soft assignment, CSL Eq. 2: label[b,p] = argmax_n region_scores[b,n,p] * validity[b,n].
+
+    Ties go to the lowest n; the product is formed in float32 as in the torch reference, so
+    every backend returns the identical map. The region scores are read exactly once.
+
+    Args:
+        region_scores: (B,N,h,w) float soft region scores, probabilities in [0,1].
+        validity: (B,N) float region validity, probabilities in [0,1].
+        backend: "auto", "numba", "triton" or "torch".
+
+    Returns:
+        (B,h,w) int64 region index in [0,N); all -1 when N == 0. numpy if region_scores was numpy.
+
+    Raises:
+        ShapeError, DTypeError: wrong layouts or dtypes.
+        ValueRangeError: an unknown/unusable backend.
+    """
+    r, was_np = as_torch(region_scores, "region_scores")
+    v, _ = as_torch(validity, "validity")
+    if r.ndim != 4:
+        raise ShapeError(f"region_scores must be (B,N,h,w); got {r.ndim} axes with shape {shape_str(r.shape)}")
+    if not r.is_floating_point():
+        raise DTypeError(f"region_scores must be a floating-point tensor; got dtype {r.dtype}")
+    if not v.is_floating_point():
+        raise DTypeError(f"validity must be a floating-point tensor; got dtype {v.dtype}")
+    if tuple(v.shape) != tuple(r.shape[:2]):
+        raise ShapeError(f"validity must be (B,N) = {shape_str(r.shape[:2])} matching region_scores "
+                         f"{shape_str(r.shape)}; got {shape_str(v.shape)}")
+    if v.device != r.device:
+        raise ValueRangeError(f"validity must be on the device of region_scores ({r.device}); got {v.device}")
+    be = resolve_backend(backend, r.device, r.numel())
+    B, N, h, w = r.shape
+    if N == 0 or be == "torch":
+        res = weighted_argmax_torch(r, v)
+    else:
+        r = as_float32(r.detach()).contiguous()
+        v = as_float32(v.detach()).contiguous()
+        if be == "numba":
+            _numba_threads()
+            res = torch.empty(B, h, w, dtype=torch.int64)
+            _numba_mod().weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(), res.numpy().reshape(B, h * w))
+        else:
+            res = _triton_mod().weighted_argmax_triton(r, v)
+    return restore(res, was_np)

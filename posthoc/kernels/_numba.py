@@ -1,0 +1,276 @@
+"""CPU kernels compiled with numba: fused two-pass region fusion and one-pass weighted argmax.
+
+Semantics are those of :mod:`posthoc.kernels._torch` (the reference); this module only
+makes them fast on a multi-core CPU.
+
+Design (DESIGN.md, "Kernels"): the work is memory-bound, so the kernels aim at the
+bandwidth floor -- read the scores twice, the labels twice, write the output once.
+
+* Labels are spatially coherent, so instead of scattering each pixel into its region's
+  accumulator, each image is cut into blocks of ``block`` pixels (rows concatenated,
+  row-major), the runs of equal labels of a block are found once, and every channel is
+  summed run by run: the inner loop is a contiguous float32 reduction that LLVM
+  vectorizes, and the accumulator is touched once per run, not once per pixel.
+* Parallelism: the batch is split into ``B * parts`` contiguous work items (``parts``
+  segments per image, chosen so the items divide evenly over the threads). Every item
+  owns a private float64 accumulator of shape (C, N+1); the accumulators are summed at
+  the end, so no two threads ever write the same memory.
+* Slot 0 of each accumulator / mean table belongs to label -1 (index ``label + 1``), so
+  the kernels have no branch for unassigned pixels. In pass 2 slot 0 holds 1.0, and
+  ``1.0 * p == p`` exactly, so unassigned pixels keep their score bit for bit.
+* Labels are read in their own dtype (int32 or int64; int32 halves the label traffic).
+  Out-of-range labels (< -1 or >= N) are detected while the runs are scanned, at no
+  extra cost, and reported with a flag instead of writing out of bounds.
+
+All functions are compiled with ``cache=True``: the JIT cost (see docs/kernels.md) is paid
+once per machine and dtype combination, later processes load the machine code from the
+numba cache.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+# fast-math without "nnan"/"ninf": allow re-association (so reductions vectorize) but keep
+# IEEE semantics for non-finite values.
+_FM = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+#: pixels per block: the run buffers and one block of every channel stay in L1/L2.
+BLOCK = 4096
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _runs(lab, s, e, starts, labs, nreg):
+    """Runs of equal labels in ``lab[s:e]``.
+
+    Writes run starts into ``starts[:k+1]`` (``starts[k] == e``) and run labels + 1 into
+    ``labs[:k]``; returns ``(k, bad)`` where bad is 1 if a label lies outside [-1, nreg).
+    """
+    cur = lab[s]
+    k = 0
+    bad = 0
+    starts[0] = s
+    labs[0] = np.int64(cur) + 1
+    if cur < -1 or cur >= nreg:
+        bad = 1
+    for x in range(s + 1, e):
+        v = lab[x]
+        if v != cur:
+            k += 1
+            starts[k] = x
+            labs[k] = np.int64(v) + 1
+            cur = v
+            if v < -1 or v >= nreg:
+                bad = 1
+    k += 1
+    starts[k] = e
+    return k, bad
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad):
+    """Pass 1: per-item region sums.
+
+    d (B,C,P) float32, lab (B,P) int32/int64, acc (B*parts, C, nreg+1) float64 zeroed,
+    cnt (B*parts, nreg+1) int64 zeroed, bad (B*parts,) uint8 zeroed.
+    """
+    B, C, P = d.shape
+    seg = (P + parts - 1) // parts
+    for it in prange(B * parts):
+        b = it // parts
+        k = it - b * parts
+        s0 = k * seg
+        s1 = min(P, s0 + seg)
+        starts = np.empty(block + 1, np.int64)
+        labs = np.empty(block, np.int64)
+        labrow = lab[b]
+        for bs in range(s0, s1, block):
+            be = min(s1, bs + block)
+            nr, flag = _runs(labrow, bs, be, starts, labs, nreg)
+            if flag:
+                # never touch the accumulators with an out-of-range label
+                bad[it] = 1
+                break
+            for r in range(nr):
+                cnt[it, labs[r]] += starts[r + 1] - starts[r]
+            for c in range(C):
+                drow = d[b, c]
+                accc = acc[it, c]
+                for r in range(nr):
+                    # slices (not drow[x]) let LLVM drop the negative-index check and vectorize
+                    run = drow[starts[r] : starts[r + 1]]
+                    s = np.float32(0.0)
+                    for x in range(run.shape[0]):
+                        s += run[x]
+                    accc[labs[r]] += s
+
+
+@njit(cache=True, parallel=True)
+def _reduce_sums(acc, cnt, B, parts, sums, counts):
+    """acc (B*parts,C,N+1) -> sums (B,N,C) float32, counts (B,N) int64 (slot 0 = label -1 dropped)."""
+    C = acc.shape[1]
+    N = acc.shape[2] - 1
+    for b in prange(B):
+        for n in range(N):
+            t = np.int64(0)
+            for k in range(parts):
+                t += cnt[b * parts + k, n + 1]
+            counts[b, n] = t
+            for c in range(C):
+                s = 0.0
+                for k in range(parts):
+                    s += acc[b * parts + k, c, n + 1]
+                sums[b, n, c] = np.float32(s)
+
+
+@njit(cache=True, parallel=True)
+def _means_table(acc, cnt, B, parts, table):
+    """acc (B*parts,C,N+1) -> table (B,C,N+1) float32: slot 0 = 1.0 (label -1), else the region mean.
+
+    The mean is computed as float32(sum) / float32(max(count, 1)), like the torch reference.
+    """
+    C = acc.shape[1]
+    N1 = acc.shape[2]
+    for b in prange(B):
+        for c in range(C):
+            table[b, c, 0] = np.float32(1.0)
+        for n in range(1, N1):
+            t = np.int64(0)
+            for k in range(parts):
+                t += cnt[b * parts + k, n]
+            den = np.float32(max(t, 1))
+            for c in range(C):
+                s = 0.0
+                for k in range(parts):
+                    s += acc[b * parts + k, c, n]
+                table[b, c, n] = np.float32(s) / den
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _scatter_means(d, lab, table, parts, block, out):
+    """Pass 2: out[b,c,p] = table[b,c,lab[b,p]+1] * d[b,c,p] (labels already range-checked)."""
+    B, C, P = d.shape
+    nreg = table.shape[2] - 1
+    seg = (P + parts - 1) // parts
+    for it in prange(B * parts):
+        b = it // parts
+        k = it - b * parts
+        s0 = k * seg
+        s1 = min(P, s0 + seg)
+        starts = np.empty(block + 1, np.int64)
+        labs = np.empty(block, np.int64)
+        labrow = lab[b]
+        for bs in range(s0, s1, block):
+            be = min(s1, bs + block)
+            nr, _ = _runs(labrow, bs, be, starts, labs, nreg)
+            for c in range(C):
+                drow = d[b, c]
+                orow = out[b, c]
+                trow = table[b, c]
+                for r in range(nr):
+                    m = trow[labs[r]]
+                    src = drow[starts[r] : starts[r + 1]]
+                    dst = orow[starts[r] : starts[r + 1]]
+                    for x in range(src.shape[0]):
+                        dst[x] = m * src[x]
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _weighted_argmax(r, v, block, out):
+    """One pass over R: out[b,p] = argmax_n r[b,n,p] * v[b,n], ties -> lowest n.
+
+    r (B,N,P) float32 with N >= 1, v (B,N) float32, out (B,P) int64. Each work item keeps
+    the running maximum and its index for ``block`` pixels in L1 and streams the N rows
+    of its block once; a strict ``>`` keeps the lowest n on ties. The product is formed in
+    float32 exactly as the reference does, so the result is identical, not just close.
+    """
+    B, N, P = r.shape
+    nblk = (P + block - 1) // block
+    for it in prange(B * nblk):
+        b = it // nblk
+        j = it - b * nblk
+        s = j * block
+        e = min(P, s + block)
+        L = e - s
+        best = np.empty(block, np.float32)
+        idx = np.zeros(block, np.int32)
+        v0 = v[b, 0]
+        row = r[b, 0, s:e]
+        for i in range(L):
+            best[i] = row[i] * v0
+        for n in range(1, N):
+            vn = v[b, n]
+            row = r[b, n, s:e]
+            nn = np.int32(n)
+            for i in range(L):
+                w = row[i] * vn
+                gt = w > best[i]
+                best[i] = w if gt else best[i]
+                idx[i] = nn if gt else idx[i]
+        dst = out[b, s:e]
+        for i in range(L):
+            dst[i] = idx[i]
+
+
+def _parts(batch: int, size: int, threads: int) -> int:
+    """Segments per image so that ``batch * parts`` work items divide evenly over the threads."""
+    threads = max(1, threads)
+    parts = threads // math.gcd(max(batch, 1), threads)
+    return max(1, min(parts, max(1, size // BLOCK)))
+
+
+def _pass1(d: np.ndarray, lab: np.ndarray, nreg: int):
+    B, C, P = d.shape
+    parts = _parts(B, P, numba.get_num_threads())
+    acc = np.zeros((B * parts, C, nreg + 1), np.float64)
+    cnt = np.zeros((B * parts, nreg + 1), np.int64)
+    bad = np.zeros(B * parts, np.uint8)
+    _accumulate(d, lab, nreg, parts, BLOCK, acc, cnt, bad)
+    return acc, cnt, parts, bool(bad.any())
+
+
+def region_sums_np(d: np.ndarray, lab: np.ndarray, nreg: int):
+    """d (B,C,P) float32 C-contiguous, lab (B,P) int32/int64 -> (sums (B,N,C) f32, counts (B,N) i64, ok)."""
+    B, C, P = d.shape
+    sums = np.zeros((B, nreg, C), np.float32)
+    counts = np.zeros((B, nreg), np.int64)
+    if B == 0 or P == 0 or nreg == 0:
+        ok = True
+        if nreg == 0 and lab.size:
+            ok = bool((lab == -1).all())
+        return sums, counts, ok
+    acc, cnt, parts, bad = _pass1(d, lab, nreg)
+    if bad:
+        return sums, counts, False
+    _reduce_sums(acc, cnt, B, parts, sums, counts)
+    return sums, counts, True
+
+
+def region_fuse_np(d: np.ndarray, lab: np.ndarray, nreg: int, out: np.ndarray) -> bool:
+    """CSL Eq. 3 into ``out`` (B,C,P) float32; returns False (out untouched) on out-of-range labels."""
+    B, C, P = d.shape
+    if B == 0 or P == 0 or C == 0:
+        return True
+    if nreg == 0:
+        if not bool((lab == -1).all()):
+            return False
+        np.copyto(out, d)
+        return True
+    acc, cnt, parts, bad = _pass1(d, lab, nreg)
+    if bad:
+        return False
+    table = np.empty((B, C, nreg + 1), np.float32)
+    _means_table(acc, cnt, B, parts, table)
+    _scatter_means(d, lab, table, parts, BLOCK, out)
+    return True
+
+
+def weighted_argmax_np(r: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
+    """r (B,N,P) float32 C-contiguous with N >= 1, v (B,N) float32, out (B,P) int64."""
+    B, N, P = r.shape
+    if B == 0 or P == 0:
+        return
+    _weighted_argmax(r, v, min(BLOCK, P), out)
