@@ -1,0 +1,37 @@
+"""Official-grade metrics: SMIYC pixel and component metrics, semantic, open-set and panoptic.
+
+Every accumulator has ``update(...)``, ``compute() -> dict``, ``merge(other)`` and
+``reset()``; states merge by addition, so a data set can be split over processes or
+machines and the results combined exactly. See ``docs/metrics.md``.
+
+* :class:`PixelMetrics` — AP, AUROC, FPR95, best F1; ``mode="smiyc"`` (official per-frame
+  768-bin binning) or ``"exact"`` (sort-based, equals sklearn).
+* :class:`ComponentMetrics` — sIoU_gt, PPV, F1 at sIoU 0.25..0.75 (official instancer);
+  presets :meth:`ComponentMetrics.anomaly_track` / :meth:`ComponentMetrics.obstacle_track`;
+  threshold from the pixel pass with :meth:`ComponentMetrics.from_pixel`.
+* :func:`evaluate_anomaly` — both passes over a list of frames or a frame factory.
+* :class:`SemanticMetrics` — IoU, mIoU, zero-shot mIoU(seen/unseen) and hIoU.
+* :class:`OpenIoU` — open-set IoU (known classes + unknown); :func:`open_set_prediction`.
+* :class:`PanopticQuality` — PQ/SQ/RQ with known classes and an unknown thing class.
+"""
+from __future__ import annotations
+
+from ._common import EmptyMetricError
+from .component import SIOU_THRESHOLDS, ComponentMetrics, ThresholdNotSetError
+from .evaluate import evaluate_anomaly
+from .panoptic import PanopticQuality
+from .pixel import PixelMetrics
+from .semantic import OpenIoU, SemanticMetrics, open_set_prediction
+
+__all__ = [
+    "PixelMetrics",
+    "ComponentMetrics",
+    "SemanticMetrics",
+    "OpenIoU",
+    "PanopticQuality",
+    "evaluate_anomaly",
+    "open_set_prediction",
+    "EmptyMetricError",
+    "ThresholdNotSetError",
+    "SIOU_THRESHOLDS",
+]

@@ -1,0 +1,524 @@
+"""Pixel-level anomaly metrics pooled over a data set: AP, AUROC, FPR95, best F1.
+
+Two modes, and every result names the one it used:
+
+* ``"smiyc"`` reproduces the official SegmentMeIfYouCan code
+  (``road_anomaly_benchmark/metrics/pixel_classification.py``, config ``PixBinaryClass``, and
+  ``pixel_classification_curves.py::curves_from_cmats``, commit 1c7804e):
+
+  1. per frame, only non-void pixels count; thresholds are the union of
+     ``[vmin - eps, vmax + eps]`` (``eps = max(0.01 * (vmax - vmin), 0.01)``) and
+     ``min(384, n)`` linearly interpolated quantiles (``np.quantile`` 'linear') of the
+     positive and of the negative scores; per bin ``[e_k, e_k+1)`` the positive and
+     negative pixels are counted (``np.histogram``);
+  2. the per-frame (lower edge, counts) entries of all frames are concatenated, sorted by
+     threshold descending (``np.argsort(...)[::-1]``) and cumulated: TP(t) = #positives with
+     score >= t;
+  3. repeated thresholds are collapsed to their last entry (the official code also keeps
+     the very first entry, even when its threshold repeats; we keep that too, so the
+     numbers are the official ones);
+  4. the curve gets the points (0,0) and (P,N) if missing; AP is the step sum
+     ``sum(diff(recall) * precision[1:])``, AUROC the trapezoid rule over (FPR, TPR), FPR95
+     the FPR at the first threshold (from high to low) whose TPR >= 0.95, without
+     interpolation (1.0 when never reached), best F1 = max 2TP/(2TP+FP+FN) and its threshold.
+
+  State: about 770 thresholds and two counts per frame (~18 KB), merged by concatenation.
+
+* ``"exact"`` sorts the scores: TP/FP at every distinct score value, as
+  ``sklearn.metrics.precision_recall_curve`` / ``roc_curve``; AP equals
+  ``average_precision_score`` and AUROC ``roc_auc_score`` (same formulas, same summation
+  order, so the values agree to the last bit on the installed versions). FPR95 and best F1
+  follow the same rules as above on the exact curve.
+
+  State: every distinct score value of each class with its count (value in the input
+  dtype + int64 count: 12 bytes per distinct float32 value and class). For float16
+  scores that is at most 2 x 65536 entries whatever the data-set size; for float32 network
+  outputs it is bounded by the number of pixels. Per-frame sorted runs are merged lazily
+  (log-structured), so updating costs one ``np.sort`` per frame.
+
+In both modes a pixel counts as positive at threshold ``t`` when ``score >= t``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from .._checks import ValueRangeError
+from ._common import (
+    EmptyMetricError,
+    check_binary_labels,
+    check_finite_values,
+    check_mergeable,
+    check_same_shape,
+    check_scores,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PixelMetrics",
+    "smiyc_frame_bins",
+    "smiyc_curve",
+    "exact_curve",
+    "sorted_quantiles",
+    "reduce_curve",
+    "SMIYC_NUM_BINS",
+]
+
+SMIYC_NUM_BINS = 768
+_MODES = ("smiyc", "exact")
+
+
+# --------------------------------------------------------------------------- smiyc binning
+def sorted_quantiles(s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.quantile(s, q)`` (method 'linear') for an already sorted 1-D array, without re-partitioning.
+
+    Reproduces numpy's linear interpolation (``numpy/lib/_function_base_impl.py::_lerp``)
+    operation by operation, so the result is bit-identical to ``np.quantile`` (tested).
+
+    Args:
+        s: (n,) sorted ascending, n >= 1, any float dtype, finite.
+        q: (m,) float64 quantiles in [0,1].
+
+    Returns:
+        (m,) float64 quantile values.
+    """
+    n = s.shape[0]
+    vi = (n - 1) * q
+    prev = np.floor(vi)
+    prev_i = prev.astype(np.intp)
+    next_i = prev_i + 1
+    above = vi >= n - 1
+    prev_i[above] = n - 1
+    next_i[above] = n - 1
+    gamma = vi - np.where(above, -1, prev_i)  # numpy computes gamma from the clipped (-1) index
+    a = s[prev_i]
+    b = s[next_i]
+    diff_b_a = b - a
+    out = np.add(a, diff_b_a * gamma)
+    hi = gamma >= 0.5
+    np.subtract(b, diff_b_a * (1 - gamma), out=out, where=hi, casting="unsafe", dtype=out.dtype)
+    return out
+
+
+def _bin_counts(sorted_vals: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts per bin [e_k, e_k+1) (last bin closed), as ``np.histogram(vals, bins=edges)[0]``."""
+    if sorted_vals.size == 0:
+        return np.zeros(edges.size - 1, dtype=np.int64)
+    cum = np.empty(edges.size, dtype=np.int64)
+    cum[:-1] = sorted_vals.searchsorted(edges[:-1], "left")
+    cum[-1] = sorted_vals.searchsorted(edges[-1:], "right")[0]
+    return np.diff(cum)
+
+
+def smiyc_frame_bins(pos_sorted: np.ndarray, neg_sorted: np.ndarray,
+                     num_bins: int = SMIYC_NUM_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame of the official 'percentiles' binning (``binary_confusion_matrix``).
+
+    Args:
+        pos_sorted: (P,) scores of the frame's anomaly pixels, sorted ascending, finite.
+        neg_sorted: (N,) scores of the frame's in-distribution pixels, sorted ascending, finite.
+            P + N >= 1; both in the same float dtype.
+        num_bins: 768 in the official ``PixBinaryClass`` config; at most ``num_bins // 2``
+            quantiles are taken per class.
+
+    Returns:
+        ``(thresholds, tp_rel, fp_rel)``: (M,) float64 lower bin edges in descending order, and
+        (M,) int64 numbers of positive / negative pixels in each bin (``bin_edges[1:]``,
+        ``tp_rel``, ``fp_rel`` of the official code after its reversal).
+    """
+    parts = [s for s in (pos_sorted, neg_sorted) if s.size]
+    if not parts:
+        raise EmptyMetricError("smiyc_frame_bins needs at least one non-void pixel; got none")
+    vmin = parts[0][0] if len(parts) == 1 else np.minimum(parts[0][0], parts[1][0])
+    vmax = parts[0][-1] if len(parts) == 1 else np.maximum(parts[0][-1], parts[1][-1])
+    vrange = vmax - vmin
+    eps = np.maximum(vrange * 1e-2, 1e-2)
+    edges = [np.asarray([vmin - eps, vmax + eps])]
+    for s in (pos_sorted, neg_sorted):
+        if s.size:
+            edges.append(sorted_quantiles(s, np.linspace(0, 1, min(num_bins // 2, s.size))))
+    edges = np.unique(np.concatenate(edges))
+    tp = _bin_counts(pos_sorted, edges)
+    fp = _bin_counts(neg_sorted, edges)
+    return edges[:-1][::-1].copy(), tp[::-1].copy(), fp[::-1].copy()
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    # same expression as numpy.trapezoid (bit-identical)
+    d = np.diff(x)
+    return float((d * (y[1:] + y[:-1]) / 2.0).sum())
+
+
+def _curve_summary(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray,
+                   thresholds: np.ndarray) -> dict:
+    """Shared tail of both modes: rates, F1, FPR95 on a curve ordered from high to low threshold."""
+    tpr = tp / (tp + fn)
+    fpr = fp / (fp + tn)
+    n_pred = tp + fp
+    precision = np.ones(tp.shape[0], np.float64)
+    ok = n_pred > 0
+    precision[ok] = tp[ok] / n_pred[ok]
+    recall = tpr
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = (2 * tp) / (2 * tp + fp + fn)
+    i95 = int(np.searchsorted(tpr, 0.95))
+    if i95 < tpr.shape[0]:
+        fpr95, thr95 = float(fpr[i95]), float(thresholds[i95])
+    else:  # never reached (cannot happen on a complete curve, kept as in the official code)
+        fpr95, thr95 = 1.0, 0.0
+    ix = int(np.nanargmax(f1))
+    return dict(
+        precision=precision, recall=recall, tpr=tpr, fpr=fpr, f1=f1,
+        fpr95=fpr95, fpr95_threshold=thr95,
+        best_f1=float(f1[ix]), best_f1_threshold=float(thresholds[ix]),
+    )
+
+
+def smiyc_curve(thresholds: np.ndarray, tp_rel: np.ndarray, fp_rel: np.ndarray,
+                num_pos: int, num_neg: int) -> dict:
+    """Merge the per-frame bins of a data set and compute the official curve and metrics.
+
+    Follows ``MetricPixelClassification.aggregate_dynamic_bins`` and ``curves_from_cmats``.
+
+    Args:
+        thresholds: (T,) float64, the per-frame lower edges concatenated in frame order.
+        tp_rel, fp_rel: (T,) int64 positive / negative counts per entry.
+        num_pos, num_neg: totals over the data set; both must be > 0.
+
+    Returns:
+        dict with ``ap``, ``auroc``, ``fpr95``, ``fpr95_threshold``, ``best_f1``,
+        ``best_f1_threshold`` (Python floats) and the curve arrays ``precision``, ``recall``,
+        ``tpr``, ``fpr``, ``thresholds`` (float64, from high to low threshold).
+    """
+    order = np.argsort(thresholds)[::-1]
+    tp_c = np.cumsum(tp_rel[order].astype(np.float64))
+    fp_c = np.cumsum(fp_rel[order].astype(np.float64))
+    thr = thresholds[order]
+    n = thr.shape[0]
+    keep = np.concatenate([[0], np.nonzero(thr[:-1] != thr[1:])[0], [n - 1]])
+    tp, fp, thr = tp_c[keep], fp_c[keep], thr[keep]
+    fn = num_pos - tp
+    tn = num_neg - fp
+    if tp[0] != 0 or fp[0] != 0:
+        tp = np.concatenate([[0], tp])
+        fp = np.concatenate([[0], fp])
+        fn = np.concatenate([[num_pos], fn])
+        tn = np.concatenate([[num_neg], tn])
+        thr = np.concatenate([[float(np.max(thr)) + 1], thr])
+    if tp[-1] != num_pos or fp[-1] != num_neg:
+        tp = np.concatenate([tp, [num_pos]])
+        fp = np.concatenate([fp, [num_neg]])
+        fn = np.concatenate([fn, [0]])
+        tn = np.concatenate([tn, [0]])
+        thr = np.concatenate([thr, [float(np.max(thr)) - 1]])
+    out = _curve_summary(tp, fp, fn, tn, thr)
+    out["ap"] = float(np.sum(np.diff(out["recall"]) * out["precision"][1:]))
+    out["auroc"] = _trapezoid(out["tpr"], out["fpr"])
+    out["thresholds"] = thr
+    return out
+
+
+# --------------------------------------------------------------------------- exact mode
+def _unique_counts_sorted(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted 1-D array and how often each occurs."""
+    n = s.shape[0]
+    if n == 0:
+        return s[:0].copy(), np.zeros(0, np.int64)
+    flag = np.empty(n, dtype=bool)
+    flag[0] = True
+    np.not_equal(s[1:], s[:-1], out=flag[1:])
+    idx = np.flatnonzero(flag)
+    counts = np.diff(np.append(idx, n)).astype(np.int64)
+    return s[idx], counts
+
+
+def _merge_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Merge (distinct sorted values, counts) runs into one; counts of equal values add up."""
+    runs = [r for r in runs if r[0].size]
+    if not runs:
+        return np.zeros(0, np.float64), np.zeros(0, np.int64)
+    if len(runs) == 1:
+        return runs[0]
+    values = np.unique(np.concatenate([v for v, _ in runs]))
+    counts = np.zeros(values.shape[0], np.int64)
+    for v, c in runs:
+        counts[np.searchsorted(values, v)] += c  # v is distinct, so the indices are too
+    return values, counts
+
+
+class _ValueCounts:
+    """Additive multiset of score values: a consolidated base plus pending sorted runs."""
+
+    def __init__(self, consolidate_at: int = 1 << 22) -> None:
+        self.consolidate_at = consolidate_at
+        self.reset()
+
+    def reset(self) -> None:
+        self.base: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.float64), np.zeros(0, np.int64))
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.pending_size = 0
+
+    def add_run(self, values: np.ndarray, counts: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        self.pending.append((values, counts))
+        self.pending_size += values.size
+        if self.pending_size >= max(self.base[0].size, self.consolidate_at):
+            self.consolidate()
+
+    def add_sorted(self, s: np.ndarray) -> None:
+        self.add_run(*_unique_counts_sorted(s))
+
+    def consolidate(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.pending:
+            self.base = _merge_runs([self.base] + self.pending)
+            self.pending = []
+            self.pending_size = 0
+        return self.base
+
+    def runs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [self.base] + list(self.pending)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes + c.nbytes for v, c in self.runs())
+
+
+def exact_curve(pos_values: np.ndarray, pos_counts: np.ndarray,
+                neg_values: np.ndarray, neg_counts: np.ndarray) -> dict:
+    """Exact curve and metrics from the distinct scores of each class.
+
+    Follows ``sklearn.metrics._ranking._binary_clf_curve`` (one point per distinct score,
+    from high to low), ``precision_recall_curve`` + ``average_precision_score`` (AP =
+    -sum(diff(recall) * precision[:-1]) on the reversed curve) and ``roc_curve``
+    (``drop_intermediate=True``) + ``auc`` for AUROC.
+
+    Args:
+        pos_values, neg_values: distinct finite scores of each class, sorted ascending.
+        pos_counts, neg_counts: int64 multiplicities; both classes must be non-empty.
+
+    Returns:
+        the same keys as :func:`smiyc_curve`; the curve starts at threshold +inf (0,0).
+    """
+    values = np.union1d(pos_values, neg_values)
+    p = np.zeros(values.shape[0], np.int64)
+    q = np.zeros(values.shape[0], np.int64)
+    p[np.searchsorted(values, pos_values)] = pos_counts
+    q[np.searchsorted(values, neg_values)] = neg_counts
+    tps = np.cumsum(p[::-1]).astype(np.float64)
+    fps = np.cumsum(q[::-1]).astype(np.float64)
+    thr = values[::-1].astype(np.float64)
+    num_pos, num_neg = tps[-1], fps[-1]
+
+    # average precision, exactly as sklearn 1.x computes it
+    precision = tps / (tps + fps)
+    recall = tps / num_pos
+    pr_p = np.concatenate([precision[::-1], [1.0]])
+    pr_r = np.concatenate([recall[::-1], [0.0]])
+    ap = max(0.0, float(-np.sum(np.diff(pr_r) * pr_p[:-1])))
+
+    # AUROC on the roc_curve(drop_intermediate=True) points
+    if fps.shape[0] > 2:
+        opt = np.where(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
+        r_tps, r_fps = tps[opt], fps[opt]
+    else:
+        r_tps, r_fps = tps, fps
+    r_tps = np.r_[0.0, r_tps]
+    r_fps = np.r_[0.0, r_fps]
+    auroc = _trapezoid(r_tps / r_tps[-1], r_fps / r_fps[-1])
+
+    # full curve (every distinct score) for FPR95, F1 and plots
+    tp = np.r_[0.0, tps]
+    fp = np.r_[0.0, fps]
+    thr = np.r_[np.inf, thr]
+    out = _curve_summary(tp, fp, num_pos - tp, num_neg - fp, thr)
+    out["ap"] = ap
+    out["auroc"] = auroc
+    out["thresholds"] = thr
+    return out
+
+
+# --------------------------------------------------------------------------- curves for plots
+def reduce_curve(curves: dict, max_points: int | None) -> dict:
+    """Keep at most about ``max_points`` points of a curve, for plotting and JSON.
+
+    Keeps the end points, points evenly spaced in recall, in FPR and in index, so the PR
+    and ROC plots keep their shape. The metrics are always computed on the full curve.
+    """
+    n = curves["recall"].shape[0]
+    if max_points is None or n <= max_points:
+        return curves
+    k = max(2, max_points // 3)
+    grid = np.linspace(0.0, 1.0, k)
+    idx = np.concatenate([
+        np.linspace(0, n - 1, k).round().astype(np.int64),
+        np.searchsorted(curves["recall"], grid),
+        np.searchsorted(curves["fpr"], grid),
+        [0, n - 1],
+    ])
+    idx = np.unique(np.clip(idx, 0, n - 1))
+    return {key: v[idx] for key, v in curves.items()}
+
+
+# --------------------------------------------------------------------------- accumulator
+class PixelMetrics:
+    """Pixel-level AP / AUROC / FPR95 / best F1, pooled over every pixel of a data set.
+
+    Frames are added with :meth:`update`; :meth:`compute` returns the data-set metrics.
+    States of the same mode add up with :meth:`merge` (a data set split over processes
+    and merged in frame order gives exactly the single-run numbers; in ``smiyc`` mode the
+    merge order can only change the official tie quirk described in the module docstring).
+
+    Args:
+        mode: ``"smiyc"`` (official per-frame 768-bin 'percentiles' binning, default) or
+            ``"exact"`` (sort-based, equals sklearn). See the module docstring.
+        ignore_index: label value of void pixels (255 in SMIYC).
+        num_bins: bins per frame in ``smiyc`` mode (768 as the official ``PixBinaryClass``).
+
+    Example:
+        >>> pm = PixelMetrics(mode="smiyc")
+        >>> for scores, labels in frames:      # (H,W) or (B,H,W) each
+        ...     pm.update(scores, labels)
+        >>> res = pm.compute()                  # res["ap"], res["fpr95"], ...
+    """
+
+    def __init__(self, mode: str = "smiyc", ignore_index: int = 255, num_bins: int = SMIYC_NUM_BINS) -> None:
+        if mode not in _MODES:
+            raise ValueRangeError(f"mode must be one of {_MODES}; got {mode!r}")
+        if int(num_bins) < 2:
+            raise ValueRangeError(f"num_bins must be >= 2; got {num_bins}")
+        self.mode = mode
+        self.ignore_index = int(ignore_index)
+        self.num_bins = int(num_bins)
+        self.reset()
+
+    # ----------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget every frame."""
+        self.n_frames = 0
+        self.n_pos = 0
+        self.n_neg = 0
+        self._frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # smiyc
+        self._pos = _ValueCounts()  # exact
+        self._neg = _ValueCounts()
+
+    def merge(self, other: "PixelMetrics") -> "PixelMetrics":
+        """Add the state of ``other`` (same mode and settings) to this one; returns ``self``."""
+        check_mergeable(self, other, ("mode", "ignore_index", "num_bins"))
+        self.n_frames += other.n_frames
+        self.n_pos += other.n_pos
+        self.n_neg += other.n_neg
+        if self.mode == "smiyc":
+            self._frames.extend(other._frames)
+        else:
+            for mine, theirs in ((self._pos, other._pos), (self._neg, other._neg)):
+                for v, c in theirs.runs():
+                    mine.add_run(v, c)
+        return self
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes held by the accumulated state."""
+        if self.mode == "smiyc":
+            return sum(t.nbytes + a.nbytes + b.nbytes for t, a, b in self._frames)
+        return self._pos.nbytes + self._neg.nbytes
+
+    # ----------------------------------------------------------------- update
+    def update(self, scores: Any, labels: Any) -> None:
+        """Add frames.
+
+        Args:
+            scores: (H,W), (B,H,W) or (B,1,H,W) anomaly scores, numpy or torch (any device),
+                float16/32/64, higher = more anomalous, finite on non-void pixels. Any range
+                (probabilities in [0,1] for SMIYC submissions); not modified.
+            labels: same spatial shape, integer or bool; 0 = in-distribution, 1 = anomaly,
+                ``ignore_index`` = void. A frame that is all void adds nothing but its count.
+
+        Raises:
+            ShapeError, DTypeError, ValueRangeError (labels outside {0,1,ignore}),
+            NonFiniteError (NaN/Inf scores on non-void pixels).
+        """
+        s = check_scores(scores)
+        lab = check_binary_labels(labels, self.ignore_index)
+        check_same_shape(s, "scores", lab, "labels")
+        for b in range(s.shape[0]):
+            self._update_frame(s[b], lab[b])
+
+    def _update_frame(self, s: np.ndarray, lab: np.ndarray) -> None:
+        pos = s[lab == 1]
+        neg = s[lab == 0]
+        check_finite_values(pos, "scores")
+        check_finite_values(neg, "scores")
+        pos.sort()
+        neg.sort()
+        self.n_frames += 1
+        self.n_pos += pos.size
+        self.n_neg += neg.size
+        if pos.size + neg.size == 0:
+            return
+        if self.mode == "smiyc":
+            self._frames.append(smiyc_frame_bins(pos, neg, self.num_bins))
+        else:
+            self._pos.add_sorted(pos)
+            self._neg.add_sorted(neg)
+
+    # ----------------------------------------------------------------- compute
+    def compute(self, curve_points: int | None = 4096) -> dict:
+        """Metrics over every frame added so far.
+
+        Args:
+            curve_points: the returned curves are thinned to about this many points for
+                plotting (None = the full curve). The metrics use the full curve.
+
+        Returns:
+            dict: ``mode``; ``ap``, ``auroc``, ``fpr95`` (FPR at TPR >= 0.95, no interpolation),
+            ``fpr95_threshold``, ``best_f1``, ``best_f1_threshold`` (a pixel is positive when
+            score >= threshold) as floats; ``n_frames``, ``n_pixels_pos``, ``n_pixels_neg``;
+            ``curves``: dict of float64 arrays ``precision``, ``recall``, ``tpr``, ``fpr``,
+            ``thresholds``, ordered from high to low threshold.
+
+        Raises:
+            EmptyMetricError: no frame, no non-void pixel, or only one class in the data set
+                (AP/AUROC/FPR95 are undefined then).
+        """
+        if self.n_frames == 0:
+            raise EmptyMetricError("PixelMetrics.compute() needs at least one update(); got none")
+        if self.n_pos == 0 or self.n_neg == 0:
+            raise EmptyMetricError(
+                "PixelMetrics needs both anomaly (1) and in-distribution (0) pixels over the data set; "
+                f"got {self.n_pos} anomaly and {self.n_neg} in-distribution pixels in {self.n_frames} frames "
+                "(check the label remap and ignore_index)"
+            )
+        if self.mode == "smiyc":
+            thr = np.concatenate([f[0] for f in self._frames])
+            tp = np.concatenate([f[1] for f in self._frames])
+            fp = np.concatenate([f[2] for f in self._frames])
+            c = smiyc_curve(thr, tp, fp, self.n_pos, self.n_neg)
+        else:
+            pv, pc = self._pos.consolidate()
+            nv, nc = self._neg.consolidate()
+            c = exact_curve(pv, pc, nv, nc)
+        curves = reduce_curve({k: c[k] for k in ("precision", "recall", "tpr", "fpr", "thresholds")}, curve_points)
+        res = {
+            "mode": self.mode,
+            "ap": float(c["ap"]),
+            "auroc": float(c["auroc"]),
+            "fpr95": float(c["fpr95"]),
+            "fpr95_threshold": float(c["fpr95_threshold"]),
+            "best_f1": float(c["best_f1"]),
+            "best_f1_threshold": float(c["best_f1_threshold"]),
+            "n_frames": int(self.n_frames),
+            "n_pixels_pos": int(self.n_pos),
+            "n_pixels_neg": int(self.n_neg),
+            "curves": curves,
+        }
+        logger.debug("PixelMetrics(%s): AP=%.6f FPR95=%.6f over %d frames", self.mode, res["ap"], res["fpr95"],
+                     self.n_frames)
+        return res
+
+    def __repr__(self) -> str:
+        return (f"PixelMetrics(mode={self.mode!r}, ignore_index={self.ignore_index}, frames={self.n_frames}, "
+                f"pos={self.n_pos}, neg={self.n_neg})")
