@@ -637,16 +637,33 @@ def _split_weights(weights: Any, name: str, roles: Sequence[str]) -> tuple[dict,
     return {roles[0]: weights}, {}
 
 
+_TORCH_SETTINGS = ("mean", "std", "channel_order", "input_size", "class_names", "output_name", "batch_size",
+                   "pixel_scale", "output_names", "preprocess", "postprocess")
+_ONNX_SETTINGS = ("mean", "std", "channel_order", "input_size", "class_names", "output_name", "batch_size",
+                  "pixel_scale", "providers", "input_name")
+
+
 def _semantic_teacher(src: Any, what: str, device: Any, settings: dict) -> Teacher:
-    """A semantic teacher from a path (.onnx), a torch module, or a semantic teacher."""
+    """A semantic teacher from a path (.onnx), a torch module, or a semantic Teacher.
+
+    Unknown keys in ``settings`` raise TypeError (a misspelt option is never ignored silently).
+    """
+    allowed = (() if isinstance(src, Teacher) else _TORCH_SETTINGS if isinstance(src, torch.nn.Module)
+               else _ONNX_SETTINGS)
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"{what}: unexpected setting(s) {unknown} for a {type(src).__name__} model; "
+            f"accepted: {list(allowed) or 'none (the teacher is already built)'}"
+        )
     if isinstance(src, Teacher):
         if getattr(src, "kind", None) != "semantic":
             raise ValueRangeError(f"{what} must be a semantic teacher (logits); got kind {src.kind!r}")
         return src
     if isinstance(src, torch.nn.Module):
-        kw = {k: v for k, v in settings.items() if k in (
-            "mean", "std", "channel_order", "input_size", "class_names", "output_name", "batch_size", "pixel_scale")}
-        return TorchTeacher(src, kind="semantic", device=device, **kw)
+        kw = dict(settings)
+        pre, post = kw.pop("preprocess", None), kw.pop("postprocess", None)
+        return TorchTeacher(src, pre, post, kind="semantic", device=device, **kw)
     if isinstance(src, (str, os.PathLike)):
         p = Path(src)
         if p.suffix.lower() != ".onnx":
@@ -654,10 +671,7 @@ def _semantic_teacher(src: Any, what: str, device: Any, settings: dict) -> Teach
                 f"{what}: {str(p)!r} is not an .onnx file. Pass an ONNX export, or build the torch module "
                 "yourself, load its weights with posthoc.adapters.teachers.load_state_dict(path), and pass the module"
             )
-        kw = {k: v for k, v in settings.items() if k in (
-            "mean", "std", "channel_order", "input_size", "class_names", "output_name", "providers",
-            "input_name", "batch_size", "pixel_scale")}
-        return OnnxTeacher(p, kind="semantic", device=device, **kw)
+        return OnnxTeacher(p, kind="semantic", device=device, **settings)
     raise DTypeError(f"{what} must be an .onnx path, a torch.nn.Module or a semantic Teacher; got {type(src).__name__}")
 
 
