@@ -6,9 +6,8 @@ the title) and the component metrics (sIoU_gt, PPV, mean F1 over the 11 IoU thre
 each with its change against the teacher alone. A variant is marked "does not help" when
 neither AP rises nor FPR95 falls, and "mixed" when only one of them improves.
 
-Curves for the PR/ROC plots come from a 2048-bin histogram of the scores of positive
-and negative pixels (:class:`CurveHistogram`); they are for plotting only — the numbers
-in the legends and tables come from ``posthoc.metrics``.
+The PR/ROC plots draw the curves ``posthoc.metrics.PixelMetrics.compute()`` returns (thinned
+for plotting); legends show the AP / AUROC of the same computation.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "COLUMNS",
-    "CurveHistogram",
     "format_table",
     "plot_curves",
     "plot_overlay",
@@ -43,44 +41,6 @@ COLUMNS: list[tuple[str, str, bool]] = [
     ("ppv", "PPV", False),
     ("f1_mean", "mean F1", False),
 ]
-
-
-class CurveHistogram:
-    """Histogram of scores in [0,1] split by label, for PR/ROC plots.
-
-    Args:
-        bins: number of equal-width bins over [0,1].
-        ignore_index: label value that is skipped (void).
-    """
-
-    def __init__(self, bins: int = 2048, ignore_index: int = 255):
-        self.bins = int(bins)
-        self.ignore_index = ignore_index
-        self.pos = np.zeros(self.bins, np.int64)
-        self.neg = np.zeros(self.bins, np.int64)
-
-    def update(self, scores: np.ndarray, label: np.ndarray) -> None:
-        """Add one frame: ``scores`` (H,W) float in [0,1], ``label`` (H,W) uint8 0/1/255."""
-        s = np.asarray(scores, dtype=np.float32)
-        idx = np.clip((s * self.bins).astype(np.int64), 0, self.bins - 1)
-        lab = np.asarray(label)
-        self.pos += np.bincount(idx[lab == 1], minlength=self.bins)
-        self.neg += np.bincount(idx[lab == 0], minlength=self.bins)
-
-    def curves(self) -> dict:
-        """Return ``precision, recall, fpr, tpr`` at thresholds from high to low."""
-        tp = np.cumsum(self.pos[::-1])
-        fp = np.cumsum(self.neg[::-1])
-        npos, nneg = max(int(tp[-1]), 1), max(int(fp[-1]), 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
-        recall = tp / npos
-        return {
-            "precision": np.concatenate([[1.0], precision]),
-            "recall": np.concatenate([[0.0], recall]),
-            "fpr": np.concatenate([[0.0], fp / nneg]),
-            "tpr": np.concatenate([[0.0], recall]),
-        }
 
 
 def _num(x: Any) -> float | None:

@@ -1,0 +1,179 @@
+"""``posthoc-bench``: evaluate a teacher alone and with posthoc's structure constraints.
+
+Examples::
+
+    posthoc-bench smiyc --teacher obsnet                      # synthetic world, both tracks
+    posthoc-bench smiyc --track anomaly --data-root ~/data/smiyc --teacher my_model.onnx
+    posthoc-bench laf --subset noknown --data-root ~/data/LostAndFound --teacher sml
+    posthoc-bench speed ...                                   # kernel speed benchmark
+    posthoc-bench metrics-speed ...                           # metric speed benchmark
+
+Without ``--data-root`` (and without ``$POSTHOC_DATA_ROOT`` / ``$POSTHOC_SMIYC_ROOT``),
+``smiyc`` runs on the synthetic world (generated on first use) and says so in the table
+title. The table goes to stdout; logs and progress bars go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from posthoc._checks import PosthocError
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+_DELEGATES = {
+    "speed": "posthoc.bench.speed",
+    "metrics-speed": "posthoc.bench.metrics_speed",
+}
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> None:
+    from .runner import VARIANTS
+
+    p.add_argument(
+        "--teacher",
+        default="obsnet",
+        help="teacher registry name or a model.onnx path; a comma-separated list runs several (default: obsnet)",
+    )
+    p.add_argument("--weights", default=None, help="weights of the (single) teacher: PATH or role=PATH,role=PATH")
+    p.add_argument(
+        "--proposals",
+        default=None,
+        help="proposal sources, comma-separated (default: csl,superpixels when the CSL net is bundled, else superpixels)",
+    )
+    p.add_argument("--data-root", default=None, help="data-set root (default: $POSTHOC_DATA_ROOT or the per-data-set variable)")
+    p.add_argument("--split", default=split_default, help=f"split (synthetic world: train/val/test; default {split_default})")
+    p.add_argument("--subset", default=None, help="official subset (smiyc: all|validation|test; laf: test|noknown|train; fishyscapes: laf|static)")
+    p.add_argument("--device", default=None, help="device for teachers and proposals, e.g. cpu or cuda:0")
+    p.add_argument("--batch-size", type=int, default=2, help="frames per teacher call (default 2)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
+    p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (default 0)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<timestamp>); rerun with the same folder to resume")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)} (default: all)")
+    p.add_argument("--metric-mode", default="smiyc", choices=("smiyc", "exact"), help="pixel-metric mode (default smiyc)")
+    p.add_argument("--export-smiyc", default=None, metavar="DIR", help="also write official SMIYC submission files to DIR")
+    p.add_argument("--overlays", type=int, default=3, help="qualitative overlays per teacher and data set (default 3)")
+    p.add_argument("--no-plots", action="store_true", help="skip PR/ROC curves and overlays")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posthoc-bench",
+        description="Benchmark a teacher alone and with posthoc (CSL2 fusion, refinement, offsets) on road-anomaly data sets.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("smiyc", help="SegmentMeIfYouCan anomaly/obstacle tracks (synthetic world without --data-root)")
+    p.add_argument("--track", default="both", choices=("anomaly", "obstacle", "both"), help="track (default both)")
+    _add_common(p)
+    for name, helptext in (
+        ("road-anomaly", "Road Anomaly (Lis et al. 2019)"),
+        ("laf", "LostAndFound test / NoKnown (--subset noknown)"),
+        ("fishyscapes", "Fishyscapes LostAndFound / Static (--subset static)"),
+        ("streethazards", "StreetHazards test"),
+    ):
+        _add_common(sub.add_parser(name, help=helptext))
+    sub.add_parser("speed", help="kernel speed benchmark (posthoc.bench.speed; its own flags follow)", add_help=False)
+    sub.add_parser("metrics-speed", help="metric speed benchmark (posthoc.bench.metrics_speed; its own flags follow)", add_help=False)
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    root = logging.getLogger()
+    if not any(getattr(h, "_posthoc_cli", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        h._posthoc_cli = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.setLevel(level)
+    for h in root.handlers:
+        if getattr(h, "_posthoc_cli", False):
+            h.setLevel(level)
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    import importlib
+
+    modname = _DELEGATES[command]
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name == modname:
+            print(f"posthoc-bench {command}: {modname} is not installed in this build", file=sys.stderr)
+            return 2
+        raise
+    rc = mod.main(rest)
+    return int(rc or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``posthoc-bench``; returns the process exit code.
+
+    0 = success, 2 = usage error or bad input (the message on stderr says what was
+    expected and what came), 1 = unexpected failure.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATES:
+        _setup_logging("--quiet" in argv)
+        return _delegate(argv[0], argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help and on usage errors
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args.quiet)
+
+    from .runner import BenchConfig, run_benchmark
+
+    out = args.out or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    cfg = BenchConfig(
+        dataset=args.command,
+        track=getattr(args, "track", "anomaly"),
+        subset=args.subset,
+        teachers=_csv(args.teacher),
+        weights=args.weights,
+        proposals=_csv(args.proposals) if args.proposals else None,
+        data_root=args.data_root,
+        split=args.split,
+        device=args.device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
+        world_seed=args.world_seed,
+        out=out,
+        variants=_csv(args.variants),
+        export_smiyc=args.export_smiyc,
+        metric_mode=args.metric_mode,
+        plots=not args.no_plots,
+        overlays=args.overlays,
+        progress=not args.quiet,
+    )
+    try:
+        results = run_benchmark(cfg)
+    except (PosthocError, ValueError, FileNotFoundError, KeyError) as e:
+        log.debug("run failed", exc_info=True)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"posthoc-bench: error: {msg}", file=sys.stderr)
+        return 2
+    print(results["markdown"])
+    print(f"results: {Path(out) / 'results.json'}  table: {Path(out) / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
