@@ -24,14 +24,14 @@ from .pixel import PixelMetrics
 from .semantic import OpenIoU, SemanticMetrics, open_set_prediction
 
 __all__ = [
-    "PixelMetrics",
+    "SIOU_THRESHOLDS",
     "ComponentMetrics",
-    "SemanticMetrics",
+    "EmptyMetricError",
     "OpenIoU",
     "PanopticQuality",
+    "PixelMetrics",
+    "SemanticMetrics",
+    "ThresholdNotSetError",
     "evaluate_anomaly",
     "open_set_prediction",
-    "EmptyMetricError",
-    "ThresholdNotSetError",
-    "SIOU_THRESHOLDS",
 ]

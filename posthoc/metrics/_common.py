@@ -7,21 +7,30 @@ read-only views.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .._checks import DTypeError, NonFiniteError, PosthocError, ShapeError, ValueRangeError, check_tensor_type, shape_str
+from .._checks import (
+    DTypeError,
+    NonFiniteError,
+    PosthocError,
+    ShapeError,
+    ValueRangeError,
+    check_tensor_type,
+    shape_str,
+)
 
 __all__ = [
     "EmptyMetricError",
-    "to_numpy",
     "as_batch",
     "check_binary_labels",
     "check_class_map",
-    "check_scores",
     "check_mergeable",
+    "check_scores",
+    "to_numpy",
 ]
 
 

@@ -54,7 +54,7 @@ from ._common import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ComponentMetrics", "ThresholdNotSetError", "SIOU_THRESHOLDS", "frame_components"]
+__all__ = ["SIOU_THRESHOLDS", "ComponentMetrics", "ThresholdNotSetError", "frame_components"]
 
 #: the 11 sIoU / precision thresholds of the official code
 SIOU_THRESHOLDS = np.linspace(0.25, 0.75, 11, endpoint=True)
@@ -153,13 +153,13 @@ def frame_components(scores: np.ndarray, labels: np.ndarray, threshold: float, m
     inter_pred = np.bincount(opj, weights=ocnt, minlength=n_pk + 1)[1:]
     union_pred = pred_area + np.bincount(opj, weights=bg_of_gt[ogi], minlength=n_pk + 1)[1:]
     present = pred_area > 0  # predicted components entirely inside voided GT vanish
-    return dict(
-        siou_gt=inter_gt / union_gt,
-        siou_pred=inter_pred[present] / union_pred[present],
-        prec_pred=inter_pred[present] / pred_area[present],
-        size_gt=gt_area.astype(np.int64),
-        size_pred=pred_area[present].astype(np.int64),
-    )
+    return {
+        "siou_gt": inter_gt / union_gt,
+        "siou_pred": inter_pred[present] / union_pred[present],
+        "prec_pred": inter_pred[present] / pred_area[present],
+        "size_gt": gt_area.astype(np.int64),
+        "size_pred": pred_area[present].astype(np.int64),
+    }
 
 
 class ComponentMetrics:
@@ -195,17 +195,17 @@ class ComponentMetrics:
 
     # ----------------------------------------------------------------- presets / threshold
     @classmethod
-    def anomaly_track(cls, threshold: float | None = None, ignore_index: int = 255) -> "ComponentMetrics":
+    def anomaly_track(cls, threshold: float | None = None, ignore_index: int = 255) -> ComponentMetrics:
         """SMIYC RoadAnomaly21 settings: predicted components >= 500 px, GT components >= 100 px."""
         return cls(threshold, min_pred_size=500, min_gt_size=100, ignore_index=ignore_index)
 
     @classmethod
-    def obstacle_track(cls, threshold: float | None = None, ignore_index: int = 255) -> "ComponentMetrics":
+    def obstacle_track(cls, threshold: float | None = None, ignore_index: int = 255) -> ComponentMetrics:
         """SMIYC RoadObstacle21 settings: predicted components >= 50 px, GT components >= 10 px."""
         return cls(threshold, min_pred_size=50, min_gt_size=10, ignore_index=ignore_index)
 
     @classmethod
-    def from_pixel(cls, pixel_metrics: Any, track: str = "anomaly", **kwargs: Any) -> "ComponentMetrics":
+    def from_pixel(cls, pixel_metrics: Any, track: str = "anomaly", **kwargs: Any) -> ComponentMetrics:
         """Second pass of the official protocol: threshold = the pixel best-F1 threshold.
 
         Args:
@@ -246,7 +246,7 @@ class ComponentMetrics:
         self._size_gt: list[np.ndarray] = []
         self._size_pred: list[np.ndarray] = []
 
-    def merge(self, other: "ComponentMetrics") -> "ComponentMetrics":
+    def merge(self, other: ComponentMetrics) -> ComponentMetrics:
         """Add the state of ``other`` (same threshold and sizes); returns ``self``."""
         check_mergeable(self, other, ("threshold", "min_pred_size", "min_gt_size", "ignore_index"))
         self.n_frames += other.n_frames

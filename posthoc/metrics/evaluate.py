@@ -7,7 +7,8 @@ are iterated twice.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .._checks import DTypeError, ValueRangeError
 from .component import ComponentMetrics
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_anomaly"]
 
-Frames = Union[Sequence[tuple[Any, Any]], Callable[[], Iterable[tuple[Any, Any]]]]
+Frames = Sequence[tuple[Any, Any]] | Callable[[], Iterable[tuple[Any, Any]]]
 
 
 def _iterate(frames: Frames) -> Iterable[tuple[Any, Any]]:

@@ -21,7 +21,8 @@ The state is four numbers per class (IoU sum, TP, FP, FN), so states add up exac
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class PanopticQuality:
         self.fn = np.zeros(n, np.int64)
         self.n_frames = 0
 
-    def merge(self, other: "PanopticQuality") -> "PanopticQuality":
+    def merge(self, other: PanopticQuality) -> PanopticQuality:
         """Add the per-class sums of ``other`` (same settings); returns ``self``."""
         check_mergeable(self, other, ("num_known", "unknown_id", "ignore_index", "thing_ids"))
         self.iou_sum += other.iou_sum

@@ -58,13 +58,13 @@ from ._common import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PixelMetrics",
-    "smiyc_frame_bins",
-    "smiyc_curve",
-    "exact_curve",
-    "sorted_quantiles",
-    "reduce_curve",
     "SMIYC_NUM_BINS",
+    "PixelMetrics",
+    "exact_curve",
+    "reduce_curve",
+    "smiyc_curve",
+    "smiyc_frame_bins",
+    "sorted_quantiles",
 ]
 
 SMIYC_NUM_BINS = 768
@@ -170,11 +170,11 @@ def _curve_summary(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarra
     else:  # never reached (cannot happen on a complete curve, kept as in the official code)
         fpr95, thr95 = 1.0, 0.0
     ix = int(np.nanargmax(f1))
-    return dict(
-        precision=precision, recall=recall, tpr=tpr, fpr=fpr, f1=f1,
-        fpr95=fpr95, fpr95_threshold=thr95,
-        best_f1=float(f1[ix]), best_f1_threshold=float(thresholds[ix]),
-    )
+    return {
+        "precision": precision, "recall": recall, "tpr": tpr, "fpr": fpr, "f1": f1,
+        "fpr95": fpr95, "fpr95_threshold": thr95,
+        "best_f1": float(f1[ix]), "best_f1_threshold": float(thresholds[ix]),
+    }
 
 
 def smiyc_curve(thresholds: np.ndarray, tp_rel: np.ndarray, fp_rel: np.ndarray,
@@ -405,7 +405,7 @@ class PixelMetrics:
         self._pos = _ValueCounts()  # exact
         self._neg = _ValueCounts()
 
-    def merge(self, other: "PixelMetrics") -> "PixelMetrics":
+    def merge(self, other: PixelMetrics) -> PixelMetrics:
         """Add the state of ``other`` (same mode and settings) to this one; returns ``self``."""
         check_mergeable(self, other, ("mode", "ignore_index", "num_bins"))
         self.n_frames += other.n_frames

@@ -20,7 +20,8 @@ out of the means (``nanmean``, as mmsegmentation and the Cityscapes scripts do).
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from ._common import EmptyMetricError, check_class_map, check_mergeable, check_s
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SemanticMetrics", "OpenIoU", "open_set_prediction", "confusion_matrix", "iou_from_confusion"]
+__all__ = ["OpenIoU", "SemanticMetrics", "confusion_matrix", "iou_from_confusion", "open_set_prediction"]
 
 
 def confusion_matrix(preds: np.ndarray, targets: np.ndarray, num_classes: int, ignore_index: int | None) -> np.ndarray:
@@ -113,7 +114,7 @@ class SemanticMetrics:
         self.confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
         self.n_frames = 0
 
-    def merge(self, other: "SemanticMetrics") -> "SemanticMetrics":
+    def merge(self, other: SemanticMetrics) -> SemanticMetrics:
         """Add the confusion matrix of ``other`` (same settings); returns ``self``."""
         check_mergeable(self, other, ("num_classes", "ignore_index", "seen"))
         self.confusion += other.confusion
@@ -225,7 +226,7 @@ class OpenIoU:
         self.confusion = np.zeros((self.num_known + 1, self.num_known + 1), np.int64)
         self.n_frames = 0
 
-    def merge(self, other: "OpenIoU") -> "OpenIoU":
+    def merge(self, other: OpenIoU) -> OpenIoU:
         """Add the state of ``other`` (same settings); returns ``self``."""
         check_mergeable(self, other, ("num_known", "unknown_id", "ignore_index"))
         self.confusion += other.confusion
