@@ -64,7 +64,7 @@ def _cc_equal_labels(lab, conn8, min_size, out):
     order of each component's first pixel; -1 where ``lab`` < 0 or the component has fewer
     than ``min_size`` pixels. Returns (B,) counts M_b. Union-find with union-by-smaller-index
     (a root is its component's first pixel) and the usual scan-order shortcuts: when the
-    pixel above matches, the left/diagonal neighbours are already joined to it.
+    pixel above matches (8-connectivity), the left/diagonal neighbours are already joined to it.
     """
     B, H, W = lab.shape
     counts = np.zeros(B, np.int64)
@@ -82,6 +82,8 @@ def _cc_equal_labels(lab, conn8, min_size, out):
                 left = x > 0 and lab[b, y, x - 1] == v
                 if up:
                     parent[p] = _find(parent, p - W)
+                    if left and not conn8:  # 4-connectivity: left and up are not neighbours
+                        _union(parent, p, p - 1)
                     continue
                 if left:
                     parent[p] = _find(parent, p - 1)
