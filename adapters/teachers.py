@@ -489,6 +489,11 @@ class OnnxTeacher(_ImageConfig, Teacher):
     def class_names(self) -> list[str]:
         return list(self._names or [])
 
+    @property
+    def semantic_class_names(self) -> list[str]:
+        """Class names of a semantic model (empty for kind="anomaly", or until first known)."""
+        return list(self._names or []) if self.kind == "semantic" else []
+
     def raw(self, images: Any) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Run the model; return ({output name: tensor at model resolution}, input (H,W))."""
         x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
@@ -554,6 +559,11 @@ class TorchTeacher(_ImageConfig, Teacher):
     @property
     def class_names(self) -> list[str]:
         return list(self._names or [])
+
+    @property
+    def semantic_class_names(self) -> list[str]:
+        """Class names of a semantic model (empty for kind="anomaly", or until first known)."""
+        return list(self._names or []) if self.kind == "semantic" else []
 
     def raw(self, images: Any) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Run the module; return ({name: tensor at model resolution}, input (H,W))."""
@@ -1155,6 +1165,20 @@ class SMLTeacher(_SemanticWrapper):
             self.calibration = fit_sigmoid_calibration(raw, lab, score="sml", **fit_kwargs)
         return self
 
+    def fit_calibration(self, frames: Any, *, pixels_per_frame: int = 20000, seed: int = 0,
+                        **fit_kwargs: Any) -> SigmoidCalibration:
+        """Fit only the global calibration of -SML, keeping the current class statistics.
+
+        For statistics that came from elsewhere (e.g. converted from the official
+        ``stats/*_mean.npy``) and have no calibration yet. Frames as in :meth:`fit`.
+        """
+        if self.mean is None:
+            raise NotFittedError("SML statistics are not fitted; call fit(frames) or load_stats(path)")
+        raw, lab = self._collect(frames, lambda out: -self._sml(out.scores), pixels_per_frame=pixels_per_frame,
+                                 seed=seed)
+        self.calibration = fit_sigmoid_calibration(raw, lab, score="sml", **fit_kwargs)
+        return self.calibration
+
     def stats_dict(self) -> dict:
         if self.mean is None:
             raise NotFittedError("SML statistics are not fitted; call fit(frames) or load_stats(path)")
@@ -1299,6 +1323,11 @@ class ObsNetTeacher(_ImageConfig, Teacher):
     @property
     def class_names(self) -> list[str]:
         return ["anomaly"]
+
+    @property
+    def semantic_class_names(self) -> list[str]:
+        """Names of the segmenter's classes (of ``TeacherOutput.logits``); empty until known."""
+        return list(self._names or [])
 
     def __call__(self, images: Any) -> TeacherOutput:
         with torch.inference_mode():
@@ -1465,6 +1494,10 @@ class ZegFormerTeacher(_ImageConfig, Teacher):
     def class_names(self) -> list[str]:
         return list(self._names)
 
+    @property
+    def semantic_class_names(self) -> list[str]:
+        return list(self._names)
+
     def __call__(self, images: Any) -> TeacherOutput:
         with torch.inference_mode():
             x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
@@ -1529,6 +1562,10 @@ class DAFormerTeacher(_ImageConfig, Teacher):
 
     @property
     def class_names(self) -> list[str]:
+        return list(self.base.class_names)
+
+    @property
+    def semantic_class_names(self) -> list[str]:
         return list(self.base.class_names)
 
     def __call__(self, images: Any) -> TeacherOutput:

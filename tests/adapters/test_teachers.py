@@ -414,6 +414,14 @@ def test_sml_fit_save_load_roundtrip(tmp_path, models, images):
     torch.testing.assert_close(t2(images).scores, out.scores, atol=1e-5, rtol=1e-5)
     t3 = get_teacher("sml", weights=models["seg"]).load_stats(p)
     assert t3.boundary_suppression is False
+    # statistics without a calibration (e.g. converted from the official .npy files): fit only the calibration
+    d_nocal = dict(d, calibration=None)
+    t4 = get_teacher("sml", weights=models["seg"], stats=d_nocal)
+    with pytest.raises(T.NotFittedError, match="calibration"):
+        t4(images)
+    t4.fit_calibration([images])
+    torch.testing.assert_close(t4.mean, t.mean)
+    assert t4.calibration.fit["mode"] == "quantile"
     d["mean"] = d["mean"][:2]
     (tmp_path / "short.json").write_text(json.dumps(d))
     with pytest.raises(T.CalibrationError, match="equal-length"):
@@ -566,6 +574,7 @@ def test_bundled_default_is_used(monkeypatch, models, tmp_path, images):
     monkeypatch.setattr(bundled, "_manifest", lambda: manifest)
     t = get_teacher("obsnet")
     assert t.input_size == (16, 20) and t.mean == (0.5, 0.5, 0.5)
+    assert t.semantic_class_names == list("abcde")  # what the benchmark reads to pick refinement classes
     out = t(images)
     assert out.scores.shape == (2, 1, 20, 24)
     m = get_teacher("msp")
