@@ -240,8 +240,9 @@ def _hash_files(files: dict) -> dict:
 def _call_factory(what: str, name: str, /, **kw):
     """get_teacher / get_proposals (``what`` = "teacher" or "proposal source") passing only the
     keywords the factory accepts (e.g. superpixels take no ``device``)."""
-    from posthoc import adapters
     from posthoc.adapters import registry
+
+    from posthoc import adapters
 
     is_teacher = what == "teacher"
     getter = adapters.get_teacher if is_teacher else adapters.get_proposals
@@ -411,7 +412,7 @@ def _evaluations(cfg: BenchConfig) -> list[_Evaluation]:
                 size_s = f", {size[0]}x{size[1]}" if size else ""
                 title = (
                     f"SMIYC {reader.name.split('-')[0]} layout on the SYNTHETIC WORLD (split {cfg.split}, "
-                    f"world seed {cfg.world_seed}{size_s}; small bundled teachers) — not the real benchmark"
+                    f"world seed {cfg.world_seed}{size_s}) — not the real benchmark"
                 )
                 evs.append(_Evaluation(reader, f"smiyc-{tr}", title, True, meta))
             else:
@@ -796,8 +797,13 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                         }
                     )
         ev_res["frames_labelled"] = max((t["frames_labelled"] for t in ev_res["teachers"].values()), default=0)
-        title = f"{ev.title} — pixel metrics: {_mode_text(cfg.metric_mode)}; components: {_component_text(ev.dataset.track)}"
+        title = f"{ev.title} — metric mode: {cfg.metric_mode}"
         notes = [
+            (
+                f"Pixel metrics (AP, FPR95, AUROC): {_mode_text(cfg.metric_mode)}. "
+                f"Component metrics (sIoU, PPV, mean F1): {_component_text(ev.dataset.track)}."
+            ),
+            "",
             f"Frames evaluated: {ev_res['frames_labelled']} labelled of {ev_res['frames_found']} found"
             + (f" (--limit {cfg.limit})" if cfg.limit else "")
             + ". Values in percent; (±x) is the change against the teacher alone; "
@@ -926,7 +932,7 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
         return res
 
     # -- pixel pass ---------------------------------------------------------------------
-    from posthoc.metrics._common import EmptyMetricError
+    from posthoc.metrics import EmptyMetricError
 
     pix = {k: _pixel_metrics(cfg.metric_mode) for k in variant_keys}
     label_cache: dict = {}

@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from posthoc.adapters import register_proposals, register_teacher
 from posthoc.adapters.base import ProposalSource, Teacher
 from posthoc.bench import cli, runner
+
 from posthoc.types import Proposals, TeacherOutput
 
 H, W = 64, 96
@@ -28,7 +28,7 @@ class _FakeTeacher(Teacher):
     """Anomaly = sigmoid(magenta-ness + fixed noise); semantic logits from brightness."""
 
     kind = "anomaly"
-    semantic_class_names = ["road", "building", "sky"]
+    semantic_class_names = ("road", "building", "sky")
 
     def __init__(self, weights=None, device=None, noise: float = 1.5):
         self.noise = noise
@@ -124,7 +124,7 @@ def _run(args, capsys=None):
 
 
 def test_end_to_end_synthetic_default_resume_and_invalidation(world, tmp_path, capsys):
-    root, calls = world
+    _root, calls = world
     out = tmp_path / "run"
     args = ["smiyc", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--out", str(out), "--quiet", "--overlays", "1"]
     rc, io = _run(args, capsys)

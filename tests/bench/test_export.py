@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from posthoc.bench import export
 
 from posthoc._checks import DTypeError, NonFiniteError, ShapeError, ValueRangeError
-from posthoc.bench import export
 
 
 def test_write_and_read_back(tmp_path, rng):

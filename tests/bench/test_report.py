@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from posthoc.bench import _io, report
 
 
@@ -67,10 +66,9 @@ def test_atomic_writes(tmp_path):
     np.testing.assert_array_equal(_io.load_npy(tmp_path / "m.npy"), arr)
     # a failure inside the block leaves the old file and no temporary behind
     (tmp_path / "k.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with _io.atomic_path(tmp_path / "k.txt") as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), _io.atomic_path(tmp_path / "k.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
     assert (tmp_path / "k.txt").read_text() == "old"
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a", "k.txt", "m.npy"]
     with pytest.raises(TypeError, match="cannot write"):
