@@ -227,6 +227,17 @@ def test_anomaly_onnx_teacher_activation(models, images, tmp_path):
 # ----------------------------------------------------------------------------- errors
 
 
+def test_io_binding_path_equals_plain_run(models):
+    s = O.make_session(models["seg_onnx"], device="cpu")
+    x = torch.rand(2, 3, 12, 10, dtype=torch.float64)  # cast to the declared float32 on the way in
+    plain = O.run_session(s, {"image": x})
+    bound = O.run_session(s, {"image": x}, io_binding=True)
+    assert set(bound) == {"logits", "features"}
+    for k in plain:
+        torch.testing.assert_close(bound[k], plain[k])
+    assert O.session_device(s).type == "cpu"
+
+
 def test_missing_and_corrupt_onnx(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         T.OnnxTeacher(tmp_path / "nope.onnx")
