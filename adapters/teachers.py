@@ -840,9 +840,7 @@ def fit_sigmoid_calibration(raw: Any, labels: Any = None, *, score: str = "", qu
     p0, p1 = (float(v) for v in probs)
     if not (0 <= q0 < q1 <= 1 and 0 < p0 < p1 < 1):
         raise ValueRangeError(f"need 0<=q0<q1<=1 and 0<p0<p1<1; got quantiles {quantiles}, probs {probs}")
-    v0, v1 = (float(v) for v in torch.quantile(r.float() if r.numel() > 16_000_000 else r,
-                                               torch.tensor([q0, q1], dtype=r.dtype if r.numel() <= 16_000_000
-                                                            else torch.float32)))
+    v0, v1 = (float(v) for v in np.quantile(r.numpy(), [q0, q1]))  # numpy: no size limit (torch.quantile has one)
     if not v1 > v0:
         raise CalibrationError(
             f"raw scores at quantiles {q0} and {q1} are equal ({v0:g}); a calibration cannot be fitted on them"
