@@ -168,7 +168,8 @@ def offsets_from_proposals(
     boundary into the region, with length ``max(0, max_offset - d(p))``: a boundary pixel
     reads from about ``max_offset`` pixels inside its region, interior pixels do not move.
     An offset whose target (rounded) lies in another region is halved until it does not
-    (up to 4 times), else set to 0. Unassigned pixels (-1) get zero offset and confidence.
+    (up to 4 times), else set to 0. Unassigned pixels (-1), and images with no boundary
+    at all, get zero offset and confidence.
 
     Confidence ``F = exp(-d / boundary_width)`` is 1 on boundaries and decays inside. With
     a ``teacher`` map D (B,C,H,W) in [0,1], F is scaled by
@@ -237,10 +238,9 @@ def offsets_from_proposals(
         assigned = lb >= 0
         bd = _boundary_map(lb)
         src = np.where(bd, 0, 255).astype(np.uint8)
-        if bd.any():
-            d = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float32)
-        else:
-            d = np.full((H, W), np.float32(max(H, W)), np.float32)
+        if not bd.any():  # one region or none: no boundary, nothing moves, zero confidence
+            continue
+        d = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float32)
         ds = cv2.GaussianBlur(d, (0, 0), float(smooth), borderType=cv2.BORDER_REPLICATE) if smooth > 0 else d
         gy = np.gradient(ds, axis=0) if H > 1 else np.zeros_like(ds)
         gx = np.gradient(ds, axis=1) if W > 1 else np.zeros_like(ds)
