@@ -774,10 +774,11 @@ def fit_sigmoid_calibration(raw: Any, labels: Any = None, *, score: str = "", qu
             (other values, e.g. void 255, are ignored). Given both classes, the fit is
             Platt scaling: a 1-D logistic regression of labels on raw (class-balanced
             by default), fitted by Newton's method.
-        quantiles, probs: without labels (e.g. anomaly-free training frames) the map sends
-            the pooled ``quantiles[0]`` of raw to ``probs[0]`` and ``quantiles[1]`` to
-            ``probs[1]``: by default the median in-distribution pixel to 0.1 and the
-            99th percentile to 0.5.
+        quantiles, probs: without labels of both classes (e.g. anomaly-free training
+            frames) the map sends the pooled ``quantiles[0]`` of raw to ``probs[0]`` and
+            ``quantiles[1]`` to ``probs[1]``: by default the median in-distribution pixel
+            to 0.1 and the 99th percentile to 0.5. Pixels labelled 1 are left out of it;
+            void/unlabelled ones are kept.
         balanced: weight both classes equally in the Platt fit.
 
     Returns:
@@ -788,18 +789,25 @@ def fit_sigmoid_calibration(raw: Any, labels: Any = None, *, score: str = "", qu
             Platt fit whose slope is not positive (the score ranks anomalies lower:
             wrong polarity).
     """
-    r = torch.as_tensor(np.asarray(raw.cpu() if isinstance(raw, torch.Tensor) else raw), dtype=torch.float64).flatten()
-    keep = torch.isfinite(r)
+    r_all = torch.as_tensor(np.asarray(raw.cpu() if isinstance(raw, torch.Tensor) else raw),
+                            dtype=torch.float64).flatten()
+    finite = torch.isfinite(r_all)
+    platt = False
     if labels is not None:
-        y = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)).flatten()
-        if y.shape != r.shape:
-            raise ShapeError(f"labels must match raw scores {shape_str(r.shape)}; got {shape_str(y.shape)}")
-        keep &= (y == 0) | (y == 1)
-        y = y[keep].double()
-    r = r[keep]
+        y_all = torch.as_tensor(np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)).flatten()
+        if y_all.shape != r_all.shape:
+            raise ShapeError(f"labels must match raw scores {shape_str(r_all.shape)}; got {shape_str(y_all.shape)}")
+        lab_keep = finite & ((y_all == 0) | (y_all == 1))
+        y = y_all[lab_keep].double()
+        platt = 0 < float(y.sum()) < y.numel()
+    if platt:
+        r = r_all[lab_keep]
+    else:  # quantile map over every finite pixel not labelled anomalous (void / unlabelled pixels count)
+        keep = finite if labels is None else finite & (y_all != 1)
+        r = r_all[keep]
     if r.numel() < 2:
         raise CalibrationError(f"calibration needs at least 2 finite scores; got {r.numel()}")
-    if labels is not None and 0 < float(y.sum()) < y.numel():
+    if platt:
         w = torch.ones_like(y)
         if balanced:
             npos = float(y.sum())
@@ -852,10 +860,18 @@ def fit_sigmoid_calibration(raw: Any, labels: Any = None, *, score: str = "", qu
     return SigmoidCalibration(shift, scale, score, fit)
 
 
+def _one_batch(img: Any) -> Any:
+    """A single (H,W,3) / (3,H,W) image becomes a batch of one; batches pass through."""
+    if isinstance(img, (np.ndarray, torch.Tensor)) and img.ndim == 3:
+        return img[None]
+    return img
+
+
 def _iter_frames(frames: Any) -> Iterable[tuple[Any, Any]]:
-    """Yield (images, labels-or-None) from an image batch, an iterable of batches, or of pairs/dicts."""
+    """Yield (images, labels-or-None) from an image batch, an iterable of batches or single images,
+    or of (images, labels) pairs / {"image": ..., "labels": ...} dicts."""
     if isinstance(frames, (np.ndarray, torch.Tensor)):
-        yield frames, None
+        yield _one_batch(frames), None
         return
     if isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable):
         raise DTypeError(f"frames must be an image batch or an iterable of image batches; got {type(frames).__name__}")
@@ -865,13 +881,13 @@ def _iter_frames(frames: Any) -> Iterable[tuple[Any, Any]]:
             lab = next((item[k] for k in ("labels", "label", "mask") if k in item), None)
             if img is None:
                 raise DTypeError(f"frame dicts need an 'image' or 'images' entry; got keys {list(item)}")
-            yield img, lab
+            yield _one_batch(img), lab
         elif isinstance(item, (tuple, list)):
             if len(item) != 2:
                 raise DTypeError(f"frame tuples must be (images, labels); got {len(item)} items")
-            yield item[0], item[1]
+            yield _one_batch(item[0]), item[1]
         else:
-            yield item, None
+            yield _one_batch(item), None
 
 
 def _as_batch_labels(labels: Any, b: int, hw: tuple[int, int]) -> torch.Tensor:
