@@ -82,11 +82,16 @@ def _shift(seeds: torch.Tensor, sample: torch.Tensor, bandwidth: float, max_iter
     no neighbours, or after ``max_iter`` moves. Returns the final positions (S,F) and the
     number of neighbours found in the last step (S,) int64 (0 = dropped, as in sklearn).
     """
-    S = seeds.shape[0]
+    S, Fd = seeds.shape
     means = seeds.clone()
     counts = torch.zeros(S, dtype=torch.int64, device=seeds.device)
     active = torch.ones(S, dtype=torch.bool, device=seeds.device)
-    sq_sample = (sample * sample).sum(1)  # (M,), 1 for unit vectors, kept general
+    follow = torch.full((S,), -1, dtype=torch.int64, device=seeds.device)
+    # ||x - m||^2 <= bw^2  <=>  [2m, -1] . [x, ||x||^2] >= ||m||^2 - bw^2: one matmul and one compare per chunk;
+    # summing the neighbours with [x, 1] gives their sum and their count in a second matmul
+    ones = torch.ones(sample.shape[0], 1, dtype=sample.dtype, device=sample.device)
+    x_dist = torch.cat([sample, (sample * sample).sum(1, keepdim=True)], 1)  # (M,F+1)
+    x_sum = torch.cat([sample, ones], 1)  # (M,F+1)
     bw2 = bandwidth * bandwidth
     stop = tol * bandwidth
     for _ in range(max_iter):
@@ -94,22 +99,44 @@ def _shift(seeds: torch.Tensor, sample: torch.Tensor, bandwidth: float, max_iter
         if idx.numel() == 0:
             break
         m = means[idx]
-        sq_m = (m * m).sum(1, keepdim=True)
-        acc = torch.zeros_like(m)
-        cnt = torch.zeros(m.shape[0], dtype=torch.float32, device=m.device)
+        m_aug = torch.cat([2.0 * m, -torch.ones_like(m[:, :1])], 1)  # (S',F+1)
+        thr = ((m * m).sum(1) - bw2).unsqueeze(1)
+        acc = torch.zeros(m.shape[0], Fd + 1, dtype=m.dtype, device=m.device)
         for s0 in range(0, sample.shape[0], chunk_size):
-            xs = sample[s0:s0 + chunk_size]
-            d2 = sq_m + sq_sample[s0:s0 + chunk_size].unsqueeze(0) - 2.0 * (m @ xs.T)
-            w = (d2 <= bw2).to(m.dtype)
-            acc.addmm_(w, xs)
-            cnt += w.sum(1)
+            w = torch.ge(m_aug @ x_dist[s0:s0 + chunk_size].T, thr).to(m.dtype)
+            acc.addmm_(w, x_sum[s0:s0 + chunk_size])
+        cnt = acc[:, Fd]
         has = cnt > 0
-        new = torch.where(has.unsqueeze(1), acc / cnt.clamp_min(1).unsqueeze(1), m)
+        new = torch.where(has.unsqueeze(1), acc[:, :Fd] / cnt.clamp_min(1).unsqueeze(1), m)
         moved = (new - m).norm(dim=1)
         means[idx] = new
         counts[idx] = cnt.round().to(torch.int64)
         done = (~has) | (moved <= stop)
         active[idx[done]] = False
+        # seeds that landed on the same point (same neighbour set) have the same future: keep one
+        # walker per position and let the others follow it (DESIGN.md: "drop duplicate seeds")
+        still = ~done
+        if int(still.sum()) > 1:
+            live = idx[still]
+            key = torch.round(means[live] * 1e6)
+            _, inv = torch.unique(key, dim=0, return_inverse=True)
+            first = torch.full((int(inv.max()) + 1,), live.numel(), dtype=torch.int64, device=inv.device)
+            first.scatter_reduce_(0, inv, torch.arange(live.numel(), device=inv.device), reduce="amin")
+            leader = live[first[inv]]
+            dup = leader != live
+            if bool(dup.any()):
+                follow[live[dup]] = leader[dup]
+                active[live[dup]] = False
+    # followers take their leader's final position; a leader may itself have started following
+    # a later leader, so follow the chain to its root (pointer jumping)
+    root = torch.where(follow >= 0, follow, torch.arange(S, device=follow.device))
+    for _ in range(S):
+        nxt = root[root]
+        if torch.equal(nxt, root):
+            break
+        root = nxt
+    means = means[root]
+    counts = counts[root]
     return means, counts
 
 
@@ -145,12 +172,13 @@ def _assign(x: torch.Tensor, modes: torch.Tensor, chunk_size: int) -> torch.Tens
     out = torch.empty(P, dtype=torch.int64, device=x.device)
     if modes.shape[0] == 0 or P == 0:
         return out.fill_(-1)
-    sq_m = (modes * modes).sum(1)
+    # argmin ||x-m||^2 = argmax 2 x.m - ||m||^2 = argmax [x, 1] . [2m, -||m||^2]
+    m_aug = torch.cat([2.0 * modes, -(modes * modes).sum(1, keepdim=True)], 1).T.contiguous()  # (F+1,K)
+    w = m_aug[:-1]
+    b = m_aug[-1]
     step = max(chunk_size, 1) * 8
     for s0 in range(0, P, step):
-        xs = x[s0:s0 + step]
-        # argmin ||x-m||^2 = argmax 2 x.m - ||m||^2
-        score = 2.0 * (xs @ modes.T) - sq_m.unsqueeze(0)
+        score = torch.addmm(b, x[s0:s0 + step], w)
         out[s0:s0 + step] = torch.max(score, dim=1).indices
     return out
 
