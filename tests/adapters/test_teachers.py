@@ -506,7 +506,21 @@ def test_dacup_batch_of_one_input_in_unit_range(images):
     torch.testing.assert_close(out.scores, ref, atol=1e-6, rtol=1e-6)
 
 
-def test_zegformer_class_maps_with_seen_calibration(images):
+def test_dacup_onnx_fixed_batch_of_one(images, tmp_path):
+    class Dacup(torch.nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x[:, 1:2] * 4 - 2)
+
+    p = _export(Dacup(), (torch.rand(1, 3, 20, 24),), tmp_path / "dacup.onnx", ["image"], ["anomaly_score"],
+                dynamic=False)
+    t = get_teacher("dacup", weights=p)
+    assert t.runner.batch == 1 and t.runner.fixed_hw == (20, 24)
+    out = t(images)
+    ref = torch.sigmoid(torch.from_numpy(images[..., 1]).float()[:, None] / 255 * 4 - 2)
+    torch.testing.assert_close(out.scores, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_zegformer_class_maps_with_seen_calibration(images, tmp_path):
     Q, names = 4, ["road", "car", "sky", "giraffe", "zebra"]
 
     class Zeg(torch.nn.Module):
@@ -537,6 +551,19 @@ def test_zegformer_class_maps_with_seen_calibration(images):
         mk = torch.nn.functional.interpolate(o["pred_masks"], size=(20, 24), mode="bilinear", align_corners=False)
         ref = torch.einsum("bqc,bqhw->bchw", o["pred_logits"].softmax(-1)[..., :-1], mk.sigmoid())
     torch.testing.assert_close(raw, ref, atol=1e-5, rtol=1e-5)
+    # the same model exported to ONNX (outputs named pred_logits / pred_masks) gives the same maps
+    class ZegTuple(torch.nn.Module):
+        def __init__(self, z):
+            super().__init__()
+            self.z = z
+
+        def forward(self, x):
+            o = self.z(x)
+            return o["pred_logits"], o["pred_masks"]
+
+    p = _export(ZegTuple(m), (torch.rand(1, 3, 16, 16),), tmp_path / "zeg.onnx", ["image"], ["pred_logits", "pred_masks"])
+    t_onnx = get_teacher("zegformer", weights=p, class_names=names, unseen_classes=["giraffe", "zebra"])
+    torch.testing.assert_close(t_onnx(images).scores, out.scores, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueRangeError, match="not in class_names"):
         T.ZegFormerTeacher(weights=m, class_names=names, seen_classes=["cat"])
     with pytest.raises(ValueRangeError, match="seen_classes or unseen_classes"):
