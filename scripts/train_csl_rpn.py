@@ -1,0 +1,276 @@
+"""Train the bundled class-agnostic region-proposal net (CSL's way) and export csl_rpn.onnx.
+
+CSL (Zhang et al., "Class-agnostic structure-constrained learning for segmentation
+including the unseen", AAAI 2024) trains a class-agnostic Mask2Former-style proposal
+network whose soft region scores R (B,N,h,w) and validities V (B,N) are turned into a
+partition by soft assignment (CSL Eq. 2) and used to constrain the teacher's scores
+(Eq. 3). This script trains a small version of it on the synthetic world:
+
+* N learned queries (default 32) attend, in two cross-attention layers, to the 1/16
+  and 1/8 feature maps of a small conv encoder (Mask2Former's multi-scale query
+  decoder without masked attention); each query gives a mask embedding, dotted with
+  the per-pixel embeddings of a U-Net pixel decoder (1/4 resolution) to give mask
+  logits, and a validity logit.
+* Targets use CSL's *mask split*: the ground-truth regions are the 8-connected
+  components of every class region of the in-distribution class map, with the class
+  identity dropped (class-agnostic). Void pixels are ignored.
+* Hungarian matching (``scipy.optimize.linear_sum_assignment``) on a mask cost
+  = BCE + dice, as in Mask2Former's matcher without the class term; loss = 5*BCE +
+  5*dice on matched masks (Mask2Former's weights) + 2*BCE on validity (matched = 1,
+  unmatched = 0). There is no class loss.
+
+Export: input ``image`` (B,3,h,w) float32 normalized with ImageNet mean/std (RGB) at
+the training size (128x256); outputs ``region_scores`` (B,N,h/2,w/2) probabilities in
+[0,1] (sigmoid of the upsampled mask logits) and ``validity`` (B,N) in [0,1].
+
+Usage (from the repository root)::
+
+    python scripts/train_csl_rpn.py --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import _train_common as C
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from posthoc.adapters.bundled import BUNDLED_DIR
+from posthoc.bench import synthetic as syn
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+
+class QueryLayer(nn.Module):
+    """Cross-attention to image tokens, self-attention among queries, FFN (post-norm, as Mask2Former)."""
+
+    def __init__(self, d: int, heads: int = 4):
+        super().__init__()
+        self.cross = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.ReLU(inplace=True), nn.Linear(2 * d, d))
+        self.n1, self.n2, self.n3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+
+    def forward(self, q, qpos, mem, mpos):
+        q = self.n1(q + self.cross(q + qpos, mem + mpos, mem, need_weights=False)[0])
+        q = self.n2(q + self.self_attn(q + qpos, q + qpos, q, need_weights=False)[0])
+        return self.n3(q + self.ffn(q))
+
+
+class RPN(nn.Module):
+    """Class-agnostic query-based region proposer: image -> (region_scores (B,N,h/2,w/2), validity (B,N))."""
+
+    def __init__(self, num_queries: int = 32, d: int = 64, emb: int = 32):
+        super().__init__()
+        self.enc = C.Encoder()
+        c = self.enc.channels
+        self.dec = C.Decoder()
+        self.pix = nn.Conv2d(self.dec.out_channels, emb, 1)
+        self.proj3 = nn.Conv2d(c[3], d, 1)
+        self.proj2 = nn.Conv2d(c[2], d, 1)
+        self.pos = nn.Sequential(nn.Linear(2, d), nn.ReLU(inplace=True), nn.Linear(d, d))
+        self.level = nn.Parameter(torch.zeros(2, d))
+        self.query = nn.Parameter(torch.randn(num_queries, d) * 0.5)
+        self.qpos = nn.Parameter(torch.randn(num_queries, d) * 0.5)
+        self.layers = nn.ModuleList([QueryLayer(d), QueryLayer(d), QueryLayer(d)])
+        self.mask_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, emb))
+        self.valid = nn.Linear(d, 1)
+
+    def _tokens(self, f: torch.Tensor, proj: nn.Module, level: int):
+        t = proj(f)
+        h, w = t.shape[-2:]
+        ys = torch.linspace(-1, 1, h, device=f.device)
+        xs = torch.linspace(-1, 1, w, device=f.device)
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1).reshape(h * w, 2)
+        pos = self.pos(grid) + self.level[level]
+        return t.flatten(2).transpose(1, 2), pos.unsqueeze(0)
+
+    def forward_logits(self, image):
+        f0, f1, f2, f3 = self.enc(image)
+        pix = self.pix(self.dec(f0, f1, f2, f3))  # (B,E,h/2,w/2)
+        b = image.shape[0]
+        q = self.query.unsqueeze(0).expand(b, -1, -1)
+        qpos = self.qpos.unsqueeze(0).expand(b, -1, -1)
+        m3, p3 = self._tokens(f3, self.proj3, 0)
+        m2, p2 = self._tokens(f2, self.proj2, 1)
+        for i, layer in enumerate(self.layers):
+            mem, mpos = (m3, p3) if i % 2 == 0 else (m2, p2)
+            q = layer(q, qpos, mem, mpos)
+        masks = torch.einsum("bne,behw->bnhw", self.mask_embed(q), pix)
+        return masks, self.valid(q).squeeze(-1)
+
+    def forward(self, image):
+        masks, valid = self.forward_logits(image)
+        return torch.sigmoid(masks), torch.sigmoid(valid)
+
+
+def region_targets(classes: np.ndarray, size: tuple[int, int], min_px: int, max_regions: int) -> np.ndarray:
+    """CSL mask split: 8-connected components of every class region (class-agnostic) at ``size``.
+
+    Returns (N,h,w) int16 region index per pixel, -1 for void (255) and for dropped tiny
+    components; at most ``max_regions`` regions per frame (the largest ones).
+    """
+    h, w = size
+    out = np.full((len(classes), h, w), -1, np.int16)
+    for i, cls in enumerate(classes):
+        c = cv2.resize(cls.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        comps = []
+        for k in np.unique(c):
+            if k == 255:
+                continue
+            n, lab = cv2.connectedComponents((c == k).astype(np.uint8), connectivity=8)
+            for j in range(1, n):
+                m = lab == j
+                area = int(m.sum())
+                if area >= min_px:
+                    comps.append((area, m))
+        comps.sort(key=lambda t: -t[0])
+        for r, (_, m) in enumerate(comps[:max_regions]):
+            out[i][m] = r
+    return out
+
+
+def match_and_loss(masks: torch.Tensor, valid: torch.Tensor, targets: torch.Tensor):
+    """Hungarian matching (BCE + dice cost) and the CSL/Mask2Former loss for a batch.
+
+    masks: (B,N,h,w) logits; valid: (B,N) logits; targets: (B,h,w) int64 region ids, -1 = ignore.
+    """
+    b, n = valid.shape
+    bce_l, dice_l, v_t = [], [], torch.zeros_like(valid)
+    for i in range(b):
+        t = targets[i].reshape(-1)
+        keep = t >= 0
+        logit = masks[i].reshape(n, -1)[:, keep]  # (N,P)
+        t = t[keep]
+        m = int(t.max()) + 1 if t.numel() else 0
+        if m == 0:
+            continue
+        gt = F.one_hot(t, m).T.float()  # (M,P)
+        p = logit.sigmoid()
+        with torch.no_grad():
+            pos = F.softplus(-logit)  # -log sigmoid
+            neg = F.softplus(logit)  # -log(1 - sigmoid)
+            bce_cost = (pos @ gt.T + neg @ (1 - gt).T) / gt.shape[1]
+            dice_cost = 1 - (2 * p @ gt.T + 1) / (p.sum(1, keepdim=True) + gt.sum(1)[None] + 1)
+            rows, cols = linear_sum_assignment((bce_cost + dice_cost).numpy())
+        rows_t, cols_t = torch.as_tensor(rows), torch.as_tensor(cols)
+        lm, g = logit[rows_t], gt[cols_t]
+        bce_l.append(F.binary_cross_entropy_with_logits(lm, g, reduction="none").mean(1))
+        pm = lm.sigmoid()
+        dice_l.append(1 - (2 * (pm * g).sum(1) + 1) / (pm.sum(1) + g.sum(1) + 1))
+        v_t[i, rows_t] = 1.0
+    bce = torch.cat(bce_l).mean() if bce_l else masks.sum() * 0
+    dice = torch.cat(dice_l).mean() if dice_l else masks.sum() * 0
+    vloss = F.binary_cross_entropy_with_logits(valid, v_t)
+    return 5 * bce + 5 * dice + 2 * vloss, (bce.item(), dice.item(), vloss.item())
+
+
+@torch.no_grad()
+def evaluate(model, images: np.ndarray, targets: np.ndarray, batch_size: int = 16) -> dict:
+    """Mean best IoU of each GT region with the soft-assignment partition, and the number of regions used."""
+    model.eval()
+    ious, used = [], []
+    for s in range(0, len(images), batch_size):
+        r, v = model(C.to_input(images[s:s + batch_size]))
+        lab = (r * v[..., None, None]).argmax(1)  # soft assignment, CSL Eq. 2
+        for i in range(lab.shape[0]):
+            t = torch.as_tensor(targets[s + i]).long()
+            keep = t >= 0
+            p, t = lab[i][keep], t[keep]
+            m, n = int(t.max()) + 1, r.shape[1]
+            inter = torch.bincount(t * n + p, minlength=m * n).view(m, n).double()
+            area_t, area_p = inter.sum(1, keepdim=True), inter.sum(0, keepdim=True)
+            iou = inter / (area_t + area_p - inter).clamp(min=1)
+            ious.append(iou.max(1).values.mean().item())
+            used.append(int((inter.sum(0) > 0).sum()))
+    return {"mean_best_iou": float(np.mean(ious)), "regions_used": float(np.mean(used))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--num-queries", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min-region-px", type=int, default=6, help="smaller GT components (at h/2 x w/2) are ignored")
+    ap.add_argument("--max-minutes", type=float, default=9.5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(BUNDLED_DIR))
+    args = ap.parse_args(argv)
+    C.setup(args.seed, args.threads)
+    timer = C.Timer()
+    h, w = syn.DEFAULT.train_size
+    train = C.load_frames("train", n_frames=args.n_train, seed=args.world_seed)
+    val = C.load_frames("val", seed=args.world_seed)
+    tsize = (h // 2, w // 2)
+    y_train = torch.as_tensor(region_targets(train["classes"], tsize, args.min_region_px,
+                                             args.num_queries - 2).astype(np.int64))
+    y_val = region_targets(val["classes"], tsize, args.min_region_px, args.num_queries - 2).astype(np.int64)
+    C.log.info("data: %d train frames, %.1f regions per frame on average (%.0f s)", len(y_train),
+               float((y_train.amax((1, 2)) + 1).float().mean()), timer())
+    x_all = C.to_input(train["images"])
+
+    model = RPN(args.num_queries)
+    C.log.info("RPN: %d parameters, %d queries", C.n_params(model), args.num_queries)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(args.seed)
+    n = len(x_all)
+    spe = math.ceil(n / args.batch_size)
+    total = args.epochs * spe
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    step, stopped_early, hist = 0, False, []
+    for epoch in range(args.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            x, y = C.augment(x_all[idx], y_train[idx], g)
+            masks, valid = model.forward_logits(x)
+            loss, parts = match_and_loss(masks, valid, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            hist.append((loss.item(), *parts))
+            if timer() > args.max_minutes * 60:
+                stopped_early = True
+                break
+        last = np.mean(hist[-spe:], 0)
+        C.log.info("epoch %d: loss %.3f (bce %.3f dice %.3f validity %.3f), %.0f s", epoch, *last, timer())
+        if stopped_early:
+            C.log.info("time budget of %.1f min spent after %d/%d steps", args.max_minutes, step, total)
+            break
+    train_time = timer()
+    ev = evaluate(model, val["images"], y_val)
+    C.log.info("val: %s", ev)
+    C.save_state(model, C.WORK_DIR / "csl_rpn.pt")
+    out = C.export_onnx(model, (torch.zeros(1, 3, h, w),), Path(args.out) / "csl_rpn.onnx", ["image"],
+                        ["region_scores", "validity"],
+                        {"image": {0: "B"}, "region_scores": {0: "B"}, "validity": {0: "B"}})
+    last = np.mean(hist[-20:], 0)
+    C.update_log("csl_rpn", {
+        "command": "python scripts/train_csl_rpn.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed, "world_seed": args.world_seed, "params": C.n_params(model),
+        "num_queries": args.num_queries, "train_frames": n, "steps": step, "epochs_planned": args.epochs,
+        "stopped_early": stopped_early, "train_seconds": round(train_time, 1),
+        "final_train_loss": {"total": round(float(last[0]), 4), "bce": round(float(last[1]), 4),
+                             "dice": round(float(last[2]), 4), "validity": round(float(last[3]), 4)},
+        "val_mean_best_iou_of_gt_regions": round(ev["mean_best_iou"], 4),
+        "val_regions_used_per_frame": round(ev["regions_used"], 2),
+        "input_size": [h, w], "output_size": list(tsize), "torch": torch.__version__,
+    }, args.out)
+    C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Train the bundled ObsNet observer on the segmentation net's errors and export observer.onnx.
+
+ObsNet (Besnier et al., "Triggering Failures: Out-Of-Distribution detection by learning
+from local adversarial attacks in semantic segmentation", ICCV 2021; official code
+valeoai/obsnet) keeps the segmentation net frozen and trains a second net, the
+*observer*, to predict where the segmentation net is wrong. Following the official
+training loop (``train.py``, ``Utils/adv_attacks.py``, ``main.py``):
+
+* Local Adversarial Attack (LAA, the ``min_random_patch`` mode): a random patch of
+  random shapes (``skimage.draw.random_shapes``) is perturbed with one FGSM step that
+  *increases* the cross-entropy of the true labels, ``x + eps * sign(grad)`` inside the
+  mask, after adding ``0.03 * N(0,1)`` noise inside the mask for diversity; values are
+  clamped to [-3, 3] in normalized space. Every training batch is attacked.
+* Supervision: the segmentation net's error map on the (attacked) image,
+  ``argmax(segnet(x)) != label``, with void pixels ignored.
+* Loss: ``BCEWithLogitsLoss(pos_weight=3)`` (the official Cityscapes/StreetHazards value).
+* The observer starts from the segmentation net's weights (the official
+  ``reinitialize``) and receives the segmentation net's features as a residual input
+  (the official observer adds the target net's feature maps at its stages; our
+  contract exposes one feature map, the decoder output the classifier reads, which is
+  added through a 1x1 projection before the observer's head).
+
+Export: inputs ``image`` (B,3,h,w) float32 normalized with ImageNet mean/std (RGB) and
+``features`` (B,32,h/2,w/2), the segnet.onnx output of that name; output ``logit``
+(B,1,h,w), sigmoid = P(segmentation error / anomaly).
+
+Usage (from the repository root, after scripts/train_segnet.py)::
+
+    python scripts/train_obsnet.py --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import _train_common as C
+import numpy as np
+import torch
+import torch.nn.functional as F
+from posthoc.adapters.bundled import BUNDLED_DIR
+from posthoc.bench import synthetic as syn
+from skimage.draw import random_shapes
+from torch import nn
+
+
+class Observer(nn.Module):
+    """ObsNet observer: (image (B,3,h,w), segnet features (B,F,h/2,w/2)) -> error logit (B,1,h,w)."""
+
+    def __init__(self, feat_channels: int = 32):
+        super().__init__()
+        self.enc = C.Encoder()
+        self.dec = C.Decoder()
+        d = self.dec.out_channels
+        self.feat_proj = nn.Conv2d(feat_channels, d, 1)
+        self.head = nn.Sequential(C.cbr(d, d), nn.Conv2d(d, 1, 1))
+
+    def init_from(self, segnet: C.SegNet) -> Observer:
+        self.enc.load_state_dict(segnet.enc.state_dict())
+        self.dec.load_state_dict(segnet.dec.state_dict())
+        return self
+
+    def forward(self, image, features):
+        f = self.dec(*self.enc(image)) + self.feat_proj(features)
+        return F.interpolate(self.head(f), size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def random_patch_mask(b: int, h: int, w: int, rng: np.random.Generator, patch=(48, 96), shape_size=(12, 40)):
+    """(B,1,h,w) float mask: a random patch filled with 3-8 random shapes (official generate_mask_random_patch)."""
+    mask = np.zeros((b, 1, h, w), np.float32)
+    ph, pw = min(patch[0], h), min(patch[1], w)
+    for i in range(b):
+        img, _ = random_shapes((ph, pw), max_shapes=8, min_shapes=3, min_size=shape_size[0],
+                               max_size=shape_size[1], num_channels=1, intensity_range=(0, 50),
+                               allow_overlap=True, rng=int(rng.integers(2**31)))
+        y = int(rng.integers(0, h - ph + 1))
+        x = int(rng.integers(0, w - pw + 1))
+        mask[i, 0, y:y + ph, x:x + pw] = img[..., 0] < 255
+    return torch.from_numpy(mask)
+
+
+def laa(segnet: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, eps: float,
+        g: torch.Generator) -> torch.Tensor:
+    """One FGSM step inside ``mask`` that increases the true-label cross-entropy (ObsNet 'min' mode)."""
+    x = (x + 0.03 * torch.randn(x.shape, generator=g) * mask).detach().requires_grad_(True)
+    logits, _ = segnet(x)
+    loss = F.cross_entropy(logits, y, ignore_index=255)
+    (grad,) = torch.autograd.grad(loss, x)
+    return torch.clamp(x + eps * grad.sign() * mask, -3, 3).detach()
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(labels, scores)) if labels.any() else float("nan")
+
+
+@torch.no_grad()
+def evaluate(segnet, observer, data, batch_size=16) -> dict:
+    """Val split: AP of the observer / of 1-MSP for anomaly pixels, and AP for segnet errors."""
+    obs, msp, err, sem = [], [], [], []
+    for s in range(0, len(data["images"]), batch_size):
+        x = C.to_input(data["images"][s:s + batch_size])
+        logits, feats = segnet(x)
+        p = torch.sigmoid(observer(x, feats))[:, 0]
+        prob = logits.softmax(1)
+        y = torch.as_tensor(data["classes"][s:s + batch_size])
+        obs.append(p.numpy().ravel())
+        msp.append((1 - prob.max(1).values).numpy().ravel())
+        err.append(((logits.argmax(1) != y) & (y != 255)).numpy().ravel())
+        sem.append(data["semantic"][s:s + batch_size].ravel())
+    obs, msp, err, sem = map(np.concatenate, (obs, msp, err, sem))
+    valid = sem != 255
+    known = valid & (sem == 0)
+    return {
+        "anomaly_ap_observer": average_precision(obs[valid], sem[valid] == 1),
+        "anomaly_ap_msp": average_precision(msp[valid], sem[valid] == 1),
+        "error_ap_observer_on_known": average_precision(obs[known], err[known]),
+        "error_ap_msp_on_known": average_precision(msp[known], err[known]),
+        "segnet_error_rate_on_known": float(err[known].mean()),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epsilon", type=float, default=0.05, help="FGSM step in normalized units")
+    ap.add_argument("--pos-weight", type=float, default=3.0)
+    ap.add_argument("--max-minutes", type=float, default=9.5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--segnet", default=str(C.WORK_DIR / "segnet.pt"))
+    ap.add_argument("--out", default=str(BUNDLED_DIR))
+    args = ap.parse_args(argv)
+    C.setup(args.seed, args.threads)
+    timer = C.Timer()
+    segnet = C.load_state(C.SegNet(), args.segnet).eval()
+    for p in segnet.parameters():
+        p.requires_grad_(False)
+    train = C.load_frames("train", n_frames=args.n_train, seed=args.world_seed)
+    val = C.load_frames("val", seed=args.world_seed)
+    x_all = C.to_input(train["images"])
+    y_all = torch.as_tensor(train["classes"])
+    n = len(x_all)
+    h, w = x_all.shape[-2:]
+
+    observer = Observer().init_from(segnet)
+    C.log.info("Observer: %d parameters; %d train frames (%.0f s)", C.n_params(observer), n, timer())
+    opt = torch.optim.AdamW(observer.parameters(), lr=args.lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    spe = math.ceil(n / args.batch_size)
+    total = args.epochs * spe
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    pos_weight = torch.tensor([args.pos_weight])
+    step, stopped_early, hist = 0, False, []
+    for epoch in range(args.epochs):
+        observer.train()
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            x, y = C.augment(x_all[idx], y_all[idx], g)
+            mask = random_patch_mask(len(idx), h, w, rng)
+            x = laa(segnet, x, y, mask, args.epsilon, g)
+            with torch.no_grad():
+                logits, feats = segnet(x)
+                wrong = logits.argmax(1) != y
+                valid = y != 255
+                target = wrong.float()
+            out = observer(x, feats)[:, 0]
+            loss = F.binary_cross_entropy_with_logits(out[valid], target[valid], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            m = mask[:, 0].bool() & valid
+            hist.append((loss.item(), float(wrong[valid].float().mean()),
+                         float(wrong[m].float().mean()) if m.any() else 0.0))
+            if timer() > args.max_minutes * 60:
+                stopped_early = True
+                break
+        last = np.mean(hist[-spe:], 0)
+        C.log.info("epoch %d: loss %.4f, segnet error rate %.3f (inside attacked patches %.3f), %.0f s",
+                   epoch, *last, timer())
+        if stopped_early:
+            C.log.info("time budget of %.1f min spent after %d/%d steps", args.max_minutes, step, total)
+            break
+    train_time = timer()
+    observer.eval()
+    ev = evaluate(segnet, observer, val)
+    C.log.info("val: %s", ev)
+    C.save_state(observer, C.WORK_DIR / "observer.pt")
+    th, tw = syn.DEFAULT.train_size
+    out = C.export_onnx(observer, (torch.zeros(1, 3, th, tw), torch.zeros(1, 32, th // 2, tw // 2)),
+                        Path(args.out) / "observer.onnx", ["image", "features"], ["logit"],
+                        {"image": {0: "B", 2: "h", 3: "w"}, "features": {0: "B", 2: "h2", 3: "w2"},
+                         "logit": {0: "B", 2: "h", 3: "w"}})
+    last = np.mean(hist[-20:], 0)
+    C.update_log("obsnet", {
+        "command": "python scripts/train_obsnet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed, "world_seed": args.world_seed, "params": C.n_params(observer),
+        "train_frames": n, "steps": step, "epochs_planned": args.epochs, "stopped_early": stopped_early,
+        "epsilon": args.epsilon, "pos_weight": args.pos_weight, "train_seconds": round(train_time, 1),
+        "final_train_loss": round(float(last[0]), 4),
+        "segnet_error_rate_under_laa": round(float(last[1]), 4),
+        "segnet_error_rate_inside_patches": round(float(last[2]), 4),
+        "val": {k: round(v, 4) for k, v in ev.items()},
+        "input_size": [th, tw], "torch": torch.__version__,
+    }, args.out)
+    C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
