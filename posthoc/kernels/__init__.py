@@ -43,6 +43,7 @@ from .._checks import (
     MissingExtraError,
     ShapeError,
     ValueRangeError,
+    check_finite,
     check_int,
     check_tensor_type,
     shape_str,
@@ -50,7 +51,15 @@ from .._checks import (
 from .._tensor import as_float32, as_torch, restore
 from ._torch import check_label_range, region_fuse_torch, region_sums_torch, weighted_argmax_torch
 
-__all__ = ["region_sums", "region_fuse", "weighted_argmax", "available_backends", "resolve_backend", "SMALL"]
+__all__ = [
+    "SMALL",
+    "available_backends",
+    "check_values",
+    "region_fuse",
+    "region_sums",
+    "resolve_backend",
+    "weighted_argmax",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +69,12 @@ BACKENDS = ("auto", "numba", "triton", "torch")
 SMALL = 1 << 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _numba_mod():
     try:
         return importlib.import_module("posthoc.kernels._numba")
@@ -74,7 +83,7 @@ def _numba_mod():
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_mod():
     try:
         return importlib.import_module("posthoc.kernels._triton")
@@ -173,6 +182,73 @@ def _range_error(labels: torch.Tensor, n: int) -> ValueRangeError:
     return ValueRangeError(f"labels must lie in [-1,{n - 1}]")  # pragma: no cover - defensive
 
 
+def _value_range(value_range: Any) -> tuple[float, float] | None:
+    if value_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise DTypeError(f"value_range must be None or a pair (lo, hi) of floats; got {value_range!r}") from None
+    if not lo <= hi:
+        raise ValueRangeError(f"value_range must have lo <= hi; got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
+def _raise_values(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
+    """Slow path after a failed fused check: raise with the exact counts / range (messages of _checks)."""
+    check_finite(x, name)
+    mn, mx = (float(t) for t in torch.aminmax(x.reshape(-1)))
+    if mn < lo or mx > hi:
+        raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]; got values in [{mn:g},{mx:g}]")
+    raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]")  # pragma: no cover - defensive
+
+
+def _torch_values(x: torch.Tensor, name: str, vr: tuple[float, float] | None) -> None:
+    """The value check on the torch/triton paths: finiteness and range with torch reductions."""
+    if vr is None or x.numel() == 0:
+        return
+    check_finite(x, name)
+    mn, mx = (float(t) for t in torch.aminmax(x.reshape(-1)))
+    if mn < vr[0] or mx > vr[1]:
+        raise ValueRangeError(f"{name} must lie in [{vr[0]:g},{vr[1]:g}]; got values in [{mn:g},{mx:g}]")
+
+
+def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), name: str = "x", *,
+                 backend: str = "auto") -> None:
+    """Raise unless every value of ``x`` is finite and lies in [lo, hi]; one pass, no temporaries.
+
+    The same test as ``posthoc._checks.check_range`` (and ``check_finite`` with the default
+    bounds) and the same messages, but on a CPU tensor it reads ``x`` once with a parallel
+    compiled loop instead of allocating an ``isfinite`` mask and reducing three times.
+
+    Args:
+        x: float array/tensor of any shape.
+        lo, hi: inclusive bounds (default: only finiteness is checked).
+        name: the name used in the error message.
+        backend: "auto", "numba" or "torch".
+
+    Raises:
+        NonFiniteError: NaN or Inf values (with their counts).
+        ValueRangeError: values outside [lo, hi] (with the observed range).
+    """
+    t, _ = as_torch(x, name)
+    vr = _value_range((lo, hi))
+    if not t.is_floating_point() or t.numel() == 0:
+        if t.numel() and not t.is_floating_point():
+            mn, mx = (float(v) for v in torch.aminmax(t.reshape(-1)))
+            if mn < vr[0] or mx > vr[1]:
+                raise ValueRangeError(f"{name} must lie in [{vr[0]:g},{vr[1]:g}]; got values in [{mn:g},{mx:g}]")
+        return
+    be = resolve_backend(backend if backend != "triton" else "torch", t.device, t.numel())
+    if be == "numba":
+        _numba_threads()
+        xf = as_float32(t.detach()).contiguous()
+        if _numba_mod().value_violations(xf.numpy(), *vr) != 0.0:
+            _raise_values(t, name, *vr)
+        return
+    _torch_values(t, name, vr)
+
+
 def _numba_threads():
     nb = importlib.import_module("numba")
     want = max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS))
@@ -180,7 +256,8 @@ def _numba_threads():
         nb.set_num_threads(want)
 
 
-def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "auto"):
+def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "auto",
+                value_range: Any = None, name: str = "values"):
     """Per-region sums and pixel counts (the segment reduction shared by fusion and region means).
 
     Args:
@@ -189,6 +266,9 @@ def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "a
             are read as they are; other integer dtypes are converted to int32.
         num_regions: N >= 0.
         backend: "auto", "numba", "triton" or "torch".
+        value_range: optional (lo, hi): also check that every value is finite and in [lo, hi]
+            (fused into the reduction pass on CPU, so it costs no extra read).
+        name: how ``values`` is called in error messages.
 
     Returns:
         sums (B,N,C) float32 and counts (B,N) int64, numpy if ``values`` was numpy.
@@ -196,29 +276,37 @@ def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "a
     Raises:
         ShapeError, DTypeError: wrong layouts or dtypes.
         ValueRangeError: a label outside [-1, num_regions), or an unknown/unusable backend.
+        NonFiniteError, ValueRangeError: with ``value_range``, non-finite or out-of-range values.
     """
-    x, was_np = as_torch(values, "values")
+    x, was_np = as_torch(values, name)
     lab, _ = _labels_tensor(labels, "labels")
     n = _num_regions(num_regions)
-    _check_scores_labels(x, "values", lab)
+    _check_scores_labels(x, name, lab)
+    vr = _value_range(value_range)
     be = resolve_backend(backend, x.device, x.numel())
     x = as_float32(x.detach()).contiguous()
     lab = lab.contiguous()
     B, C, H, W = x.shape
     if be == "numba":
         _numba_threads()
-        s, c, ok = _numba_mod().region_sums_np(x.numpy().reshape(B, C, H * W), lab.numpy().reshape(B, H * W), n)
-        if not ok:
+        nbm = _numba_mod()
+        s, c, status = nbm.region_sums_np(x.numpy().reshape(B, C, H * W), lab.numpy().reshape(B, H * W), n, vr)
+        if status == nbm.BAD_LABELS:
             raise _range_error(lab, n)
+        if status == nbm.BAD_VALUES:
+            _raise_values(x, name, *vr)
         sums, counts = torch.from_numpy(s), torch.from_numpy(c)
-    elif be == "triton":
-        sums, counts = _triton_mod().region_sums_triton(x, lab, n)
     else:
-        sums, counts = region_sums_torch(x, lab, n)
+        _torch_values(x, name, vr)
+        if be == "triton":
+            sums, counts = _triton_mod().region_sums_triton(x, lab, n)
+        else:
+            sums, counts = region_sums_torch(x, lab, n)
     return restore(sums, was_np), restore(counts, was_np)
 
 
-def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "auto", out: Any = None):
+def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "auto", out: Any = None,
+                value_range: Any = None, name: str = "probs"):
     """Structure-constrained fusion, CSL Eq. 3 (Zhang et al., AAAI 2024), on normalized scores.
 
     H[b,c,p] = (mean over q in region(p) of probs[b,c,q]) * probs[b,c,p]; pixels with label -1
@@ -235,6 +323,10 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
         out: optional (B,C,H,W) float32 array/tensor of the same kind and device to write into
             (preallocate it: a fresh large output pays page faults on every call). It may be
             ``probs`` itself.
+        value_range: optional (lo, hi), e.g. (0, 1): also check that every score is finite and
+            in [lo, hi]. On CPU the test is fused into the first pass (no extra read); on
+            failure nothing is written.
+        name: how ``probs`` is called in error messages.
 
     Returns:
         (B,C,H,W) float32 fused scores (``out`` when given), numpy if ``probs`` was numpy.
@@ -242,11 +334,13 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
     Raises:
         ShapeError, DTypeError: wrong layouts or dtypes, or an ``out`` that does not match.
         ValueRangeError: a label outside [-1, num_regions), or an unknown/unusable backend.
+        NonFiniteError, ValueRangeError: with ``value_range``, non-finite or out-of-range scores.
     """
-    x, was_np = as_torch(probs, "probs")
+    x, was_np = as_torch(probs, name)
     lab, _ = _labels_tensor(labels, "labels")
     n = _num_regions(num_regions)
-    _check_scores_labels(x, "probs", lab)
+    _check_scores_labels(x, name, lab)
+    vr = _value_range(value_range)
     be = resolve_backend(backend, x.device, x.numel())
     out_t = None
     if out is not None:
@@ -263,6 +357,8 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
             raise ValueRangeError(f"out must be on the device of probs ({x.device}); got {out_t.device}")
     x = as_float32(x.detach()).contiguous()
     lab = lab.contiguous()
+    if be != "numba":
+        _torch_values(x, name, vr)
     if be == "torch":
         res = region_fuse_torch(x, lab, n, out=out_t)
     else:
@@ -272,12 +368,15 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
         if be == "numba":
             _numba_threads()
             B, C, H, W = x.shape
-            ok = _numba_mod().region_fuse_np(
+            nbm = _numba_mod()
+            status = nbm.region_fuse_np(
                 x.numpy().reshape(B, C, H * W), lab.numpy().reshape(B, H * W), n,
-                dst.detach().numpy().reshape(B, C, H * W),
+                dst.detach().numpy().reshape(B, C, H * W), vr,
             )
-            if not ok:
+            if status == nbm.BAD_LABELS:
                 raise _range_error(lab, n)
+            if status == nbm.BAD_VALUES:
+                _raise_values(x, name, *vr)
         else:
             _triton_mod().region_fuse_triton(x, lab, n, dst)
         if out_t is not None and dst is not out_t:
@@ -289,7 +388,8 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
     return res
 
 
-def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto"):
+def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto", value_range: Any = None,
+                    name: str = "region_scores"):
     """Soft assignment, CSL Eq. 2: label[b,p] = argmax_n region_scores[b,n,p] * validity[b,n].
 
     Ties go to the lowest n; the product is formed in float32 as in the torch reference, so
@@ -299,6 +399,10 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto")
         region_scores: (B,N,h,w) float soft region scores, probabilities in [0,1].
         validity: (B,N) float region validity, probabilities in [0,1].
         backend: "auto", "numba", "triton" or "torch".
+        value_range: optional (lo, hi), e.g. (0, 1): also check that every region score is
+            finite and in [lo, hi] -- on CPU inside the same single pass over R. (The small
+            ``validity`` is not checked here.)
+        name: how ``region_scores`` is called in error messages.
 
     Returns:
         (B,h,w) int64 region index in [0,N); all -1 when N == 0. numpy if region_scores was numpy.
@@ -306,22 +410,26 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto")
     Raises:
         ShapeError, DTypeError: wrong layouts or dtypes.
         ValueRangeError: an unknown/unusable backend.
+        NonFiniteError, ValueRangeError: with ``value_range``, non-finite or out-of-range scores.
     """
-    r, was_np = as_torch(region_scores, "region_scores")
+    r, was_np = as_torch(region_scores, name)
     v, _ = as_torch(validity, "validity")
     if r.ndim != 4:
-        raise ShapeError(f"region_scores must be (B,N,h,w); got {r.ndim} axes with shape {shape_str(r.shape)}")
+        raise ShapeError(f"{name} must be (B,N,h,w); got {r.ndim} axes with shape {shape_str(r.shape)}")
     if not r.is_floating_point():
-        raise DTypeError(f"region_scores must be a floating-point tensor; got dtype {r.dtype}")
+        raise DTypeError(f"{name} must be a floating-point tensor; got dtype {r.dtype}")
     if not v.is_floating_point():
         raise DTypeError(f"validity must be a floating-point tensor; got dtype {v.dtype}")
     if tuple(v.shape) != tuple(r.shape[:2]):
-        raise ShapeError(f"validity must be (B,N) = {shape_str(r.shape[:2])} matching region_scores "
+        raise ShapeError(f"validity must be (B,N) = {shape_str(r.shape[:2])} matching {name} "
                          f"{shape_str(r.shape)}; got {shape_str(v.shape)}")
     if v.device != r.device:
-        raise ValueRangeError(f"validity must be on the device of region_scores ({r.device}); got {v.device}")
+        raise ValueRangeError(f"validity must be on the device of {name} ({r.device}); got {v.device}")
+    vr = _value_range(value_range)
     be = resolve_backend(backend, r.device, r.numel())
     B, N, h, w = r.shape
+    if N == 0 or be != "numba":
+        _torch_values(r, name, vr)
     if N == 0 or be == "torch":
         res = weighted_argmax_torch(r, v)
     else:
@@ -330,7 +438,10 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto")
         if be == "numba":
             _numba_threads()
             res = torch.empty(B, h, w, dtype=torch.int64)
-            _numba_mod().weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(), res.numpy().reshape(B, h * w))
+            nbm = _numba_mod()
+            status = nbm.weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(), res.numpy().reshape(B, h * w), vr)
+            if status == nbm.BAD_VALUES:
+                _raise_values(r, name, *vr)
         else:
             res = _triton_mod().weighted_argmax_triton(r, v)
     return restore(res, was_np)

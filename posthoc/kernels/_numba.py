@@ -71,11 +71,13 @@ def _runs(lab, s, e, starts, labs, nreg):
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad):
-    """Pass 1: per-item region sums.
+def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad, check, lo, hi, vbad):
+    """Pass 1: per-item region sums (and, if ``check``, a value check in the same pass).
 
     d (B,C,P) float32, lab (B,P) int32/int64, acc (B*parts, C, nreg+1) float64 zeroed,
-    cnt (B*parts, nreg+1) int64 zeroed, bad (B*parts,) uint8 zeroed.
+    cnt (B*parts, nreg+1) int64 zeroed, bad (B*parts,) uint8 zeroed (out-of-range label),
+    vbad (B*parts,) float32 zeroed: number of values outside [lo, hi], NaN if any value is
+    NaN/Inf (``x * 0`` is NaN exactly for non-finite x; both tests vectorize, unlike min/max).
     """
     B, C, P = d.shape
     seg = (P + parts - 1) // parts
@@ -87,6 +89,7 @@ def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad):
         starts = np.empty(block + 1, np.int64)
         labs = np.empty(block, np.int64)
         labrow = lab[b]
+        vb = np.float32(0.0)
         for bs in range(s0, s1, block):
             be = min(s1, bs + block)
             nr, flag = _runs(labrow, bs, be, starts, labs, nreg)
@@ -103,9 +106,38 @@ def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad):
                     # slices (not drow[x]) let LLVM drop the negative-index check and vectorize
                     run = drow[starts[r] : starts[r + 1]]
                     s = np.float32(0.0)
-                    for x in range(run.shape[0]):
-                        s += run[x]
+                    if check:
+                        z = np.float32(0.0)
+                        nb = 0
+                        for x in range(run.shape[0]):
+                            v = run[x]
+                            s += v
+                            z += v * np.float32(0.0)
+                            nb += (v < lo) | (v > hi)
+                        vb += z + np.float32(nb)
+                    else:
+                        for x in range(run.shape[0]):
+                            s += run[x]
                     accc[labs[r]] += s
+        vbad[it] = vb
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _value_violations(x, lo, hi, block):
+    """One pass over x (1-D float32): number of values outside [lo, hi]; NaN if any is NaN/Inf."""
+    P = x.shape[0]
+    nblk = (P + block - 1) // block
+    part = np.zeros(nblk, np.float32)
+    for j in prange(nblk):
+        seg = x[j * block : min(P, (j + 1) * block)]
+        z = np.float32(0.0)
+        nb = 0
+        for i in range(seg.shape[0]):
+            v = seg[i]
+            z += v * np.float32(0.0)
+            nb += (v < lo) | (v > hi)
+        part[j] = z + np.float32(nb)
+    return part.sum()
 
 
 @njit(cache=True, parallel=True)
@@ -179,13 +211,15 @@ def _scatter_means(d, lab, table, parts, block, out):
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def _weighted_argmax(r, v, block, out):
+def _weighted_argmax(r, v, block, out, check, lo, hi, vbad):
     """One pass over R: out[b,p] = argmax_n r[b,n,p] * v[b,n], ties -> lowest n.
 
     r (B,N,P) float32 with N >= 1, v (B,N) float32, out (B,P) int64. Each work item keeps
     the running maximum and its index for ``block`` pixels in L1 and streams the N rows
     of its block once; a strict ``>`` keeps the lowest n on ties. The product is formed in
     float32 exactly as the reference does, so the result is identical, not just close.
+    With ``check`` the values of R are tested against [lo, hi] and for finiteness in the same
+    pass; vbad (B*nblk,) float32 receives the violation count (NaN for non-finite values).
     """
     B, N, P = r.shape
     nblk = (P + block - 1) // block
@@ -197,22 +231,45 @@ def _weighted_argmax(r, v, block, out):
         L = e - s
         best = np.empty(block, np.float32)
         idx = np.zeros(block, np.int32)
+        vb = np.float32(0.0)
         v0 = v[b, 0]
         row = r[b, 0, s:e]
         for i in range(L):
             best[i] = row[i] * v0
+        if check:
+            z = np.float32(0.0)
+            nb = 0
+            for i in range(L):
+                x = row[i]
+                z += x * np.float32(0.0)
+                nb += (x < lo) | (x > hi)
+            vb += z + np.float32(nb)
         for n in range(1, N):
             vn = v[b, n]
             row = r[b, n, s:e]
             nn = np.int32(n)
-            for i in range(L):
-                w = row[i] * vn
-                gt = w > best[i]
-                best[i] = w if gt else best[i]
-                idx[i] = nn if gt else idx[i]
+            if check:
+                z = np.float32(0.0)
+                nb = 0
+                for i in range(L):
+                    x = row[i]
+                    w = x * vn
+                    gt = w > best[i]
+                    best[i] = w if gt else best[i]
+                    idx[i] = nn if gt else idx[i]
+                    z += x * np.float32(0.0)
+                    nb += (x < lo) | (x > hi)
+                vb += z + np.float32(nb)
+            else:
+                for i in range(L):
+                    w = row[i] * vn
+                    gt = w > best[i]
+                    best[i] = w if gt else best[i]
+                    idx[i] = nn if gt else idx[i]
         dst = out[b, s:e]
         for i in range(L):
             dst[i] = idx[i]
+        vbad[it] = vb
 
 
 def _parts(batch: int, size: int, threads: int) -> int:
@@ -222,55 +279,95 @@ def _parts(batch: int, size: int, threads: int) -> int:
     return max(1, min(parts, max(1, size // BLOCK)))
 
 
-def _pass1(d: np.ndarray, lab: np.ndarray, nreg: int):
+#: status codes of the wrappers
+OK, BAD_LABELS, BAD_VALUES = 0, 1, 2
+
+_NO_CHECK = (False, np.float32(-np.inf), np.float32(np.inf))
+
+
+def _check_args(value_range):
+    if value_range is None:
+        return _NO_CHECK
+    return True, np.float32(value_range[0]), np.float32(value_range[1])
+
+
+def _pass1(d: np.ndarray, lab: np.ndarray, nreg: int, value_range):
     B, C, P = d.shape
     parts = _parts(B, P, numba.get_num_threads())
     acc = np.zeros((B * parts, C, nreg + 1), np.float64)
     cnt = np.zeros((B * parts, nreg + 1), np.int64)
     bad = np.zeros(B * parts, np.uint8)
-    _accumulate(d, lab, nreg, parts, BLOCK, acc, cnt, bad)
-    return acc, cnt, parts, bool(bad.any())
+    vbad = np.zeros(B * parts, np.float32)
+    check, lo, hi = _check_args(value_range)
+    _accumulate(d, lab, nreg, parts, BLOCK, acc, cnt, bad, check, lo, hi, vbad)
+    if bad.any():
+        return acc, cnt, parts, BAD_LABELS
+    vb = float(vbad.sum())
+    if check and vb != 0.0:  # NaN (non-finite values) or a positive count
+        return acc, cnt, parts, BAD_VALUES
+    return acc, cnt, parts, OK
 
 
-def region_sums_np(d: np.ndarray, lab: np.ndarray, nreg: int):
-    """d (B,C,P) float32 C-contiguous, lab (B,P) int32/int64 -> (sums (B,N,C) f32, counts (B,N) i64, ok)."""
+def value_violations(x: np.ndarray, lo: float, hi: float) -> float:
+    """Number of values of x outside [lo, hi] (NaN if x holds NaN/Inf), one parallel pass."""
+    flat = x.reshape(-1)
+    if flat.size == 0:
+        return 0.0
+    return float(_value_violations(flat, np.float32(lo), np.float32(hi), 1 << 16))
+
+
+def _labels_only_minus_one(lab: np.ndarray) -> bool:
+    return lab.size == 0 or bool((lab == -1).all())
+
+
+def region_sums_np(d: np.ndarray, lab: np.ndarray, nreg: int, value_range=None):
+    """d (B,C,P) float32 C-contiguous, lab (B,P) int32/int64 -> (sums (B,N,C) f32, counts (B,N) i64, status)."""
     B, C, P = d.shape
     sums = np.zeros((B, nreg, C), np.float32)
     counts = np.zeros((B, nreg), np.int64)
     if B == 0 or P == 0 or nreg == 0:
-        ok = True
-        if nreg == 0 and lab.size:
-            ok = bool((lab == -1).all())
-        return sums, counts, ok
-    acc, cnt, parts, bad = _pass1(d, lab, nreg)
-    if bad:
-        return sums, counts, False
+        if nreg == 0 and not _labels_only_minus_one(lab):
+            return sums, counts, BAD_LABELS
+        if value_range is not None and value_violations(d, *value_range) != 0.0:
+            return sums, counts, BAD_VALUES
+        return sums, counts, OK
+    acc, cnt, parts, status = _pass1(d, lab, nreg, value_range)
+    if status != OK:
+        return sums, counts, status
     _reduce_sums(acc, cnt, B, parts, sums, counts)
-    return sums, counts, True
+    return sums, counts, OK
 
 
-def region_fuse_np(d: np.ndarray, lab: np.ndarray, nreg: int, out: np.ndarray) -> bool:
-    """CSL Eq. 3 into ``out`` (B,C,P) float32; returns False (out untouched) on out-of-range labels."""
+def region_fuse_np(d: np.ndarray, lab: np.ndarray, nreg: int, out: np.ndarray, value_range=None) -> int:
+    """CSL Eq. 3 into ``out`` (B,C,P) float32; returns a status (out untouched unless OK)."""
     B, C, P = d.shape
-    if B == 0 or P == 0 or C == 0:
-        return True
-    if nreg == 0:
-        if not bool((lab == -1).all()):
-            return False
-        np.copyto(out, d)
-        return True
-    acc, cnt, parts, bad = _pass1(d, lab, nreg)
-    if bad:
-        return False
+    if B == 0 or P == 0 or C == 0 or nreg == 0:
+        if nreg == 0 and not _labels_only_minus_one(lab):
+            return BAD_LABELS
+        if value_range is not None and value_violations(d, *value_range) != 0.0:
+            return BAD_VALUES
+        if nreg == 0 and d.size:
+            np.copyto(out, d)
+        return OK
+    acc, cnt, parts, status = _pass1(d, lab, nreg, value_range)
+    if status != OK:
+        return status
     table = np.empty((B, C, nreg + 1), np.float32)
     _means_table(acc, cnt, B, parts, table)
     _scatter_means(d, lab, table, parts, BLOCK, out)
-    return True
+    return OK
 
 
-def weighted_argmax_np(r: np.ndarray, v: np.ndarray, out: np.ndarray) -> None:
-    """r (B,N,P) float32 C-contiguous with N >= 1, v (B,N) float32, out (B,P) int64."""
-    B, N, P = r.shape
+def weighted_argmax_np(r: np.ndarray, v: np.ndarray, out: np.ndarray, value_range=None) -> int:
+    """r (B,N,P) float32 C-contiguous with N >= 1, v (B,N) float32, out (B,P) int64; returns a status."""
+    B, P = r.shape[0], r.shape[2]
     if B == 0 or P == 0:
-        return
-    _weighted_argmax(r, v, min(BLOCK, P), out)
+        return OK
+    block = min(BLOCK, P)
+    nblk = (P + block - 1) // block
+    vbad = np.zeros(B * nblk, np.float32)
+    check, lo, hi = _check_args(value_range)
+    _weighted_argmax(r, v, block, out, check, lo, hi, vbad)
+    if check and float(vbad.sum()) != 0.0:
+        return BAD_VALUES
+    return OK

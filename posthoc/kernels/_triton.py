@@ -138,7 +138,7 @@ def _empty_ok(lab: torch.Tensor, n: int) -> None:
 
 def region_sums_triton(x: torch.Tensor, lab: torch.Tensor, n: int):
     """(B,C,H,W) float32, (B,H,W) int -> sums (B,N,C) float32, counts (B,N) int64."""
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     if B == 0 or n == 0 or H * W == 0:
         return region_sums_torch(x, lab, n)  # nothing to launch; the reference handles the edge cases
     acc, cnt = _sums_pass(x, lab, n)
