@@ -152,9 +152,9 @@ def test_offsets_teacher_and_kinds(rng):
     o1, c1 = posthoc.offsets_from_proposals(lab, teacher=teacher, teacher_weight=1.0)
     np.testing.assert_array_equal(o0, o1)
     assert (c1[:, 0, :, 6] < 1e-6).all() and (c1[:, 0, :, 5] > 0.5).all()
-    o2, c2 = posthoc.offsets_from_proposals(lab, teacher=teacher, teacher_weight=0.0)
+    _o2, c2 = posthoc.offsets_from_proposals(lab, teacher=teacher, teacher_weight=0.0)
     np.testing.assert_allclose(c2, c0)
-    ot, ct = posthoc.offsets_from_proposals(torch.from_numpy(lab))
+    ot, _ct = posthoc.offsets_from_proposals(torch.from_numpy(lab))
     assert isinstance(ot, torch.Tensor) and torch.equal(ot, torch.from_numpy(o0))
     o_single, c_single = posthoc.offsets_from_proposals(lab[0])
     assert o_single.shape == (2, 10, 12) and c_single.shape == (1, 10, 12)
@@ -195,3 +195,12 @@ def test_offset_resample_cpu_equals_cuda(rng):
     torch.testing.assert_close(g.cpu(), posthoc.offset_resample(s, o, f), rtol=1e-5, atol=1e-5)
     z = torch.zeros_like(o)
     assert torch.equal(posthoc.offset_resample(s.cuda(), z.cuda(), f.cuda()).cpu(), s)
+
+
+def test_offsets_from_proposals_deterministic_across_buffers(rng):
+    lab = rng.integers(-1, 6, size=(2, 17, 23))
+    o1, c1 = posthoc.offsets_from_proposals(lab)
+    for other in (lab.copy(), np.ascontiguousarray(np.pad(lab, ((0, 0), (0, 0), (1, 0)))[:, :, 1:]), lab.astype(np.int32)):
+        o2, c2 = posthoc.offsets_from_proposals(other)
+        np.testing.assert_array_equal(o1, o2)
+        np.testing.assert_array_equal(c1, c2)

@@ -125,7 +125,7 @@ def test_refine_errors(rng, problem):
 
 def test_mine_unknown_instances_reference(rng):
     N, h, w = 5, 12, 14
-    stuff, thing = list(range(0, 11)), list(range(11, 19))
+    stuff, thing = list(range(11)), list(range(11, 19))
     for seed in range(6):
         r = np.random.default_rng(seed)
         ml = (r.normal(size=(1, N, h, w)) * 4).astype(np.float32)
@@ -147,7 +147,7 @@ def test_mine_constructed_case(rng):
     cl[0, 1, 13] = 10
     cl[0, 2, K] = 10  # no object: not known
     cl[0, 2, 0:11] = 9.0  # high stuff entropy
-    out = posthoc.mine_unknown_instances(ml, cl, range(0, 11), range(11, 19))
+    out = posthoc.mine_unknown_instances(ml, cl, range(11), range(11, 19))
     expect = np.full((H, W), -1)
     expect[:, 3:6] = 0
     np.testing.assert_array_equal(out[0], expect)
@@ -155,13 +155,13 @@ def test_mine_constructed_case(rng):
     cl2 = cl.copy()
     cl2[0, 2, 0:11] = -10
     cl2[0, 2, 11:19] = 9.0
-    assert (posthoc.mine_unknown_instances(ml, cl2, range(0, 11), range(11, 19)) == -1).all()
+    assert (posthoc.mine_unknown_instances(ml, cl2, range(11), range(11, 19)) == -1).all()
     # known="all" also counts the no-object mask as known: its top known-class probability
     # (~0.073) lowers B in rows 1..4 to ~0.927, below threshold 0.95; the two leftover strips
     # (rows 0 and 5) overlap no mask, so nothing is mined
-    out_nv = posthoc.mine_unknown_instances(ml, cl, range(0, 11), range(11, 19), 0.95)
+    out_nv = posthoc.mine_unknown_instances(ml, cl, range(11), range(11, 19), 0.95)
     np.testing.assert_array_equal(out_nv[0], expect)
-    out_all = posthoc.mine_unknown_instances(ml, cl, range(0, 11), range(11, 19), 0.95, known="all")
+    out_all = posthoc.mine_unknown_instances(ml, cl, range(11), range(11, 19), 0.95, known="all")
     assert (out_all == -1).all()
     # label-map masks give the same result as the equivalent hard float masks
     lab = np.full((1, H, W), -1)
@@ -169,8 +169,8 @@ def test_mine_constructed_case(rng):
     lab[0, :, 6:] = 1
     ml_hard = np.where(lab[:, None] == np.arange(2)[None, :, None, None], 50.0, -50.0).astype(np.float32)
     np.testing.assert_array_equal(
-        posthoc.mine_unknown_instances(lab, cl[:, :2], range(0, 11), range(11, 19)),
-        posthoc.mine_unknown_instances(ml_hard, cl[:, :2], range(0, 11), range(11, 19)),
+        posthoc.mine_unknown_instances(lab, cl[:, :2], range(11), range(11, 19)),
+        posthoc.mine_unknown_instances(ml_hard, cl[:, :2], range(11), range(11, 19)),
     )
 
 

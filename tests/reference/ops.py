@@ -106,12 +106,12 @@ def bilinear_resize(x: np.ndarray, H: int, W: int) -> np.ndarray:
     out = np.zeros((H, W))
     for Y in range(H):
         sy = max((Y + 0.5) * h / H - 0.5, 0.0)
-        y0 = min(int(math.floor(sy)), h - 1)
+        y0 = min(math.floor(sy), h - 1)
         y1 = min(y0 + 1, h - 1)
         wy = sy - y0
         for X in range(W):
             sx = max((X + 0.5) * w / W - 0.5, 0.0)
-            x0 = min(int(math.floor(sx)), w - 1)
+            x0 = min(math.floor(sx), w - 1)
             x1 = min(x0 + 1, w - 1)
             wx = sx - x0
             out[Y, X] = (
@@ -185,7 +185,7 @@ def offset_resample(s: np.ndarray, o: np.ndarray, f: np.ndarray) -> np.ndarray:
             for x in range(W):
                 px = min(max(x + o[b, 0, y, x], 0.0), W - 1.0)
                 py = min(max(y + o[b, 1, y, x], 0.0), H - 1.0)
-                x0, y0 = int(math.floor(px)), int(math.floor(py))
+                x0, y0 = math.floor(px), math.floor(py)
                 x1, y1 = min(x0 + 1, W - 1), min(y0 + 1, H - 1)
                 wx, wy = px - x0, py - y0
                 for c in range(C):

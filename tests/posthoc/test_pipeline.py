@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+import posthoc
+from posthoc import Pipeline, Proposals, ShapeError, TeacherOutput, ValueRangeError
+
+K = 12
+
+
+@pytest.fixture
+def world(rng):
+    B, N, H, W = 2, 5, 16, 20
+    anomaly = rng.random((B, 1, H, W)).astype(np.float32)
+    sem = (rng.normal(size=(B, K, H, W)) * 3).astype(np.float32)
+    R = rng.random((B, N, 8, 10)).astype(np.float32)
+    V = rng.random((B, N)).astype(np.float32)
+    labels = rng.integers(-1, N, size=(B, H, W))
+    to = TeacherOutput(scores=anomaly, kind="anomaly", class_names=["anomaly"], logits=sem)
+    prop = Proposals(labels=labels, region_scores=R, validity=V)
+    return to, prop
+
+
+def test_pipeline_equals_functions(world):
+    to, prop = world
+    pl = Pipeline(refine=True, suppress_ids=range(2, 8), score_threshold=0.2, min_masks=1, offsets=True,
+                  mine=True, stuff_ids=range(6), thing_ids=range(6, 12))
+    out = pl(to, prop)
+    H, W = to.scores.shape[-2:]
+    labels = posthoc.soft_assign(prop.region_scores, prop.validity, size=(H, W))
+    np.testing.assert_array_equal(out["labels"], labels)
+    comps = posthoc.split_components(labels)
+    np.testing.assert_array_equal(out["components"], comps)
+    fused = posthoc.fuse(to.scores, comps)
+    np.testing.assert_array_equal(out["fused"], fused)
+    cls = posthoc.region_class_logits(to.logits, comps)
+    refined = posthoc.refine(fused, comps, cls, range(2, 8), 0.2, 0.5, 1)
+    np.testing.assert_array_equal(out["refined"], refined)
+    assert out["refinement_mask"].shape == (2, 1, H, W)
+    assert 0 < out["refinement_mask"].mean() < 1  # the test exercises a non-trivial refinement
+    offs, conf = posthoc.offsets_from_proposals(comps, teacher=refined)
+    np.testing.assert_array_equal(out["offsets"], offs)
+    np.testing.assert_array_equal(out["confidence"], conf)
+    res = posthoc.offset_resample(refined, offs, conf)
+    np.testing.assert_array_equal(out["resampled"], res)
+    np.testing.assert_array_equal(out["output"], res)
+    mined = posthoc.mine_unknown_instances(comps, cls, range(6), range(6, 12), 0.5)
+    np.testing.assert_array_equal(out["unknown_instances"], mined)
+
+
+def test_pipeline_assign_modes(world):
+    to, prop = world
+    np.testing.assert_array_equal(Pipeline(assign="labels", split=False)(to, prop)["labels"], prop.labels)
+    out = Pipeline(assign="hard", split=False)(to, prop)
+    np.testing.assert_array_equal(out["labels"], posthoc.hard_assign(prop.region_scores, prop.validity, size=(16, 20)))
+    np.testing.assert_array_equal(out["fused"], posthoc.fuse(to.scores, out["labels"]))
+    plain = Proposals(labels=prop.labels)
+    np.testing.assert_array_equal(Pipeline()(to, plain)["labels"], prop.labels)  # auto -> labels
+    with pytest.raises(ValueRangeError, match=r"assign='soft'\) needs proposals with region_scores"):
+        Pipeline(assign="soft")(to, plain)
+
+
+def test_pipeline_raw_inputs_and_torch(world, rng):
+    to, prop = world
+    out = Pipeline()(to.scores, prop.labels)  # raw arrays: a label map
+    np.testing.assert_array_equal(out["fused"], posthoc.fuse(to.scores, posthoc.split_components(prop.labels)))
+    masks = np.stack([prop.labels == n for n in range(5)], axis=1)
+    np.testing.assert_array_equal(Pipeline()(to.scores, masks)["fused"], out["fused"])
+    sem = torch.from_numpy(to.logits)
+    t = Pipeline(normalize="softmax", offsets=True)(sem, torch.from_numpy(prop.labels))
+    assert isinstance(t["output"], torch.Tensor) and t["output"].shape == sem.shape
+    # proposals with their own class/mask logits are used for refinement
+    ml = rng.normal(size=(2, 5, 8, 10)).astype(np.float32) * 3
+    cl = rng.normal(size=(2, 5, K + 1)).astype(np.float32)
+    cl[:, :3, 4] += 10
+    p2 = Proposals(labels=prop.labels, region_scores=prop.region_scores, validity=prop.validity,
+                   class_logits=cl, mask_logits=ml)
+    o2 = Pipeline(refine=True, suppress_ids=[4])(to, p2)
+    np.testing.assert_array_equal(o2["refined"], posthoc.refine(o2["fused"], ml, cl, [4]))
+
+
+def test_pipeline_errors(world):
+    to, prop = world
+    with pytest.raises(ValueRangeError, match="Pipeline.assign must be one of"):
+        Pipeline(assign="nearest")
+    with pytest.raises(ValueRangeError, match="needs stuff_ids and thing_ids"):
+        Pipeline(mine=True)
+    with pytest.raises(ValueRangeError, match="needs class logits"):
+        Pipeline(refine=True)(to.scores, prop)
+    with pytest.raises(ShapeError, match="refines anomaly maps"):
+        Pipeline(refine=True)(to.logits, prop)
+    with pytest.raises(ShapeError, match=r"Pipeline needs batched scores \(B,C,H,W\)"):
+        Pipeline()(to.scores[0], prop)
+    cfg = Pipeline(mine=True, stuff_ids=[1], thing_ids=[2]).config()
+    assert cfg["stuff_ids"] == [1] and cfg["suppress_ids"] == list(range(2, 11))
