@@ -24,17 +24,20 @@ Two modes, and every result names the one it used:
 
   State: about 770 thresholds and two counts per frame (~18 KB), merged by concatenation.
 
-* ``"exact"`` sorts the scores: TP/FP at every distinct score value, as
-  ``sklearn.metrics.precision_recall_curve`` / ``roc_curve``; AP equals
-  ``average_precision_score`` and AUROC ``roc_auc_score`` (same formulas, same summation
-  order, so the values agree to the last bit on the installed versions). FPR95 and best F1
-  follow the same rules as above on the exact curve.
+* ``"exact"`` is sort-based and equals sklearn: ``average_precision_score`` and
+  ``roc_auc_score`` on the pooled non-void pixels (tested to 1e-12). Recall only changes at
+  the distinct scores of anomaly pixels, so the curve is evaluated there: for each such
+  score v (from high to low) TP(v) and FP(v) = #negatives >= v come from the sorted
+  negatives by binary search; AP = sum over those points of (recall step) x precision,
+  AUROC = P(s_pos > s_neg) + P(s_pos = s_neg) / 2 (Mann-Whitney, equal to the trapezoid
+  rule over the exact ROC curve), FPR95 and best F1 as above (both are attained at an
+  anomaly score).
 
-  State: every distinct score value of each class with its count (value in the input
-  dtype + int64 count: 12 bytes per distinct float32 value and class). For float16
-  scores that is at most 2 x 65536 entries whatever the data-set size; for float32 network
-  outputs it is bounded by the number of pixels. Per-frame sorted runs are merged lazily
-  (log-structured), so updating costs one ``np.sort`` per frame.
+  State and memory: float16 scores (as in SMIYC submission files and posthoc-bench's
+  cache) go into two exact 65536-bin histograms of the float16 values: 1 MiB whatever
+  the data-set size. Other dtypes keep every non-void score, sorted per frame (4 bytes
+  per pixel for float32: about 700 MB for 100 frames of 1024x2048), merged at ``compute``
+  with one timsort pass over the sorted runs.
 
 In both modes a pixel counts as positive at threshold ``t`` when ``score >= t``.
 """
@@ -71,21 +74,106 @@ SMIYC_NUM_BINS = 768
 _MODES = ("smiyc", "exact")
 
 
+# --------------------------------------------------------------------------- sorted multisets
+def _f16_keys(x: np.ndarray) -> np.ndarray:
+    """Order-preserving uint16 keys of float16 values (sign-magnitude -> offset binary)."""
+    u = x.view(np.uint16)
+    neg = (u & 0x8000) != 0
+    return np.where(neg, ~u, u | 0x8000).astype(np.uint16)
+
+
+def _f16_from_keys(k: np.ndarray) -> np.ndarray:
+    k = k.astype(np.uint16)
+    pos = (k & 0x8000) != 0
+    return np.where(pos, k & 0x7FFF, ~k).astype(np.uint16).view(np.float16)
+
+
+def _f16_histogram(x: np.ndarray) -> np.ndarray:
+    """(65536,) int64 counts of float16 values, indexed by their order-preserving key."""
+    return np.bincount(_f16_keys(x), minlength=65536)
+
+
+class _Sorted:
+    """A sorted multiset of finite floats: a sorted array, or distinct sorted values + counts.
+
+    ``take`` gives order statistics and ``count_lt`` / ``count_le`` rank queries, so the same
+    code serves a ``np.sort``-ed frame and a float16 histogram (no sort needed).
+    """
+
+    __slots__ = ("cum", "n", "values")
+
+    def __init__(self, values: np.ndarray, counts: np.ndarray | None = None) -> None:
+        self.values = values
+        if counts is None:
+            self.cum = None
+            self.n = int(values.shape[0])
+        else:
+            self.cum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+            self.n = int(self.cum[-1])
+
+    @classmethod
+    def from_unsorted(cls, x: np.ndarray) -> _Sorted:
+        if x.dtype == np.float16 and x.size > 4096:
+            h = _f16_histogram(x)
+            nz = np.flatnonzero(h)
+            return cls(_f16_from_keys(nz), h[nz])
+        return cls(np.sort(x))
+
+    @classmethod
+    def from_histogram(cls, h: np.ndarray) -> _Sorted:
+        nz = np.flatnonzero(h)
+        return cls(_f16_from_keys(nz), h[nz])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        if self.cum is None:
+            return self.values[idx]
+        return self.values[np.searchsorted(self.cum, idx, "right") - 1]
+
+    def count_lt(self, v: np.ndarray) -> np.ndarray:
+        i = self.values.searchsorted(v, "left")
+        return i if self.cum is None else self.cum[i]
+
+    def count_le(self, v: np.ndarray) -> np.ndarray:
+        i = self.values.searchsorted(v, "right")
+        return i if self.cum is None else self.cum[i]
+
+    def distinct(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.cum is None:
+            return _unique_counts_sorted(self.values)
+        v, c = self.values, np.diff(self.cum)
+        if v.size > 1 and np.any(v[1:] == v[:-1]):  # -0.0 and +0.0 are two float16 keys
+            return _merge_runs([(v[:1], c[:1]), (v[1:], c[1:])])
+        return v, c
+
+    @property
+    def first(self):
+        return self.values[0]
+
+    @property
+    def last(self):
+        return self.values[-1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + (0 if self.cum is None else self.cum.nbytes)
+
+
 # --------------------------------------------------------------------------- smiyc binning
-def sorted_quantiles(s: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``np.quantile(s, q)`` (method 'linear') for an already sorted 1-D array, without re-partitioning.
+def sorted_quantiles(s: np.ndarray | _Sorted, q: np.ndarray) -> np.ndarray:
+    """``np.quantile(s, q)`` (method 'linear') of a sorted multiset, without re-partitioning.
 
     Reproduces numpy's linear interpolation (``numpy/lib/_function_base_impl.py::_lerp``)
     operation by operation, so the result is bit-identical to ``np.quantile`` (tested).
 
     Args:
-        s: (n,) sorted ascending, n >= 1, any float dtype, finite.
+        s: (n,) sorted ascending array (n >= 1, any float dtype, finite), or a ``_Sorted``.
         q: (m,) float64 quantiles in [0,1].
 
     Returns:
         (m,) float64 quantile values.
     """
-    n = s.shape[0]
+    ms = s if isinstance(s, _Sorted) else _Sorted(s)
+    n = ms.n
     vi = (n - 1) * q
     prev = np.floor(vi)
     prev_i = prev.astype(np.intp)
@@ -94,8 +182,8 @@ def sorted_quantiles(s: np.ndarray, q: np.ndarray) -> np.ndarray:
     prev_i[above] = n - 1
     next_i[above] = n - 1
     gamma = vi - np.where(above, -1, prev_i)  # numpy computes gamma from the clipped (-1) index
-    a = s[prev_i]
-    b = s[next_i]
+    a = ms.take(prev_i)
+    b = ms.take(next_i)
     diff_b_a = b - a
     out = np.add(a, diff_b_a * gamma)
     hi = gamma >= 0.5
@@ -103,23 +191,24 @@ def sorted_quantiles(s: np.ndarray, q: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bin_counts(sorted_vals: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def _bin_counts(ms: _Sorted, edges: np.ndarray) -> np.ndarray:
     """Counts per bin [e_k, e_k+1) (last bin closed), as ``np.histogram(vals, bins=edges)[0]``."""
-    if sorted_vals.size == 0:
+    if ms.n == 0:
         return np.zeros(edges.size - 1, dtype=np.int64)
     cum = np.empty(edges.size, dtype=np.int64)
-    cum[:-1] = sorted_vals.searchsorted(edges[:-1], "left")
-    cum[-1] = sorted_vals.searchsorted(edges[-1:], "right")[0]
+    cum[:-1] = ms.count_lt(edges[:-1])
+    cum[-1] = ms.count_le(edges[-1:])[0]
     return np.diff(cum)
 
 
-def smiyc_frame_bins(pos_sorted: np.ndarray, neg_sorted: np.ndarray,
+def smiyc_frame_bins(pos_sorted: np.ndarray | _Sorted, neg_sorted: np.ndarray | _Sorted,
                      num_bins: int = SMIYC_NUM_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One frame of the official 'percentiles' binning (``binary_confusion_matrix``).
 
     Args:
-        pos_sorted: (P,) scores of the frame's anomaly pixels, sorted ascending, finite.
-        neg_sorted: (N,) scores of the frame's in-distribution pixels, sorted ascending, finite.
+        pos_sorted: (P,) scores of the frame's anomaly pixels, sorted ascending, finite (or a
+            ``_Sorted`` multiset).
+        neg_sorted: (N,) scores of the frame's in-distribution pixels, likewise.
             P + N >= 1; both in the same float dtype.
         num_bins: 768 in the official ``PixBinaryClass`` config; at most ``num_bins // 2``
             quantiles are taken per class.
@@ -129,20 +218,22 @@ def smiyc_frame_bins(pos_sorted: np.ndarray, neg_sorted: np.ndarray,
         (M,) int64 numbers of positive / negative pixels in each bin (``bin_edges[1:]``,
         ``tp_rel``, ``fp_rel`` of the official code after its reversal).
     """
-    parts = [s for s in (pos_sorted, neg_sorted) if s.size]
+    pos = pos_sorted if isinstance(pos_sorted, _Sorted) else _Sorted(pos_sorted)
+    neg = neg_sorted if isinstance(neg_sorted, _Sorted) else _Sorted(neg_sorted)
+    parts = [m for m in (pos, neg) if m.n]
     if not parts:
         raise EmptyMetricError("smiyc_frame_bins needs at least one non-void pixel; got none")
-    vmin = parts[0][0] if len(parts) == 1 else np.minimum(parts[0][0], parts[1][0])
-    vmax = parts[0][-1] if len(parts) == 1 else np.maximum(parts[0][-1], parts[1][-1])
+    vmin = parts[0].first if len(parts) == 1 else np.minimum(parts[0].first, parts[1].first)
+    vmax = parts[0].last if len(parts) == 1 else np.maximum(parts[0].last, parts[1].last)
     vrange = vmax - vmin
     eps = np.maximum(vrange * 1e-2, 1e-2)
     edges = [np.asarray([vmin - eps, vmax + eps])]
-    for s in (pos_sorted, neg_sorted):
-        if s.size:
-            edges.append(sorted_quantiles(s, np.linspace(0, 1, min(num_bins // 2, s.size))))
+    for m in (pos, neg):
+        if m.n:
+            edges.append(sorted_quantiles(m, np.linspace(0, 1, min(num_bins // 2, m.n))))
     edges = np.unique(np.concatenate(edges))
-    tp = _bin_counts(pos_sorted, edges)
-    fp = _bin_counts(neg_sorted, edges)
+    tp = _bin_counts(pos, edges)
+    fp = _bin_counts(neg, edges)
     return edges[:-1][::-1].copy(), tp[::-1].copy(), fp[::-1].copy()
 
 
@@ -236,104 +327,91 @@ def _unique_counts_sorted(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _merge_runs(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge (distinct sorted values, counts) runs into one; counts of equal values add up."""
+    """Merge (sorted values, counts) runs into distinct sorted values with summed counts."""
     runs = [r for r in runs if r[0].size]
     if not runs:
         return np.zeros(0, np.float64), np.zeros(0, np.int64)
-    if len(runs) == 1:
-        return runs[0]
     values = np.unique(np.concatenate([v for v, _ in runs]))
     counts = np.zeros(values.shape[0], np.int64)
     for v, c in runs:
-        counts[np.searchsorted(values, v)] += c  # v is distinct, so the indices are too
+        np.add.at(counts, np.searchsorted(values, v), c)
     return values, counts
 
 
-class _ValueCounts:
-    """Additive multiset of score values: a consolidated base plus pending sorted runs."""
+class _ExactState:
+    """Additive multiset of the scores of one class (see the module docstring, exact mode)."""
 
-    def __init__(self, consolidate_at: int = 1 << 22) -> None:
-        self.consolidate_at = consolidate_at
-        self.reset()
+    def __init__(self) -> None:
+        self.hist: np.ndarray | None = None  # float16 frames: (65536,) int64 by order key
+        self.runs: list[np.ndarray] = []  # other dtypes: one sorted array per frame
 
-    def reset(self) -> None:
-        self.base: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.float64), np.zeros(0, np.int64))
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self.pending_size = 0
-
-    def add_run(self, values: np.ndarray, counts: np.ndarray) -> None:
-        if values.size == 0:
+    def add(self, x: np.ndarray) -> None:
+        if x.size == 0:
             return
-        self.pending.append((values, counts))
-        self.pending_size += values.size
-        if self.pending_size >= max(self.base[0].size, self.consolidate_at):
-            self.consolidate()
+        if x.dtype == np.float16:
+            h = _f16_histogram(x)
+            self.hist = h if self.hist is None else self.hist + h
+        else:
+            self.runs.append(np.sort(x))
 
-    def add_sorted(self, s: np.ndarray) -> None:
-        self.add_run(*_unique_counts_sorted(s))
+    def merge(self, other: _ExactState) -> None:
+        if other.hist is not None:
+            self.hist = other.hist.copy() if self.hist is None else self.hist + other.hist
+        self.runs.extend(other.runs)
 
-    def consolidate(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.pending:
-            self.base = _merge_runs([self.base] + self.pending)
-            self.pending = []
-            self.pending_size = 0
-        return self.base
-
-    def runs(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        return [self.base] + list(self.pending)
+    def multiset(self) -> _Sorted:
+        """Everything added so far as one sorted multiset (timsort merges the sorted runs)."""
+        raw = None
+        if self.runs:
+            if len(self.runs) > 1:
+                raw = np.sort(np.concatenate(self.runs), kind="stable")
+                self.runs = [raw]  # keep the merged run: a second compute() is cheaper
+            else:
+                raw = self.runs[0]
+        if self.hist is None:
+            return _Sorted(raw if raw is not None else np.zeros(0, np.float32))
+        hs = _Sorted.from_histogram(self.hist)
+        if raw is None:
+            return hs
+        v, c = _merge_runs([hs.distinct(), _unique_counts_sorted(raw)])
+        return _Sorted(v, c)
 
     @property
     def nbytes(self) -> int:
-        return sum(v.nbytes + c.nbytes for v, c in self.runs())
+        return (0 if self.hist is None else self.hist.nbytes) + sum(r.nbytes for r in self.runs)
 
 
-def exact_curve(pos_values: np.ndarray, pos_counts: np.ndarray,
-                neg_values: np.ndarray, neg_counts: np.ndarray) -> dict:
-    """Exact curve and metrics from the distinct scores of each class.
+def exact_curve(pos: _Sorted, neg: _Sorted) -> dict:
+    """Exact curve and metrics from the sorted scores of each class.
 
-    Follows ``sklearn.metrics._ranking._binary_clf_curve`` (one point per distinct score,
-    from high to low), ``precision_recall_curve`` + ``average_precision_score`` (AP =
-    -sum(diff(recall) * precision[:-1]) on the reversed curve) and ``roc_curve``
-    (``drop_intermediate=True``) + ``auc`` for AUROC.
+    The curve has one point per distinct anomaly score v (from high to low), where recall
+    changes, plus (0,0) at +inf and (P,N) at -inf. TP(v) = #positives >= v,
+    FP(v) = #negatives >= v. AP = sum_k (R_k - R_k-1) P_k, as ``average_precision_score``
+    (the points sklearn adds at negative scores have a zero recall step);
+    AUROC = [#(s_pos > s_neg) + #(s_pos = s_neg) / 2] / (P N), equal to ``roc_auc_score``.
 
     Args:
-        pos_values, neg_values: distinct finite scores of each class, sorted ascending.
-        pos_counts, neg_counts: int64 multiplicities; both classes must be non-empty.
+        pos, neg: sorted multisets of the anomaly and in-distribution scores, both non-empty.
 
     Returns:
-        the same keys as :func:`smiyc_curve`; the curve starts at threshold +inf (0,0).
+        the same keys as :func:`smiyc_curve`.
     """
-    values = np.union1d(pos_values, neg_values)
-    p = np.zeros(values.shape[0], np.int64)
-    q = np.zeros(values.shape[0], np.int64)
-    p[np.searchsorted(values, pos_values)] = pos_counts
-    q[np.searchsorted(values, neg_values)] = neg_counts
-    tps = np.cumsum(p[::-1]).astype(np.float64)
-    fps = np.cumsum(q[::-1]).astype(np.float64)
-    thr = values[::-1].astype(np.float64)
-    num_pos, num_neg = tps[-1], fps[-1]
+    pv, pc = pos.distinct()
+    num_pos, num_neg = float(pos.n), float(neg.n)
+    v = pv[::-1]
+    c = pc[::-1].astype(np.float64)
+    neg_lt = neg.count_lt(v).astype(np.float64)
+    neg_le = neg.count_le(v).astype(np.float64)
+    tp = np.cumsum(c)
+    fp = num_neg - neg_lt  # negatives >= v
+    precision = tp / (tp + fp)
+    recall = tp / num_pos
+    ap = max(0.0, float(np.sum(np.diff(np.r_[0.0, recall]) * precision)))
+    auroc = float((np.dot(c, neg_lt) + 0.5 * np.dot(c, neg_le - neg_lt)) / (num_pos * num_neg))
 
-    # average precision, exactly as sklearn 1.x computes it
-    precision = tps / (tps + fps)
-    recall = tps / num_pos
-    pr_p = np.concatenate([precision[::-1], [1.0]])
-    pr_r = np.concatenate([recall[::-1], [0.0]])
-    ap = max(0.0, float(-np.sum(np.diff(pr_r) * pr_p[:-1])))
-
-    # AUROC on the roc_curve(drop_intermediate=True) points
-    if fps.shape[0] > 2:
-        opt = np.where(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])[0]
-        r_tps, r_fps = tps[opt], fps[opt]
-    else:
-        r_tps, r_fps = tps, fps
-    r_tps = np.r_[0.0, r_tps]
-    r_fps = np.r_[0.0, r_fps]
-    auroc = _trapezoid(r_tps / r_tps[-1], r_fps / r_fps[-1])
-
-    # full curve (every distinct score) for FPR95, F1 and plots
-    tp = np.r_[0.0, tps]
-    fp = np.r_[0.0, fps]
-    thr = np.r_[np.inf, thr]
+    tp = np.r_[0.0, tp, num_pos]
+    fp = np.r_[0.0, fp, num_neg]
+    thr = np.r_[np.inf, v.astype(np.float64), -np.inf]
     out = _curve_summary(tp, fp, num_pos - tp, num_neg - fp, thr)
     out["ap"] = ap
     out["auroc"] = auroc
@@ -402,8 +480,8 @@ class PixelMetrics:
         self.n_pos = 0
         self.n_neg = 0
         self._frames: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # smiyc
-        self._pos = _ValueCounts()  # exact
-        self._neg = _ValueCounts()
+        self._pos = _ExactState()  # exact
+        self._neg = _ExactState()
 
     def merge(self, other: PixelMetrics) -> PixelMetrics:
         """Add the state of ``other`` (same mode and settings) to this one; returns ``self``."""
@@ -414,9 +492,8 @@ class PixelMetrics:
         if self.mode == "smiyc":
             self._frames.extend(other._frames)
         else:
-            for mine, theirs in ((self._pos, other._pos), (self._neg, other._neg)):
-                for v, c in theirs.runs():
-                    mine.add_run(v, c)
+            self._pos.merge(other._pos)
+            self._neg.merge(other._neg)
         return self
 
     @property
@@ -452,18 +529,18 @@ class PixelMetrics:
         neg = s[lab == 0]
         check_finite_values(pos, "scores")
         check_finite_values(neg, "scores")
-        pos.sort()
-        neg.sort()
         self.n_frames += 1
         self.n_pos += pos.size
         self.n_neg += neg.size
         if pos.size + neg.size == 0:
             return
         if self.mode == "smiyc":
-            self._frames.append(smiyc_frame_bins(pos, neg, self.num_bins))
+            self._frames.append(
+                smiyc_frame_bins(_Sorted.from_unsorted(pos), _Sorted.from_unsorted(neg), self.num_bins)
+            )
         else:
-            self._pos.add_sorted(pos)
-            self._neg.add_sorted(neg)
+            self._pos.add(pos)
+            self._neg.add(neg)
 
     # ----------------------------------------------------------------- compute
     def compute(self, curve_points: int | None = 4096) -> dict:
@@ -498,9 +575,7 @@ class PixelMetrics:
             fp = np.concatenate([f[2] for f in self._frames])
             c = smiyc_curve(thr, tp, fp, self.n_pos, self.n_neg)
         else:
-            pv, pc = self._pos.consolidate()
-            nv, nc = self._neg.consolidate()
-            c = exact_curve(pv, pc, nv, nc)
+            c = exact_curve(self._pos.multiset(), self._neg.multiset())
         curves = reduce_curve({k: c[k] for k in ("precision", "recall", "tpr", "fpr", "thresholds")}, curve_points)
         res = {
             "mode": self.mode,

@@ -6,7 +6,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from posthoc._checks import DTypeError, NonFiniteError, ShapeError, ValueRangeError
 from posthoc.metrics import EmptyMetricError, PixelMetrics
-from posthoc.metrics.pixel import _ValueCounts, smiyc_frame_bins, sorted_quantiles
+from posthoc.metrics.pixel import smiyc_frame_bins, sorted_quantiles
 from tests.reference.metrics import smiyc_pixel_reference, threshold_sweep_reference
 
 METRIC_KEYS = ("ap", "auroc", "fpr95", "best_f1", "best_f1_threshold")
@@ -147,18 +147,39 @@ def test_binned_close_to_exact(rng):
     assert abs(a["best_f1"] - b["best_f1"]) < 5e-3
 
 
-def test_exact_state_is_compressed_and_consolidation_is_exact(rng):
-    frames = _frames(rng, n=6, dtype=np.float16)
-    pm = PixelMetrics("exact")
-    pm._pos = _ValueCounts(consolidate_at=8)  # force many consolidations
-    pm._neg = _ValueCounts(consolidate_at=8)
-    for s, lab in frames:
-        pm.update(s, lab)
-    ref = _run(frames, "exact").compute()
-    _same(pm.compute(), ref)
-    n_distinct = len(np.unique(np.concatenate([f[0].ravel() for f in frames])))
-    assert pm._pos.consolidate()[0].size + pm._neg.consolidate()[0].size <= 2 * n_distinct
-    assert pm.state_nbytes < sum(f[0].size for f in frames) * 12
+def _f16_frames(rng, n=3, h=72, w=80):
+    """float16 frames above the histogram cut-off (4096 px), with negative scores, -0.0 and ties."""
+    out = []
+    for s, lab in _frames(rng, n=n, h=h, w=w, dtype=np.float64, no_anomaly=(1,)):
+        s16 = (s * 4 - 1.5).astype(np.float16)
+        s16[0, :3] = -0.0
+        s16[1, :3] = 0.0
+        out.append((s16, lab))
+    return out
+
+
+def test_float16_histogram_path_smiyc_matches_official(rng):
+    frames = _f16_frames(rng)
+    got = _run(frames, "smiyc").compute()
+    want = smiyc_pixel_reference(frames)
+    for k in METRIC_KEYS:
+        assert got[k] == want[k], (k, got[k], want[k])
+
+
+def test_float16_histogram_path_exact_and_constant_state(rng):
+    frames = _f16_frames(rng)
+    pm = _run(frames, "exact")
+    r = pm.compute()
+    s, y = _pooled(frames)
+    assert r["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert r["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    as32 = _run([(f[0].astype(np.float32), f[1]) for f in frames], "exact").compute()
+    for k in METRIC_KEYS:
+        assert r[k] == pytest.approx(as32[k], abs=1e-12), k
+    assert pm.state_nbytes == 2 * 65536 * 8  # two histograms, whatever the number of frames
+    mixed = _run(frames[:2] + [(frames[2][0].astype(np.float32), frames[2][1])], "exact").compute()
+    for k in METRIC_KEYS:
+        assert mixed[k] == pytest.approx(r[k], abs=1e-12), k
 
 
 # ------------------------------------------------------------------ accumulation
