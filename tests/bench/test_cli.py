@@ -307,3 +307,38 @@ def test_no_command_and_help(capsys):
     assert cli.main([]) == 2
     assert cli.main(["--help"]) == 0
     assert "smiyc" in capsys.readouterr().out
+
+
+def test_hidden_test_frames_only_export_without_scores(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("POSTHOC_SMIYC_ROOT", raising=False)
+    data = make_world(tmp_path / "data", n=0, unlabeled=2)
+    out, exp = tmp_path / "r", tmp_path / "sub"
+    rc, io = _run(
+        ["smiyc", "--track", "obstacle", "--data-root", str(data), "--teacher", "_bench_fake", "--proposals", "_bench_grid",
+         "--variants", "teacher,csl2", "--export-smiyc", str(exp), "--out", str(out), "--quiet"],
+        capsys,
+    )
+    assert rc == 0, io.err
+    res = json.loads((out / "results.json").read_text())
+    t = res["evaluations"][0]["teachers"]["_bench_fake"]
+    assert t["frames"] == 2 and t["frames_labelled"] == 0 and t["variants"] == {}
+    assert "No labelled frames" in res["markdown"]
+    assert len(list((exp / "anomaly_p").rglob("ObstacleTrack-all/*.hdf5"))) == 4
+
+
+def test_laf_command_on_a_tiny_cityscapes_layout(tmp_path, capsys, rng):
+    from tests.bench.test_datasets import _laf
+
+    _laf(tmp_path / "laf", rng)
+    out = tmp_path / "r"
+    rc, io = _run(
+        ["laf", "--subset", "noknown", "--data-root", str(tmp_path / "laf"), "--teacher", "_bench_fake", "--proposals",
+         "_bench_grid", "--variants", "teacher,csl2", "--out", str(out), "--quiet", "--no-plots"],
+        capsys,
+    )
+    assert rc == 0, io.err
+    ev = json.loads((out / "results.json").read_text())["evaluations"][0]
+    assert ev["dataset"] == "LostAndFound-test" and ev["track"] == "obstacle"
+    # NoKnown keeps 2 of 4 frames; the all-zero-label frame is skipped as in the official lists
+    assert ev["frames_found"] == 2 and ev["teachers"]["_bench_fake"]["frames"] == 1
+    assert "LostAndFound noknown" in ev["title"] and "obstacle-track preset" in ev["table"]
