@@ -81,17 +81,22 @@ def to_float_batch(images: Any, name: str = "images", *, device: Any | None = No
             raise ShapeError(
                 f"uint8 {name} must be (B,H,W,3) RGB (channels last); got shape {shape_str(x.shape)}"
             )
-        out = x.to(device=device if device is not None else x.device).permute(0, 3, 1, 2).float().div_(255.0)
-        return out.contiguous()
+        x = x.to(device=device if device is not None else x.device)
+        b, h, w, _ = x.shape
+        out = torch.empty((b, 3, h, w), dtype=torch.float32, device=x.device)
+        out.copy_(x.permute(0, 3, 1, 2))  # one pass: layout change and uint8 -> float32 together
+        return out.div_(255.0)
     if x.is_floating_point():
         if x.shape[1] != 3:
             raise ShapeError(
                 f"float {name} must be (B,3,H,W) RGB (channels first) in [0,1]; got shape {shape_str(x.shape)}"
                 + (" (channels-last floats: pass uint8 or permute to (B,3,H,W))" if x.shape[-1] == 3 else "")
             )
-        check_finite(x, name)
         if x.numel():
-            lo, hi = float(x.min()), float(x.max())
+            lo_t, hi_t = torch.aminmax(x)  # one pass; NaN/Inf show up in the extremes
+            lo, hi = float(lo_t), float(hi_t)
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                check_finite(x, name)
             if lo < 0.0 or hi > 1.0:
                 raise ValueRangeError(
                     f"float {name} must lie in [0,1]; got values in [{lo:g},{hi:g}]"
@@ -132,6 +137,8 @@ def normalize(
     std: Sequence[float] = IMAGENET_STD,
     channel_order: str = "RGB",
     pixel_scale: float | None = None,
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Apply a model's input normalization: ``(x * pixel_scale - mean) / std``, channel-wise.
 
@@ -144,8 +151,12 @@ def normalize(
         pixel_scale: 1.0 (model expects [0,1]) or 255.0 (model expects 0..255). None
             infers it from the mean: 255 if any mean value exceeds 1, else 1.
 
+        inplace: overwrite ``x`` (which must then be a float32 tensor you own, e.g. the
+            output of :func:`to_float_batch`) instead of allocating the result.
+
     Returns:
-        (B,3,H,W) float32, a new tensor on x's device.
+        (B,3,H,W) float32 on x's device: a new tensor, or ``x`` itself with ``inplace``.
+        Computed in one pass as ``x * (pixel_scale/std) - mean/std``.
     """
     m, s = check_mean_std(mean, std)
     order = str(channel_order).upper()
@@ -154,10 +165,13 @@ def normalize(
     if pixel_scale is None:
         pixel_scale = 255.0 if max(m) > 1.0 else 1.0
     if order == "BGR":
-        x = x.flip(1)
-    mt = torch.tensor(m, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    st = torch.tensor(s, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (x * float(pixel_scale) - mt) / st
+        x = x.flip(1)  # a new tensor: safe to overwrite below
+        inplace = True
+    gain = torch.tensor([float(pixel_scale) / v for v in s], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    bias = torch.tensor([-a / b for a, b in zip(m, s)], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    if inplace:
+        return x.mul_(gain).add_(bias)
+    return torch.addcmul(bias, x, gain)
 
 
 def parse_size(size: Any, name: str = "input_size") -> tuple[int, int] | None:

@@ -385,15 +385,17 @@ class _ImageConfig:
 
     def _prepare(self, images: Any, device, fixed_hw=None) -> tuple[torch.Tensor, tuple[int, int]]:
         """images -> ((B,3,h,w) normalized float32 on device, original (H,W))."""
-        x = to_float_batch(images, device=device)
+        x = to_float_batch(images, device=device)  # a new tensor we own
         hw = (int(x.shape[2]), int(x.shape[3]))
         size = self.input_size
         if fixed_hw is not None:
             if size is not None and tuple(size) != tuple(fixed_hw):
                 raise ShapeError(f"input_size {size} disagrees with the model's fixed input size {fixed_hw}")
             size = fixed_hw
-        x = resize(x, size)
-        return normalize(x, self.mean, self.std, self.channel_order, self.pixel_scale), hw
+        # bilinear resizing is a convex combination per channel, so it commutes with the per-channel
+        # affine normalization: normalize in place first, then resize (one allocation fewer)
+        x = normalize(x, self.mean, self.std, self.channel_order, self.pixel_scale, inplace=True)
+        return resize(x, size), hw
 
 
 def _anomaly_from(out: torch.Tensor, activation: str | None, what: str) -> torch.Tensor:
