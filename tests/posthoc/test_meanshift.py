@@ -125,7 +125,7 @@ def test_errors():
 
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
-    f, q = _image()
+    f, _q = _image()
     cpu = meanshift_sphere(f, n_seeds=32)
     gpu = meanshift_sphere(f.cuda(), n_seeds=32)
     assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
