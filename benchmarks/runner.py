@@ -322,16 +322,26 @@ def _versions() -> dict:
 
 
 def _git_sha() -> dict | None:
+    """``{"sha", "dirty", "diff_sha256"}`` of the source checkout (None outside a git checkout).
+
+    ``diff_sha256`` hashes the uncommitted changes to tracked files, so edited code gets a new
+    cache key even before it is committed.
+    """
     here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, timeout=20, check=False)
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=False)
+        sha = git("rev-parse", "HEAD")
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=10,
-            check=False,
-        )
-        return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        diff = git("diff", "HEAD")
+        return {
+            "sha": sha.stdout.decode().strip(),
+            "dirty": bool(diff.stdout.strip()),
+            "diff_sha256": hashlib.sha256(diff.stdout).hexdigest()[:16] if diff.stdout.strip() else None,
+        }
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -717,6 +727,13 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sources = list(cfg.proposals) if cfg.proposals else default_proposals()
     specs = _teacher_specs(cfg)
+    # surface unknown teachers before any heavy work (world generation, model loading)
+    from posthoc import adapters
+
+    known = adapters.list_teachers()
+    for s in specs:
+        if s.name not in known:
+            raise BenchError(f"unknown teacher {s.name!r}; known teachers: {', '.join(known) or '(none)'}")
     with timer("setup:data"):
         evaluations = _evaluations(cfg)
     chain = _variant_chain(cfg.variants, sources if any(v != "teacher" for v in cfg.variants) else [])
@@ -742,13 +759,6 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         "evaluations": [],
     }
     md_parts = [f"# posthoc-bench {cfg.dataset}\n"]
-    # surface unknown teachers before any heavy work
-    from posthoc import adapters
-
-    known = adapters.list_teachers()
-    for s in specs:
-        if s.name not in known:
-            raise BenchError(f"unknown teacher {s.name!r}; known teachers: {', '.join(known) or '(none)'}")
 
     for ev in evaluations:
         ev_res = {
@@ -775,11 +785,14 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 "root": str(Path(ev.dataset.root).resolve()),
                 "world": (ev.world or {}).get("content_sha256") if ev.world else None,
                 "teacher": spec.name,
+                "teacher_kw": spec.kw,
                 "teacher_weights": _hash_files(spec.files()),
                 "proposals": {s: prop_files.get(s, {}) for s in sources} if need_props else {},
                 "variants": variant_keys,
                 "suppress_ids": suppress,
                 "posthoc": results["versions"].get("posthoc"),
+                # code changes (a new commit, or uncommitted edits) change the maps too
+                "code": results["git"],
             }
             cache = _Cache(out, ev.key, spec.display, key_obj)
             tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, suppress)
