@@ -871,7 +871,8 @@ def _one_batch(img: Any) -> Any:
 
 def _iter_frames(frames: Any) -> Iterable[tuple[Any, Any]]:
     """Yield (images, labels-or-None) from an image batch, an iterable of batches or single images,
-    or of (images, labels) pairs / {"image": ..., "labels": ...} dicts."""
+    of (images, labels) pairs, of {"image": ..., "labels": ...} dicts, or of objects with an
+    ``image`` and a ``semantic``/``labels`` attribute (``posthoc.bench.synthetic.Frame``)."""
     if isinstance(frames, (np.ndarray, torch.Tensor)):
         yield _one_batch(frames), None
         return
@@ -883,6 +884,12 @@ def _iter_frames(frames: Any) -> Iterable[tuple[Any, Any]]:
             lab = next((item[k] for k in ("labels", "label", "mask") if k in item), None)
             if img is None:
                 raise DTypeError(f"frame dicts need an 'image' or 'images' entry; got keys {list(item)}")
+            yield _one_batch(img), lab
+        elif hasattr(item, "image") or hasattr(item, "images"):  # e.g. posthoc.bench.synthetic.Frame
+            img = getattr(item, "images", None)
+            img = getattr(item, "image", None) if img is None else img
+            lab = next((getattr(item, k) for k in ("semantic", "labels", "label") if getattr(item, k, None) is not None),
+                       None)
             yield _one_batch(img), lab
         elif isinstance(item, (tuple, list)):
             if len(item) != 2:

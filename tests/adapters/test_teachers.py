@@ -430,7 +430,11 @@ def test_sml_fit_save_load_roundtrip(tmp_path, models, images):
     t4 = get_teacher("sml", weights=models["seg"], stats=d_nocal)
     with pytest.raises(T.NotFittedError, match="calibration"):
         t4(images)
-    t4.fit_calibration([(images[0], np.zeros((20, 24), np.uint8)), {"image": images[1]}])  # single frames
+    from collections import namedtuple
+
+    Frame = namedtuple("Frame", "image semantic classes")  # the synthetic world's frame record
+    frame = Frame(images[1], np.zeros((20, 24), np.uint8), np.zeros((20, 24), np.uint8))
+    t4.fit_calibration([(images[0], np.zeros((20, 24), np.uint8)), {"image": images[1]}, frame])  # single frames
     torch.testing.assert_close(t4.mean, t.mean)
     assert t4.calibration.fit["mode"] == "quantile"
     d["mean"] = d["mean"][:2]
