@@ -52,6 +52,16 @@ def test_zero_shot_seen_unseen_hiou():
     assert r["iou_per_class"]["d"] == 0.5
 
 
+def test_all_void_frame_adds_nothing():
+    sm = SemanticMetrics(3)
+    sm.update(np.zeros((2, 2), int), np.full((2, 2), 255))
+    assert sm.n_frames == 1 and sm.confusion.sum() == 0
+    with pytest.raises(EmptyMetricError, match="non-void"):
+        sm.compute()
+    sm.update(np.array([[1]]), np.array([[1]]))
+    assert sm.compute()["miou"] == 1.0
+
+
 def test_absent_class_is_nan_and_skipped():
     sm = SemanticMetrics(3)
     sm.update(np.array([[0, 1]]), np.array([[0, 1]]))
