@@ -192,6 +192,15 @@ def test_batched_equals_per_image(models, images):
         torch.testing.assert_close(ot(images[i:i + 1]).scores, full[i:i + 1], atol=1e-5, rtol=1e-5)
 
 
+def test_edge_sizes(models):
+    ot = T.OnnxTeacher(models["seg_onnx"])
+    assert ot(np.full((1, 1, 1, 3), 7, np.uint8)).scores.shape == (1, K, 1, 1)  # a 1x1 image
+    tiny = np.full((1, 2, 2, 3), 7, np.uint8)  # (the torch test net's 2x2 pooling needs 2x2)
+    torch.testing.assert_close(ot(tiny).scores, T.TorchTeacher(models["seg"])(tiny).scores, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ShapeError, match="empty batch"):
+        ot(np.zeros((0, 4, 4, 3), np.uint8))
+
+
 def test_fixed_shape_model_resizes_and_loops(models, images):
     ot = T.OnnxTeacher(models["seg_fixed"])
     assert ot.runner.fixed_hw == (16, 16) and ot.runner.batch == 1
