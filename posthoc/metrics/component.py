@@ -79,7 +79,8 @@ def frame_components(scores: np.ndarray, labels: np.ndarray, threshold: float, m
         scores: (H,W) float anomaly scores, higher = more anomalous (NaN compares as not
             above the threshold, as in numpy).
         labels: (H,W) integer, 0 = in-distribution, 1 = anomaly, ``ignore_index`` = void.
-        threshold: a pixel is predicted anomalous when ``score > threshold``.
+        threshold: a pixel is predicted anomalous when ``score > threshold``, compared in
+            float64 whatever the score dtype.
         min_pred_size: predicted components with fewer pixels are dropped.
         min_gt_size: GT components with fewer pixels become void.
 
@@ -92,7 +93,9 @@ def frame_components(scores: np.ndarray, labels: np.ndarray, threshold: float, m
     if not np.isfinite(scores).all():  # cheap test first; only non-void pixels must be finite
         check_finite_values(scores[~void], "scores")
     gt_mask = (labels == 1).view(np.uint8)
-    pred_mask = np.greater(scores, threshold)
+    # in float64, as the official pipeline does on numpy >= 2 (its threshold is read back from
+    # HDF5 as np.float64); a Python float would compare float16 maps in float16 (NEP 50)
+    pred_mask = np.greater(scores, np.float64(threshold))
     pred_mask &= ~void
     n_g, gt_cc = _components(gt_mask)
     n_p, pr_cc = _components(pred_mask.view(np.uint8))

@@ -122,6 +122,16 @@ def test_threshold_is_strict_and_8_connected():
     assert r["n_pred_components"] == 1 and r["siou_gt"] == 1.0
 
 
+def test_float16_scores_compared_in_float64():
+    lab = np.zeros((10, 10), np.uint8)
+    lab[2:5, 2:5] = 1
+    s = np.zeros((10, 10), np.float16)
+    s[2:5, 2:5] = 0.7  # float16(0.7) = 0.7001953125 > 0.7, but == 0.7 in float16
+    cm = ComponentMetrics(0.7, 0, 0)
+    cm.update(s, lab)
+    assert cm.compute()["n_pred_components"] == 1
+
+
 def test_batch_merge_torch(rng):
     frames = [_random_frame(rng) for _ in range(4)]
     single = ComponentMetrics(0.5, 5, 3)

@@ -75,7 +75,7 @@ def official():
     def components(frames, thr, segsize, instsize):
         rs = []
         for s, lab in frames:
-            g, p, _ = inst["default_instancer"](s, lab, thr, segsize, instsize)
+            g, p, _ = inst["default_instancer"](s, lab, np.float64(thr), segsize, instsize)  # as read from HDF5
             rs.append(inst["segment_metrics"](g, p))
         tp = sum(r["tp_50"] for r in rs)
         fn = sum(r["fn_50"] for r in rs)
