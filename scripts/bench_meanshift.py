@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         f = (f + 0.1 * torch.randn(f.shape, generator=g)).to(args.device)
         meanshift_sphere(f[..., :64, :64])
         for levels in (1, 2):
-            t_img, lab_img = best_of(lambda: meanshift_sphere(f, levels=levels), args.repeat)
+            t_img, lab_img = best_of(lambda lv=levels: meanshift_sphere(f, levels=lv), args.repeat)
             res[f"image_{h}x{w}_levels{levels}_s"] = t_img
             print(f"meanshift_sphere (1,{args.dim},{h},{w}) levels={levels}: {t_img * 1e3:.1f} ms, "
                   f"{int(lab_img.max()) + 1} clusters")
