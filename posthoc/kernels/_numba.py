@@ -28,7 +28,9 @@ numba cache.
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import numba
 import numpy as np
@@ -70,7 +72,7 @@ def _runs(lab, s, e, starts, labs, nreg):
     return k, bad
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
 def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad, check, lo, hi, vbad):
     """Pass 1: per-item region sums (and, if ``check``, a value check in the same pass).
 
@@ -122,7 +124,7 @@ def _accumulate(d, lab, nreg, parts, block, acc, cnt, bad, check, lo, hi, vbad):
         vbad[it] = vb
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
 def _value_violations(x, lo, hi, block):
     """One pass over x (1-D float32): number of values outside [lo, hi]; NaN if any is NaN/Inf."""
     P = x.shape[0]
@@ -140,7 +142,7 @@ def _value_violations(x, lo, hi, block):
     return part.sum()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _reduce_sums(acc, cnt, B, parts, sums, counts):
     """acc (B*parts,C,N+1) -> sums (B,N,C) float32, counts (B,N) int64 (slot 0 = label -1 dropped)."""
     C = acc.shape[1]
@@ -158,7 +160,7 @@ def _reduce_sums(acc, cnt, B, parts, sums, counts):
                 sums[b, n, c] = np.float32(s)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _means_table(acc, cnt, B, parts, table):
     """acc (B*parts,C,N+1) -> table (B,C,N+1) float32: slot 0 = 1.0 (label -1), else the region mean.
 
@@ -181,7 +183,7 @@ def _means_table(acc, cnt, B, parts, table):
                 table[b, c, n] = np.float32(s) / den
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
 def _scatter_means(d, lab, table, parts, block, out):
     """Pass 2: out[b,c,p] = table[b,c,lab[b,p]+1] * d[b,c,p] (labels already range-checked)."""
     B, C, P = d.shape
@@ -210,7 +212,7 @@ def _scatter_means(d, lab, table, parts, block, out):
                         dst[x] = m * src[x]
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
 def _weighted_argmax(r, v, block, out, check, lo, hi, vbad):
     """One pass over R: out[b,p] = argmax_n r[b,n,p] * v[b,n], ties -> lowest n.
 
@@ -279,6 +281,21 @@ def _parts(batch: int, size: int, threads: int) -> int:
     return max(1, min(parts, max(1, size // BLOCK)))
 
 
+# One kernel launch at a time per process: numba's fallback "workqueue" threading layer aborts
+# on concurrent launches from several Python threads, and every launch already uses all the
+# cores it is given. The kernels release the GIL, so other Python threads keep running.
+_LOCK = threading.RLock()
+
+
+def _serialized(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 #: status codes of the wrappers
 OK, BAD_LABELS, BAD_VALUES = 0, 1, 2
 
@@ -308,6 +325,7 @@ def _pass1(d: np.ndarray, lab: np.ndarray, nreg: int, value_range):
     return acc, cnt, parts, OK
 
 
+@_serialized
 def value_violations(x: np.ndarray, lo: float, hi: float) -> float:
     """Number of values of x outside [lo, hi] (NaN if x holds NaN/Inf), one parallel pass."""
     flat = x.reshape(-1)
@@ -320,6 +338,7 @@ def _labels_only_minus_one(lab: np.ndarray) -> bool:
     return lab.size == 0 or bool((lab == -1).all())
 
 
+@_serialized
 def region_sums_np(d: np.ndarray, lab: np.ndarray, nreg: int, value_range=None):
     """d (B,C,P) float32 C-contiguous, lab (B,P) int32/int64 -> (sums (B,N,C) f32, counts (B,N) i64, status)."""
     B, C, P = d.shape
@@ -338,6 +357,7 @@ def region_sums_np(d: np.ndarray, lab: np.ndarray, nreg: int, value_range=None):
     return sums, counts, OK
 
 
+@_serialized
 def region_fuse_np(d: np.ndarray, lab: np.ndarray, nreg: int, out: np.ndarray, value_range=None) -> int:
     """CSL Eq. 3 into ``out`` (B,C,P) float32; returns a status (out untouched unless OK)."""
     B, C, P = d.shape
@@ -358,6 +378,7 @@ def region_fuse_np(d: np.ndarray, lab: np.ndarray, nreg: int, out: np.ndarray, v
     return OK
 
 
+@_serialized
 def weighted_argmax_np(r: np.ndarray, v: np.ndarray, out: np.ndarray, value_range=None) -> int:
     """r (B,N,P) float32 C-contiguous with N >= 1, v (B,N) float32, out (B,P) int64; returns a status."""
     B, P = r.shape[0], r.shape[2]

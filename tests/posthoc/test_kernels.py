@@ -523,3 +523,22 @@ def test_extra_memory_at_most_twice_the_input(shape):
 
     rep = measure_fuse_memory(shape, num_regions=100, backend="auto")
     assert rep["extra_over_input"] <= 2.0, rep
+
+
+def test_concurrent_calls_from_threads(rng):
+    """Several Python threads may call the kernels at once (launches are serialized, results exact)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    probs, lab = make_case(rng, 1, 3, 200, 256, 15, "blobs", np.int32)
+    r = rng.random((1, 6, 200, 256), dtype=np.float32)
+    v = rng.random((1, 6), dtype=np.float32)
+    want_f, want_a = ref_fuse(probs, lab, 15), ref_wargmax(r, v)
+
+    def work(i):
+        be = CPU_BACKENDS[i % len(CPU_BACKENDS)]
+        return K.region_fuse(probs, lab, 15, backend=be, value_range=(0, 1)), K.weighted_argmax(r, v, backend=be)
+
+    with ThreadPoolExecutor(4) as ex:
+        for f, a in ex.map(work, range(8)):
+            np.testing.assert_allclose(f, want_f, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(a, want_a)
