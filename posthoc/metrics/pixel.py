@@ -36,8 +36,12 @@ Two modes, and every result names the one it used:
   State and memory: float16 scores (as in SMIYC submission files and posthoc-bench's
   cache) go into two exact 65536-bin histograms of the float16 values: 1 MiB whatever
   the data-set size. Other dtypes keep every non-void score, sorted per frame (4 bytes
-  per pixel for float32: about 700 MB for 100 frames of 1024x2048), merged at ``compute``
-  with one timsort pass over the sorted runs.
+  per pixel for float32: about 700 MB for 100 frames of 1024x2048, plus 8 bytes per pixel
+  transiently while ``compute`` merges them).
+
+Large float32 frames are sorted with an LSD radix sort compiled by numba (3 passes of 11
+bits over the order-preserving integer keys; about 3-4x faster than ``np.sort`` here,
+same result), falling back to ``np.sort`` when numba is unavailable.
 
 In both modes a pixel counts as positive at threshold ``t`` when ``score >= t``.
 """
@@ -75,6 +79,84 @@ _MODES = ("smiyc", "exact")
 
 
 # --------------------------------------------------------------------------- sorted multisets
+_RADIX_MIN = 1 << 16  # below this np.sort is as fast and needs no compilation
+_radix_kernel = None
+
+
+def _build_radix_kernel():
+    """Compile (once, cached on disk) an LSD radix sort of float32 values: 3 passes of 11 bits.
+
+    Sorts by the order-preserving uint32 key of each float (sign-magnitude -> offset binary),
+    so the output equals ``np.sort`` for finite input (-0.0 sorts before +0.0; they compare equal).
+    """
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def radix_sort_f32(x):  # pragma: no cover - compiled
+        n = x.size
+        u = x.view(np.uint32)
+        a = np.empty(n, np.uint32)
+        b = np.empty(n, np.uint32)
+        c0 = np.zeros(2048, np.int64)
+        c1 = np.zeros(2048, np.int64)
+        c2 = np.zeros(1024, np.int64)
+        for i in range(n):
+            k = u[i]
+            if k >> 31:
+                k = ~k
+            else:
+                k = k | np.uint32(0x80000000)
+            a[i] = k
+            c0[k & 0x7FF] += 1
+            c1[(k >> 11) & 0x7FF] += 1
+            c2[k >> 22] += 1
+        for c in (c0, c1, c2):
+            t = 0
+            for j in range(c.size):
+                v = c[j]
+                c[j] = t
+                t += v
+        for i in range(n):
+            k = a[i]
+            j = k & 0x7FF
+            b[c0[j]] = k
+            c0[j] += 1
+        for i in range(n):
+            k = b[i]
+            j = (k >> 11) & 0x7FF
+            a[c1[j]] = k
+            c1[j] += 1
+        for i in range(n):
+            k = a[i]
+            j = k >> 22
+            b[c2[j]] = k
+            c2[j] += 1
+        for i in range(n):
+            k = b[i]
+            if k >> 31:
+                b[i] = k & np.uint32(0x7FFFFFFF)
+            else:
+                b[i] = ~k
+        return b.view(np.float32)
+
+    return radix_sort_f32
+
+
+def _sort(x: np.ndarray) -> np.ndarray:
+    """Sorted copy of a 1-D finite float array (numba radix sort for large float32 arrays)."""
+    global _radix_kernel
+    if x.dtype == np.float32 and x.size >= _RADIX_MIN:
+        if _radix_kernel is None:
+            try:
+                _radix_kernel = _build_radix_kernel()
+            except Exception as e:  # numba missing or broken: numpy's sort gives the same result
+                logger.debug("radix sort unavailable (%s); using np.sort", e)
+                _radix_kernel = False
+        if _radix_kernel is not False:
+            return _radix_kernel(np.ascontiguousarray(x))
+    return np.sort(x)
+
+
 def _f16_keys(x: np.ndarray) -> np.ndarray:
     """Order-preserving uint16 keys of float16 values (sign-magnitude -> offset binary)."""
     u = x.view(np.uint16)
@@ -117,7 +199,7 @@ class _Sorted:
             h = _f16_histogram(x)
             nz = np.flatnonzero(h)
             return cls(_f16_from_keys(nz), h[nz])
-        return cls(np.sort(x))
+        return cls(_sort(x))
 
     @classmethod
     def from_histogram(cls, h: np.ndarray) -> _Sorted:
@@ -352,7 +434,7 @@ class _ExactState:
             h = _f16_histogram(x)
             self.hist = h if self.hist is None else self.hist + h
         else:
-            self.runs.append(np.sort(x))
+            self.runs.append(_sort(x))
 
     def merge(self, other: _ExactState) -> None:
         if other.hist is not None:
@@ -360,11 +442,13 @@ class _ExactState:
         self.runs.extend(other.runs)
 
     def multiset(self) -> _Sorted:
-        """Everything added so far as one sorted multiset (timsort merges the sorted runs)."""
+        """Everything added so far as one sorted multiset (one sort of the concatenated runs)."""
         raw = None
         if self.runs:
             if len(self.runs) > 1:
-                raw = np.sort(np.concatenate(self.runs), kind="stable")
+                cat = np.concatenate(self.runs)
+                # float32: linear-time radix sort; else timsort, which merges the sorted runs
+                raw = _sort(cat) if cat.dtype == np.float32 else np.sort(cat, kind="stable")
                 self.runs = [raw]  # keep the merged run: a second compute() is cheaper
             else:
                 raw = self.runs[0]
