@@ -639,7 +639,7 @@ class MeanShiftProposals(ProposalSource):
 
     def __init__(self, feature_key: str | None = None, *, embedder: Callable | None = None,
                  bandwidth: float | None = None, n_seeds: int = 256, n_samples: int = 20000, max_iter: int = 300,
-                 tol: float = 1e-3, levels: int = 1, chunk_size: int = 8192, seed: int = 0, split: bool = True,
+                 tol: float = 1e-3, levels: int = 1, chunk_size: int = 2048, seed: int = 0, split: bool = True,
                  min_size: int = 0, weights: Any = None) -> None:
         from posthoc.meanshift import SPHERE_BANDWIDTH, MeanShiftSphere
 
