@@ -148,9 +148,11 @@ def _sort(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.float32 and x.size >= _RADIX_MIN:
         if _radix_kernel is None:
             try:
-                _radix_kernel = _build_radix_kernel()
-            except Exception as e:  # numba missing or broken: numpy's sort gives the same result
-                logger.debug("radix sort unavailable (%s); using np.sort", e)
+                kernel = _build_radix_kernel()
+                kernel(np.zeros(4, np.float32))  # compile (or load from the on-disk cache) now
+                _radix_kernel = kernel
+            except Exception as e:  # noqa: BLE001 - any numba failure: numpy's sort gives the same result
+                logger.info("numba radix sort unavailable (%s: %s); using np.sort", type(e).__name__, e)
                 _radix_kernel = False
         if _radix_kernel is not False:
             return _radix_kernel(np.ascontiguousarray(x))
