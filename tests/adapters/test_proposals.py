@@ -396,6 +396,13 @@ def test_sam_shapes_and_validity(tiny_sam):
     assert p.meta["points_per_side"] == 3
 
 
+def test_sam_no_masks_leaves_pixels_unassigned(tiny_sam):
+    src = get_proposals("sam", model=tiny_sam, points_per_side=2, pred_iou_thresh=1.0)  # IoU head says 0.9
+    p = src(np.zeros((1, 24, 24, 3), np.uint8))
+    assert p.region_scores.shape[:2] == (1, 0) and p.validity.shape == (1, 0)
+    assert p.labels.shape == (1, 24, 24) and int(p.labels.max()) == -1
+
+
 def test_sam_scores_are_the_predictor_logits(tiny_sam):
     from segment_anything import SamPredictor
     from segment_anything.utils.amg import calculate_stability_score
