@@ -142,25 +142,29 @@ def _value_violations(x, lo, hi, block):
     return part.sum()
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _reduce_sums(acc, cnt, B, parts, sums, counts):
-    """acc (B*parts,C,N+1) -> sums (B,N,C) float32, counts (B,N) int64 (slot 0 = label -1 dropped)."""
+    """acc (B*parts,C,N+1) -> sums (B,N,C) float32, counts (B,N) int64 (slot 0 = label -1 dropped).
+
+    Tiny work (B*N*C), so serial: saves a parallel compile. Loops run along the contiguous N axis.
+    """
     C = acc.shape[1]
     N = acc.shape[2] - 1
-    for b in prange(B):
+    for b in range(B):
         for n in range(N):
             t = np.int64(0)
             for k in range(parts):
                 t += cnt[b * parts + k, n + 1]
             counts[b, n] = t
-            for c in range(C):
+        for c in range(C):
+            for n in range(N):
                 s = 0.0
                 for k in range(parts):
                     s += acc[b * parts + k, c, n + 1]
                 sums[b, n, c] = np.float32(s)
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _means_table(acc, cnt, B, parts, table):
     """acc (B*parts,C,N+1) -> table (B,C,N+1) float32: slot 0 = 1.0 (label -1), else the region mean.
 
@@ -168,19 +172,20 @@ def _means_table(acc, cnt, B, parts, table):
     """
     C = acc.shape[1]
     N1 = acc.shape[2]
-    for b in prange(B):
-        for c in range(C):
-            table[b, c, 0] = np.float32(1.0)
-        for n in range(1, N1):
+    den = np.empty(N1, np.float32)
+    for b in range(B):
+        for n in range(N1):
             t = np.int64(0)
             for k in range(parts):
                 t += cnt[b * parts + k, n]
-            den = np.float32(max(t, 1))
-            for c in range(C):
+            den[n] = np.float32(max(t, 1))
+        for c in range(C):
+            table[b, c, 0] = np.float32(1.0)
+            for n in range(1, N1):
                 s = 0.0
                 for k in range(parts):
                     s += acc[b * parts + k, c, n]
-                table[b, c, n] = np.float32(s) / den
+                table[b, c, n] = np.float32(s) / den[n]
 
 
 @njit(cache=True, parallel=True, nogil=True, fastmath=_FM)
