@@ -20,11 +20,10 @@ from ._checks import (
     ValueRangeError,
     check_float,
     check_ndim,
-    check_range,
     shape_str,
 )
 from ._tensor import as_float32, as_torch, restore
-from .fusion import _to_device
+from .fusion import _check_range, _to_device
 
 __all__ = ["hard_assign", "soft_assign"]
 
@@ -58,8 +57,8 @@ def _check_inputs(region_scores: Any, validity: Any):
             f"got {shape_str(v.shape)} (mismatch in the region axis N)"
         )
     r4, v2 = as_float32(r4), as_float32(v2)
-    check_range(r4, "region_scores", 0.0, 1.0)
-    check_range(v2, "validity", 0.0, 1.0)
+    _check_range(r4, "region_scores", 0.0, 1.0)
+    _check_range(v2, "validity", 0.0, 1.0)
     return r4, v2, was_numpy, batched
 
 

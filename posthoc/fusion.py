@@ -15,12 +15,14 @@ scheme 2, Eq. 3. The heavy lifting happens in :func:`posthoc.kernels.region_fuse
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 
 from . import kernels
 from ._checks import (
+    NonFiniteError,
     OverlapError,
     PosthocError,
     ShapeError,
@@ -29,7 +31,6 @@ from ._checks import (
     check_float,
     check_int,
     check_labels,
-    check_range,
     check_tensor_type,
     shape_str,
 )
@@ -63,6 +64,35 @@ def _to_device(x: torch.Tensor, was_numpy: bool, ref: torch.Tensor, name: str, r
     raise DeviceError(f"{name} must be on the device of {ref_name} ({ref.device}); got {x.device}")
 
 
+def _finite_range(x: torch.Tensor, name: str) -> tuple[float, float] | None:
+    """(min, max) of a float tensor in one pass, raising NonFiniteError on NaN/Inf.
+
+    ``torch.aminmax`` propagates NaN and exposes Inf, and is ~50x faster on CPU than
+    ``torch.isfinite(x).all()``; the slow counting check only runs to word the error.
+    Returns None for non-float or empty tensors.
+    """
+    if not x.is_floating_point() or x.numel() == 0:
+        return None
+    mn_t, mx_t = torch.aminmax(x)
+    mn, mx = float(mn_t), float(mx_t)
+    if not (math.isfinite(mn) and math.isfinite(mx)):
+        check_finite(x, name)  # raises with NaN / Inf counts
+        raise NonFiniteError(f"{name} must be finite; got values in [{mn:g},{mx:g}]")  # pragma: no cover
+    return mn, mx
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    """Fast :func:`posthoc._checks.check_finite` (same error type and message)."""
+    _finite_range(x, name)
+
+
+def _check_range(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
+    """Fast :func:`posthoc._checks.check_range` (same error types and message)."""
+    r = _finite_range(x, name)
+    if r is not None and (r[0] < lo or r[1] > hi):
+        raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]; got values in [{r[0]:g},{r[1]:g}]")
+
+
 def _int_labels(lab: torch.Tensor) -> torch.Tensor:
     """int32/int64 pass through; other integer dtypes (uint8, int16, ...) become int64 (a copy)."""
     if lab.dtype in (torch.int32, torch.int64):
@@ -81,7 +111,7 @@ def _scores_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
         raise ShapeError(f"{name} must be (B,C,H,W), (C,H,W) or (H,W); got {t.ndim} axes with shape {shape_str(t.shape)}")
     shape = tuple(t.shape)
     t = as_float32(t)
-    check_finite(t, name)
+    _check_finite(t, name)
     if t.ndim == 2:
         t = t.reshape(1, 1, *shape)
     elif t.ndim == 3:
@@ -174,8 +204,9 @@ def _normalize(x: torch.Tensor, normalize: str, name: str) -> torch.Tensor:
     if mode == "sigmoid":
         return torch.sigmoid(x)
     # "none": the input must already be a probability (CSL Eq. 3 is defined on scores in [0,1])
-    if x.numel():
-        mn, mx = float(x.min()), float(x.max())
+    r = _finite_range(x, name)
+    if r is not None:
+        mn, mx = r
         if mn < 0.0 or mx > 1.0:
             hint = "normalize='sigmoid' for logits" if C == 1 else "normalize='softmax' for logits"
             raise ValueRangeError(
@@ -315,7 +346,4 @@ def region_class_logits(
     return restore(out, was_numpy)
 
 
-def _check_validity(v: torch.Tensor, name: str) -> None:
-    check_float(v, name)
-    check_range(v, name, 0.0, 1.0)
 

@@ -22,23 +22,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import cv2
 import numpy as np
+import scipy.ndimage as ndi
 import torch
 
 from ._checks import (
     ShapeError,
     ValueRangeError,
-    check_finite,
     check_float,
     check_int,
     check_labels,
     check_ndim,
-    check_range,
     shape_str,
 )
 from ._tensor import as_float32, as_torch, restore
-from .fusion import _scores_4d, _to_device
+from .fusion import _check_finite, _check_range, _scores_4d, _to_device
 
 __all__ = ["offset_resample", "offsets_from_proposals"]
 
@@ -108,7 +106,7 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
         axis = "batch axis (0)" if o4.shape[0] != B else "spatial axes (H,W)"
         raise ShapeError(f"offsets must be {want_o} matching scores; got {shape_str(o.shape)} (mismatch in the {axis})")
     o4 = as_float32(o4)
-    check_finite(o4, "offsets")
+    _check_finite(o4, "offsets")
     f, f_np = as_torch(confidence, "confidence")
     f = _to_device(f, f_np, s, "confidence", "scores")
     check_float(f, "confidence")
@@ -123,7 +121,7 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
         axis = "batch axis (0)" if f4.shape[0] != B else "spatial axes (H,W)"
         raise ShapeError(f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})")
     f4 = as_float32(f4)
-    check_range(f4, "confidence", 0.0, 1.0)
+    _check_range(f4, "confidence", 0.0, 1.0)
     if s.numel() == 0:
         return restore(s.clone().reshape(shape), was_numpy)
     ox, oy = o4[:, 0], o4[:, 1]
@@ -188,7 +186,7 @@ def offsets_from_proposals(
 
     For every assigned pixel p let ``d(p)`` be the Euclidean distance to the nearest region
     boundary pixel (a pixel with a 4-neighbour of a different label; image borders are not
-    boundaries; ``cv2.distanceTransform``, DIST_L2 precise). The offset points along the
+    boundaries; exact Euclidean distance transform, ``scipy.ndimage``). The offset points along the
     (Gaussian-smoothed, ``smooth`` = sigma in pixels) gradient of d, i.e. away from the
     boundary into the region, with length ``max(0, max_offset - d(p))``: a boundary pixel
     reads from about ``max_offset`` pixels inside its region, interior pixels do not move.
@@ -239,33 +237,38 @@ def offsets_from_proposals(
                 f"teacher must be {'(B,C,H,W)' if batched else '(C,H,W) or (H,W)'} matching labels "
                 f"{shape_str(lab.shape)}; got {shape_str(tshape)}"
             )
-        check_range(t, "teacher", 0.0, 1.0)
-        t = t.detach().cpu()
-        from .fusion import region_means
-
-        means = region_means(t, torch.from_numpy(lab_np))  # (B,N,C)
-        C = t.shape[1]
-        lt = torch.from_numpy(lab_np)
-        if means.shape[1] == 0:
-            dev_map = torch.zeros((B, H, W))
-        else:
-            g = torch.gather(means.permute(0, 2, 1), 2, lt.clamp_min(0).reshape(B, 1, -1).expand(B, C, -1))
-            dev_map = (t.reshape(B, C, -1) - g).abs().sum(dim=1).reshape(B, H, W)
-            dev_map = (dev_map / (2.0 if C > 1 else 1.0)).clamp(0.0, 1.0)
-            dev_map = torch.where(lt >= 0, dev_map, torch.zeros_like(dev_map))
+        _check_range(t, "teacher", 0.0, 1.0)
+        # region means in float64 with bincount: exact enough and bit-reproducible (the result
+        # feeds only this CPU-side confidence; the fast kernels may reorder float32 sums)
+        t_np = t.detach().cpu().numpy().astype(np.float64)
+        C = t_np.shape[1]
+        dev_map = np.zeros((B, H, W), np.float64)
+        for b in range(B):
+            lb = lab_np[b].reshape(-1)
+            ok = lb >= 0
+            if not ok.any():
+                continue
+            n = int(lb.max()) + 1
+            cnt = np.maximum(np.bincount(lb[ok], minlength=n), 1)
+            acc = np.zeros(H * W)
+            for c in range(C):
+                tc = t_np[b, c].reshape(-1)
+                mean_c = np.bincount(lb[ok], weights=tc[ok], minlength=n) / cnt
+                acc[ok] += np.abs(tc[ok] - mean_c[lb[ok]])
+            dev_map[b] = np.clip(acc / (2.0 if C > 1 else 1.0), 0.0, 1.0).reshape(H, W)
 
     offs = np.zeros((B, 2, H, W), np.float32)
     conf = np.zeros((B, 1, H, W), np.float32)
-    for b in range(B):  # per image (distance transforms run on CPU with OpenCV)
+    for b in range(B):  # per image (distance transforms run on the CPU)
         if H == 0 or W == 0:
             break
         lb = lab_np[b]
         assigned = lb >= 0
         bd = _boundary_map(lb)
-        src = np.where(bd, 0, 255).astype(np.uint8)
         if not bd.any():  # one region or none: no boundary, nothing moves, zero confidence
             continue
-        d = cv2.distanceTransform(src, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).astype(np.float32)
+        # exact EDT (scipy); OpenCV's multithreaded distanceTransform is not bit-reproducible
+        d = ndi.distance_transform_edt(~bd).astype(np.float32)
         ds = _gaussian_blur(d, float(smooth)) if smooth > 0 else d
         gy = np.gradient(ds, axis=0) if H > 1 else np.zeros_like(ds)
         gx = np.gradient(ds, axis=1) if W > 1 else np.zeros_like(ds)
@@ -292,7 +295,7 @@ def offsets_from_proposals(
         f = np.exp(-d / float(boundary_width)).astype(np.float32)
         f[~assigned] = 0.0
         if dev_map is not None:
-            f = f * ((1.0 - teacher_weight) + teacher_weight * dev_map[b].numpy())
+            f = f * ((1.0 - teacher_weight) + teacher_weight * dev_map[b]).astype(np.float32)
         offs[b, 0], offs[b, 1] = ox, oy
         conf[b, 0] = np.clip(f, 0.0, 1.0)
     o_t, c_t = torch.from_numpy(offs), torch.from_numpy(conf)

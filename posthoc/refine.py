@@ -39,7 +39,6 @@ from ._checks import (
     DTypeError,
     ShapeError,
     ValueRangeError,
-    check_finite,
     check_float,
     check_labels,
     check_ndim,
@@ -47,7 +46,7 @@ from ._checks import (
 )
 from ._tensor import as_float32, as_torch, restore
 from .components import connected_components
-from .fusion import _to_device
+from .fusion import _check_finite, _to_device
 
 __all__ = ["CITYSCAPES_SUPPRESS_IDS", "mine_unknown_instances", "refine", "refinement_mask"]
 
@@ -78,7 +77,7 @@ def _class_logits(class_logits: Any, batched_hint: bool | None = None) -> tuple[
     check_ndim(c, "class_logits", (2, 3), "(B,N,K+1) or (N,K+1)")
     batched = c.ndim == 3
     c = as_float32(c if batched else c.unsqueeze(0))
-    check_finite(c, "class_logits")
+    _check_finite(c, "class_logits")
     if c.shape[-1] < 2:
         raise ShapeError(
             f"class_logits must be (B,N,K+1) with K >= 1 classes plus 'no object'; got {shape_str(c.shape)}"
@@ -104,7 +103,7 @@ def _masks(mask_logits: Any, cls: torch.Tensor, batched: bool) -> _Masks:
                 f"mask_logits must be {want}; got {shape_str(m.shape)} (mismatch in the region axis N)"
             )
         m4 = as_float32(m4)
-        check_finite(m4, "mask_logits")
+        _check_finite(m4, "mask_logits")
         return _Masks(m4, False, N)
     if m.dtype == torch.bool or m.is_complex():
         raise DTypeError(
@@ -327,7 +326,7 @@ def refine(
             f"got {shape_str(shape)} (mismatch in the batch axis (0))"
         )
     a4 = as_float32(a4)
-    check_finite(a4, "anomaly")
+    _check_finite(a4, "anomaly")
     masks = _masks(mask_logits, cls, batched)
     hw = (int(a4.shape[-2]), int(a4.shape[-1]))
     if masks.is_labels and masks.hw() != hw:

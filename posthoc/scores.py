@@ -38,14 +38,13 @@ from ._checks import (
     DTypeError,
     ShapeError,
     ValueRangeError,
-    check_finite,
     check_float,
     check_int,
     check_ndim,
     shape_str,
 )
 from ._tensor import as_float32, as_torch, restore
-from .fusion import _to_device
+from .fusion import _check_finite, _to_device
 
 __all__ = [
     "SMLStats",
@@ -69,7 +68,7 @@ def _logits(x: Any, name: str = "logits") -> tuple[torch.Tensor, bool, bool]:
     check_ndim(t, name, (3, 4), "(B,K,H,W) or (K,H,W)")
     batched = t.ndim == 4
     t = as_float32(t)
-    check_finite(t, name)
+    _check_finite(t, name)
     if t.shape[-3] == 0:
         raise ShapeError(f"{name} must have at least one class (K >= 1); got shape {shape_str(t.shape)}")
     return (t if batched else t.unsqueeze(0)), was_numpy, batched
@@ -282,7 +281,7 @@ def standardized_max_logit(logits: Any, mean: Any, std: Any, *, anomaly: bool = 
         check_float(s, name)
         if s.ndim != 1 or s.shape[0] != K:
             raise ShapeError(f"{name} must be (K,)=({K},) matching logits {shape_str(t.shape)}; got {shape_str(s.shape)}")
-        check_finite(s, name)
+        _check_finite(s, name)
     if sd.numel() and float(sd.min()) <= 0:
         raise ValueRangeError(f"std must be > 0; got minimum {float(sd.min()):g}")
     mx, pred = t.max(dim=1)
@@ -321,7 +320,7 @@ def _image_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
     else:
         raise ShapeError(f"{name} must be (B,1,H,W), (B,H,W) or (H,W); got {t.ndim} axes with shape {shape_str(shape)}")
     t4 = as_float32(t4)
-    check_finite(t4, name)
+    _check_finite(t4, name)
     return t4, was_numpy, shape
 
 
