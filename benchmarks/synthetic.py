@@ -77,6 +77,7 @@ __all__ = [
     "load_frame",
     "render_frame",
     "world_config",
+    "world_root",
 ]
 
 #: In-distribution classes. Indices follow the Cityscapes trainIds for 0-10 (road ...
@@ -675,6 +676,25 @@ def world_config(*, split: str = "test", track: str = "anomaly", n_frames: int |
     }
 
 
+def world_root(root: os.PathLike | str | None, cfg: dict) -> Path:
+    """The root a world of config ``cfg`` lives under.
+
+    An explicit ``root`` is used as given (a different config there replaces the old
+    world). Under the shared default root, only the default size and frame count live at
+    ``<default_root>/<split>/``; any other size or frame count goes to
+    ``<default_root>/custom-<hash of size and n_frames>/<split>/``, so that a small world
+    asked for by a test or a quick experiment never evicts the cached default world that
+    the benchmark and the training scripts use.
+    """
+    if root is not None:
+        return Path(root)
+    base = default_root()
+    if tuple(cfg["size"]) == tuple(DEFAULT.size) and cfg["n_frames"] == DEFAULT.n_frames[cfg["split"]]:
+        return base
+    key = hashlib.sha256(json.dumps([cfg["size"], cfg["n_frames"]]).encode()).hexdigest()[:10]
+    return base / f"custom-{key}"
+
+
 def frame_ids(split: str, n_frames: int) -> list[str]:
     """Frame ids of a split, e.g. ``test_0007``."""
     return [f"{split}_{i:04d}" for i in range(n_frames)]
@@ -724,7 +744,8 @@ def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", 
 
     Args:
         root: world root; default :func:`default_root` (``$POSTHOC_SYNTHETIC_ROOT`` or
-            ``~/.cache/posthoc/synthetic``).
+            ``~/.cache/posthoc/synthetic``), where a non-default size or frame count gets
+            its own ``custom-<hash>`` sub-root (see :func:`world_root`).
         split: ``"train"`` (no anomalies), ``"val"`` or ``"test"``.
         track: ``"anomaly"`` or ``"obstacle"``.
         n_frames: number of frames; default ``DEFAULT.n_frames[split]``.
@@ -735,7 +756,7 @@ def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", 
         ``<root>/<split>/dataset_AnomalyTrack`` or ``.../dataset_ObstacleTrack``.
     """
     cfg = world_config(split=split, track=track, n_frames=n_frames, size=size, seed=seed)
-    root = default_root() if root is None else Path(root)
+    root = world_root(root, cfg)
     parent = root / split
     target = parent / TRACK_DIRS[track]
     if _complete(target, cfg):

@@ -196,12 +196,14 @@ def main(argv=None) -> int:
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--num-queries", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-region-px", type=int, default=6, help="smaller GT components (at h/2 x w/2) are ignored")
-    ap.add_argument("--max-minutes", type=float, default=9.5)
+    ap.add_argument("--max-minutes", type=float, default=12.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init-segnet", default=str(C.WORK_DIR / "segnet.pt"),
+                    help="initialize encoder and pixel decoder from this SegNet checkpoint ('' = random init)")
     ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
     C.setup(args.seed, args.threads)
@@ -218,6 +220,10 @@ def main(argv=None) -> int:
     x_all = C.to_input(train["images"])
 
     model = RPN(args.num_queries)
+    if args.init_segnet:  # start the encoder / pixel decoder from the segnet (ImageNet-pretraining stand-in)
+        seg = C.load_state(C.SegNet(), args.init_segnet)
+        model.enc.load_state_dict(seg.enc.state_dict())
+        model.dec.load_state_dict(seg.dec.state_dict())
     C.log.info("RPN: %d parameters, %d queries", C.n_params(model), args.num_queries)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(args.seed)
@@ -266,6 +272,7 @@ def main(argv=None) -> int:
                              "dice": round(float(last[2]), 4), "validity": round(float(last[3]), 4)},
         "val_mean_best_iou_of_gt_regions": round(ev["mean_best_iou"], 4),
         "val_regions_used_per_frame": round(ev["regions_used"], 2),
+        "init_segnet": bool(args.init_segnet),
         "input_size": [h, w], "output_size": list(tsize), "torch": torch.__version__,
     }, args.out)
     C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())

@@ -31,7 +31,7 @@ def bundled_names() -> list[str]:
 
 
 def default_weights(name: str) -> dict:
-    """Return ``{role: Path}`` of the bundled files for ``name``; raise if none are bundled."""
+    """Return ``{role: Path}`` of the bundled files for ``name`` (plus ``"meta"``: a dict); raise if none are bundled."""
     entry = _manifest().get(name)
     if entry is None:
         raise NoBundledWeightsError(
@@ -40,8 +40,11 @@ def default_weights(name: str) -> dict:
         )
     out = {}
     for role, fname in entry.items():
+        if role == "meta":  # a dict of settings (class names, normalization, input size), not a file
+            out[role] = dict(fname)
+            continue
         p = BUNDLED_DIR / fname
-        if not p.exists() and role != "meta":
+        if not p.exists():
             raise NoBundledWeightsError(f"bundled file {p} for {name!r} is missing; reinstall posthoc")
-        out[role] = p if role != "meta" else fname
+        out[role] = p
     return out

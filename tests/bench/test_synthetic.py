@@ -155,8 +155,16 @@ def test_ensure_world_concurrent_writers(tmp_path):
 def test_default_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("POSTHOC_SYNTHETIC_ROOT", str(tmp_path))
     assert syn.default_root() == tmp_path
+    # the default config lives at <root>/<split>; any other size/count in its own sub-root
+    assert syn.world_root(None, syn.world_config(split="val")) == tmp_path
     d = syn.ensure_world(split="val", track="obstacle", n_frames=1, size=SMALL)
-    assert d == tmp_path / "val" / "dataset_ObstacleTrack"
+    assert d.parent.parent.parent == tmp_path and d.parent.parent.name.startswith("custom-")
+    assert d.parent.name == "val" and d.name == "dataset_ObstacleTrack"
+    assert not (tmp_path / "val").exists()  # the default world's folder is untouched
+    d2 = syn.ensure_world(split="val", track="obstacle", n_frames=2, size=SMALL)
+    assert d2 != d and d.is_dir()  # a second custom config does not evict the first
+    assert syn.ensure_world(tmp_path / "x", split="val", n_frames=1, size=SMALL) == tmp_path / "x" / "val" / \
+        "dataset_AnomalyTrack"  # an explicit root is used as given
     monkeypatch.delenv("POSTHOC_SYNTHETIC_ROOT")
     assert syn.default_root() == os.path.join(os.path.expanduser("~"), ".cache", "posthoc", "synthetic") or \
         str(syn.default_root()).endswith(os.path.join(".cache", "posthoc", "synthetic"))
