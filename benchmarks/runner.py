@@ -531,16 +531,24 @@ def _refine_inputs(props: Any, t_out: Any, labels: torch.Tensor, source: str) ->
 
 
 def _suppress_ids(teacher: Any) -> tuple[list | None, str]:
-    """Refinement "suppress" class ids read from the teacher's semantic class names, if it has them."""
+    """Refinement "suppress" class ids read from the teacher's semantic class names.
+
+    Called after the teacher's first batch (some teachers learn their class names from the
+    model output). Without names, or with generic ``class_<i>`` names, the Cityscapes
+    default (trainIds 2-10) of :func:`posthoc.refine` applies.
+    """
     try:
-        names = getattr(teacher, "semantic_class_names", None)
+        names = list(getattr(teacher, "semantic_class_names", None) or [])
     except Exception:  # noqa: BLE001 - a property of a third-party teacher may raise anything
-        names = None
-    if not names:
+        names = []
+    if not names or all(re.fullmatch(r"class_\d+", str(n)) for n in names):
         return None, "default Cityscapes trainIds 2-10 (the teacher exposes no semantic class names)"
     ids = [i for i, n in enumerate(names) if str(n).strip().lower() in SUPPRESS_CLASS_NAMES]
     if not ids:
-        log.warning("refine: none of the teacher's classes %s is a suppress class %s; refinement will not suppress", list(names), SUPPRESS_CLASS_NAMES)
+        log.warning(
+            "refine: none of the teacher's classes %s is a suppress class %s; refinement will not suppress",
+            names, SUPPRESS_CLASS_NAMES,
+        )
     return ids, f"by name from the teacher's classes: {[names[i] for i in ids]}"
 
 
@@ -778,7 +786,6 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 with timer("setup:teacher"):
                     teachers[spec.display] = _call_factory("teacher", spec.name, weights=spec.weights, device=cfg.device, **spec.kw)
             teacher = teachers[spec.display]
-            suppress, suppress_how = _suppress_ids(teacher)
             key_obj = {
                 "format": CACHE_FORMAT,
                 "dataset": ev.dataset.name,
@@ -789,14 +796,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 "teacher_weights": _hash_files(spec.files()),
                 "proposals": {s: prop_files.get(s, {}) for s in sources} if need_props else {},
                 "variants": variant_keys,
-                "suppress_ids": suppress,
                 "posthoc": results["versions"].get("posthoc"),
                 # code changes (a new commit, or uncommitted edits) change the maps too
                 "code": results["git"],
             }
             cache = _Cache(out, ev.key, spec.display, key_obj)
-            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, suppress)
-            tres["refine_suppress"] = suppress_how
+            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out)
             ev_res["teachers"][spec.display] = tres
             base = tres["variants"].get("teacher")
             for k in variant_keys:
@@ -859,14 +864,16 @@ def _timing_md(t: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchConfig, timer: _Timer, out: Path,
-                 suppress: list | None) -> dict:
+def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchConfig, timer: _Timer, out: Path) -> dict:
     dataset = ev.dataset
     variant_keys = [c[0] for c in chain]
     overlay_ids: list[str] = []
     processed: list[tuple[str, bool]] = []  # (id, has label)
     n_cached = 0
 
+    refine_info = None  # suppress ids, decided after the teacher's first batch (see _suppress_ids)
+    if (cache.dir / "refine.json").is_file():
+        refine_info = json.loads((cache.dir / "refine.json").read_text())
     total = min(len(dataset), cfg.limit) if cfg.limit else len(dataset)
     batches = _batches(dataset, cfg.limit, cfg.batch_size, lambda fid: cache.is_done(fid, variant_keys))
     bar = _progress(None, total, f"{ev.key} {spec.display}", cfg.progress)
@@ -900,7 +907,11 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
             for src, obj in prop_objs.items():
                 with timer(f"proposals:{src}"):
                     props_by_src[src] = obj(images, teacher_output=t_out)
-            maps = _compute_variants(anomaly, t_out, props_by_src, chain, timer, suppress)
+            if refine_info is None:
+                suppress, how = _suppress_ids(teacher)
+                refine_info = {"suppress_ids": suppress, "reading": how}
+                write_json_atomic(cache.dir / "refine.json", refine_info)
+            maps = _compute_variants(anomaly, t_out, props_by_src, chain, timer, refine_info["suppress_ids"])
             with timer("cache:write"):
                 for b, (ref, fr) in enumerate(batch):
                     for k in variant_keys:
@@ -923,6 +934,7 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
     labelled = [fid for fid, has in processed if has]
     refs = {r.id: r for r in dataset.refs}
     res: dict = {
+        "refine_suppress": (refine_info or {}).get("reading"),
         "cache": str(cache.dir),
         "cache_key": cache.hash,
         "frames": len(processed),
