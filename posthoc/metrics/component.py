@@ -76,8 +76,8 @@ def frame_components(scores: np.ndarray, labels: np.ndarray, threshold: float, m
     """Component statistics of one frame (official ``default_instancer`` + ``segment_metrics``).
 
     Args:
-        scores: (H,W) float anomaly scores, higher = more anomalous (NaN compares as not
-            above the threshold, as in numpy).
+        scores: (H,W) float anomaly scores, higher = more anomalous, finite on non-void
+            pixels (NaN/Inf there raise NonFiniteError).
         labels: (H,W) integer, 0 = in-distribution, 1 = anomaly, ``ignore_index`` = void.
         threshold: a pixel is predicted anomalous when ``score > threshold``, compared in
             float64 whatever the score dtype.
