@@ -1015,12 +1015,13 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
     if cfg.plots:
         with timer("plots"):
             tag = f"{_slug(ev.key)}_{_slug(spec.display)}"
-            named = {k: c for k, c in curves.items() if c is not None}
+            label = {key: ("teacher alone" if src is None else disp) for key, disp, src, _ in chain}
+            named = {label[k]: c for k, c in curves.items() if c is not None}
             files = plot_curves(
                 out / f"pr_{tag}.png",
                 out / f"roc_{tag}.png",
                 named,
-                res["variants"],
+                {label[k]: m for k, m in res["variants"].items()},
                 f"{dataset.name} — {spec.display} ({_mode_text(cfg.metric_mode).split(' (')[0]})",
             )
             res["plots"] = [str(f) for f in files]
@@ -1031,10 +1032,10 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
                     final_by_src[src] = key  # the last (longest) chain of each source
             for fid in overlay_ids:
                 fr = dataset.load(refs[fid])
-                maps = {"teacher": cache.load_map("teacher", fid)} if "teacher" in variant_keys else {}
+                maps = {"teacher alone": cache.load_map("teacher", fid)} if "teacher" in variant_keys else {}
                 first_src = next(iter(final_by_src), None)
                 if first_src is not None:
-                    maps[final_by_src[first_src]] = cache.load_map(final_by_src[first_src], fid)
+                    maps[label[final_by_src[first_src]]] = cache.load_map(final_by_src[first_src], fid)
                 props = None
                 if first_src is not None and cache.labels_path(first_src, fid).is_file():
                     props = load_npy(cache.labels_path(first_src, fid))
