@@ -37,7 +37,7 @@ def _frame_cmat(prob, gt_bool, num_bins=768):
     fp_rel, edges = np.histogram(p_false, bins=bins)
     edges = edges[::-1]
     fp_rel = fp_rel[::-1]
-    return dict(bin_edges=edges, tp_rel=tp_rel, fp_rel=fp_rel, num_pos=gt_true, num_neg=gt_false)
+    return {"bin_edges": edges, "tp_rel": tp_rel, "fp_rel": fp_rel, "num_pos": gt_true, "num_neg": gt_false}
 
 
 def smiyc_pixel_reference(frames, ignore_index=255, num_bins=768):
@@ -81,13 +81,13 @@ def smiyc_pixel_reference(frames, ignore_index=255, num_bins=768):
     i95 = np.searchsorted(tpr, 0.95)
     fpr95 = fpr[i95] if i95 < len(tpr) else 1.0
     ix = np.nanargmax(f1)
-    return dict(
-        ap=float(np.sum(np.diff(tpr) * prec[1:])),
-        auroc=float(np.trapezoid(tpr, fpr)),
-        fpr95=float(fpr95),
-        best_f1=float(f1[ix]),
-        best_f1_threshold=float(thresholds[ix]),
-    )
+    return {
+        "ap": float(np.sum(np.diff(tpr) * prec[1:])),
+        "auroc": float(np.trapezoid(tpr, fpr)),
+        "fpr95": float(fpr95),
+        "best_f1": float(f1[ix]),
+        "best_f1_threshold": float(thresholds[ix]),
+    }
 
 
 # --------------------------------------------------------------------------- pixel, exact sweep
@@ -109,7 +109,7 @@ def threshold_sweep_reference(frames, ignore_index=255):
     i95 = next(k for k in range(len(rec)) if rec[k] >= 0.95)
     f1 = 2 * tp / (2 * tp + fp + (P - tp))
     ix = int(np.argmax(f1))
-    return dict(ap=ap, auroc=auroc, fpr95=fpr[i95], best_f1=f1[ix], best_f1_threshold=thr[ix])
+    return {"ap": ap, "auroc": auroc, "fpr95": fpr[i95], "best_f1": f1[ix], "best_f1_threshold": thr[ix]}
 
 
 # --------------------------------------------------------------------------- components
@@ -171,13 +171,13 @@ def component_reference(frames, threshold, min_pred=500, min_gt=100):
             fn[k] += np.count_nonzero(sg < t)
             fp[k] += np.count_nonzero(pp < t)
     f1 = 2 * tp / (2 * tp + fn + fp)
-    return dict(
-        siou_gt=np.mean(all_gt) if all_gt else float("nan"),
-        siou_pred=np.mean(all_pred) if all_pred else float("nan"),
-        ppv=np.mean(all_prec) if all_prec else float("nan"),
-        f1_25=f1[0], f1_50=f1[5], f1_75=f1[10], f1_mean=float(np.mean(f1)),
-        tp=tp, fn=fn, fp=fp, n_gt=len(all_gt), n_pred=len(all_pred),
-    )
+    return {
+        "siou_gt": np.mean(all_gt) if all_gt else float("nan"),
+        "siou_pred": np.mean(all_pred) if all_pred else float("nan"),
+        "ppv": np.mean(all_prec) if all_prec else float("nan"),
+        "f1_25": f1[0], "f1_50": f1[5], "f1_75": f1[10], "f1_mean": float(np.mean(f1)),
+        "tp": tp, "fn": fn, "fp": fp, "n_gt": len(all_gt), "n_pred": len(all_pred),
+    }
 
 
 # --------------------------------------------------------------------------- semantic / panoptic
