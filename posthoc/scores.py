@@ -293,16 +293,34 @@ def standardized_max_logit(logits: Any, mean: Any, std: Any, *, anomaly: bool = 
 # ----------------------------------------------------------------------------- SML post-processing
 
 
+def _shift_reduce(x: torch.Tensor, dim: int, op) -> torch.Tensor:
+    """op(x, left neighbour, right neighbour) along ``dim``; outside the image is ignored
+    (kornia's 'geodesic' border). Pure slicing, no padding or pooling."""
+    out = x.clone()
+    n = x.shape[dim]
+    if n > 1:
+        hi = out.narrow(dim, 1, n - 1)
+        hi.copy_(op(hi, x.narrow(dim, 0, n - 1)))
+        lo = out.narrow(dim, 0, n - 1)
+        lo.copy_(op(lo, x.narrow(dim, 1, n - 1)))
+    return out
+
+
 def _dilate_cross(x: torch.Tensor) -> torch.Tensor:
-    """Grey dilation with the 3x3 cross, border ignored (kornia 'geodesic'). x (B,1,H,W) float."""
-    v = F.max_pool2d(x, kernel_size=(3, 1), stride=1, padding=(1, 0))
-    h = F.max_pool2d(x, kernel_size=(1, 3), stride=1, padding=(0, 1))
-    return torch.maximum(v, h)
+    """Grey dilation with the 3x3 cross (kornia 'geodesic' border). x (B,1,H,W), any real dtype."""
+    return torch.maximum(_shift_reduce(x, -2, torch.maximum), _shift_reduce(x, -1, torch.maximum))
 
 
 def _erode_square(x: torch.Tensor) -> torch.Tensor:
-    """Grey erosion with the 3x3 square, border ignored. x (B,1,H,W) float."""
-    return -F.max_pool2d(-x, kernel_size=3, stride=1, padding=1)
+    """Grey erosion with the 3x3 square (border ignored): separable 1x3 then 3x1 minimum."""
+    return _shift_reduce(_shift_reduce(x, -1, torch.minimum), -2, torch.minimum)
+
+
+def _box3_replicate(x: torch.Tensor) -> torch.Tensor:
+    """3x3 sum with replicate padding of (B,1,H,W) x, as separable slice additions."""
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    r = xp[..., :, :-2] + xp[..., :, 1:-1] + xp[..., :, 2:]
+    return r[..., :-2, :] + r[..., 1:-1, :] + r[..., 2:, :]
 
 
 def _image_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
@@ -365,21 +383,18 @@ def boundary_suppression(
         raise ValueRangeError(f"width must be divisible by iterations; got width={width}, iterations={iterations}")
     out = x
     if x.numel():
-        lab = p3.unsqueeze(1).float()
-        boundaries = (_dilate_cross(lab) != _erode_square(lab)).float()
+        lab = p3.unsqueeze(1)
+        boundaries = _dilate_cross(lab) != _erode_square(lab)  # bool (B,1,H,W)
         step = width // iterations if iterations else 0
-        ones = torch.ones((1, 1, 3, 3), dtype=torch.float32, device=x.device)
         for it in range(iterations):
             radius = 0 if (width == 0 or it == iterations - 1) else width - step * it - 1
-            expanded = boundaries
+            expanded = boundaries.to(torch.uint8)
             for _ in range(radius):  # diamond of radius r = r cross dilations
                 expanded = _dilate_cross(expanded)
-            non_boundary = (expanded == 0).float()
+            non_boundary = (expanded == 0).to(torch.float32)
             prev = out
-            xm = F.pad(prev * non_boundary, (1, 1, 1, 1), mode="replicate")
-            mm = F.pad(non_boundary, (1, 1, 1, 1), mode="replicate")
-            y = F.conv2d(xm, ones)
-            num = F.conv2d(mm, ones).round()
+            y = _box3_replicate(prev * non_boundary)
+            num = _box3_replicate(non_boundary)  # small integers, exact in float32
             avg = torch.where(num == 0, prev, y / num.clamp_min(1))
             out = torch.where(non_boundary == 0, avg, prev)
     if smoothing:
@@ -387,21 +402,29 @@ def boundary_suppression(
     return restore(out.reshape(shape), was_numpy)
 
 
-def _gaussian_kernel(size: int, sigma: float, device) -> torch.Tensor:
+def _gaussian_1d(size: int, sigma: float, device) -> torch.Tensor:
+    """Normalized 1-D Gaussian; the official normalized 2-D kernel is its outer product."""
     c = (size - 1) / 2.0
-    ax = torch.arange(size, dtype=torch.float64) - c
-    g = torch.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2.0 * sigma**2))
-    g = g / g.sum()
-    return g.float().to(device).reshape(1, 1, size, size)
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - c) ** 2) / (2.0 * sigma**2))
+    return (g / g.sum()).float().to(device)
 
 
 def _dilated_smoothing_4d(x: torch.Tensor, kernel_size: int, sigma: float, dilation: int) -> torch.Tensor:
+    """Replicate padding dilation*(k//2), then the separable dilated Gaussian as two 1-D
+    passes of shifted-slice multiply-adds (14 taps instead of 49; equal up to float rounding)."""
     if x.numel() == 0:
         return x
     pad = dilation * (kernel_size // 2)
     xp = F.pad(x, (pad, pad, pad, pad), mode="replicate") if pad else x
-    k = _gaussian_kernel(kernel_size, sigma, x.device)
-    return F.conv2d(xp, k, dilation=dilation)
+    g = _gaussian_1d(kernel_size, sigma, x.device).tolist()
+    H, W = x.shape[-2:]
+    acc = g[0] * xp[..., :, 0:W]
+    for i in range(1, kernel_size):  # along W, dilated taps as shifted slices
+        acc = acc + g[i] * xp[..., :, i * dilation : i * dilation + W]
+    out = g[0] * acc[..., 0:H, :]
+    for i in range(1, kernel_size):  # along H
+        out = out + g[i] * acc[..., i * dilation : i * dilation + H, :]
+    return out
 
 
 @torch.inference_mode()
