@@ -114,7 +114,13 @@ def world(tmp_path, monkeypatch):
         return root / split / ("dataset_AnomalyTrack" if track == "anomaly" else "dataset_ObstacleTrack")
 
     monkeypatch.setattr(runner, "_synthetic_track", fake_synthetic)
+    _pin_code_version(monkeypatch)
     return root, calls
+
+
+def _pin_code_version(monkeypatch):
+    """The cache key includes a hash of uncommitted changes; pin it (the checkout is shared and live)."""
+    monkeypatch.setattr(runner, "_git_sha", lambda: {"sha": "test", "dirty": False, "diff_sha256": None})
 
 
 def _run(args, capsys=None):
@@ -203,6 +209,7 @@ def test_onnx_teacher_export_and_weight_change(tmp_path, capsys, monkeypatch):
 
     pytest.importorskip("onnxruntime")
     monkeypatch.delenv("POSTHOC_SMIYC_ROOT", raising=False)
+    _pin_code_version(monkeypatch)
     data = make_world(tmp_path / "data", n=3, unlabeled=1)
     model = tmp_path / "tiny.onnx"
     _export_onnx(model, 0)
