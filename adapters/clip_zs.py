@@ -212,9 +212,9 @@ class ClipRegionClassifier:
                 log.warning("ClipRegionClassifier(%r) has random weights (pretrained=None); its predictions are "
                             "meaningless until you pass a checkpoint", model_name)
             else:
-                from .proposals import load_state_dict
+                from .teachers import load_state_dict
 
-                sd = load_state_dict(pretrained, what="CLIP checkpoint")
+                sd = load_state_dict(pretrained)
                 sd = {k.removeprefix("module."): v for k, v in sd.items()}
                 try:
                     model.load_state_dict(sd)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ import torch.nn.functional as F
 from posthoc._checks import (
     DTypeError,
     MissingExtraError,
-    PosthocError,
     ShapeError,
     ValueRangeError,
     check_finite,
@@ -52,6 +50,7 @@ from posthoc.types import Proposals, TeacherOutput
 from ._image import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize, parse_size, resize, to_float_batch
 from .base import ProposalSource
 from .registry import register_proposals
+from .teachers import UnsafeCheckpointError, load_state_dict  # one safe loader for every adapter
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +72,6 @@ __all__ = [
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 
 
-class UnsafeCheckpointError(PosthocError, ValueError):
-    """A checkpoint holds pickled Python objects and was refused (DESIGN.md, Conventions 6)."""
-
-
 # ----------------------------------------------------------------------------- shared helpers
 
 
@@ -88,49 +83,6 @@ def _require(module: str, extra: str, what: str):
             f"{what} needs the optional package {module!r}, which is not installed; "
             f"run `pip install 'posthoc[{extra}]'`. Import error: {e}"
         ) from e
-
-
-def load_state_dict(path: Any, *, what: str = "checkpoint") -> dict:
-    """Load a state dict without unpickling arbitrary objects.
-
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``, which only accepts tensors and plain containers.
-    A file that needs full unpickling is refused with :class:`UnsafeCheckpointError`.
-
-    Args:
-        path: file path (str or os.PathLike).
-        what: what the file is, for error messages.
-
-    Returns:
-        dict name -> tensor (a nested ``{"model": {...}}`` / ``{"state_dict": {...}}`` is unwrapped).
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise DTypeError(f"{what} path must be a str or os.PathLike; got {type(path).__name__}")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} file {str(p)!r} does not exist")
-    if p.suffix == ".safetensors":
-        st = _require("safetensors.torch", "bench", "reading .safetensors checkpoints")
-        try:
-            return dict(st.load_file(str(p)))
-        except Exception as e:
-            raise ValueRangeError(f"could not read {str(p)!r} as a safetensors {what}: {e}") from e
-    try:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"refusing to unpickle {str(p)!r}: the {what} holds Python objects beyond tensors, which could run "
-            "arbitrary code. Save only the state dict (torch.save(model.state_dict(), path)) or convert it to "
-            f".safetensors (safetensors.torch.save_file(model.state_dict(), path)). torch said: {e}"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueRangeError(f"could not read {str(p)!r} as a torch {what}: {type(e).__name__}: {e}") from e
-    for key in ("model", "state_dict"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise ValueRangeError(f"{what} {str(p)!r} must hold a state dict; got a {type(sd).__name__}")
-    return sd
 
 
 def _images(images: Any, device: Any = None) -> torch.Tensor:
@@ -344,7 +296,7 @@ class SamProposals(ProposalSource):
                     "SAM checkpoint for model_type) or model=<a segment_anything Sam module>; no SAM weights are bundled"
                 )
             model = sa.sam_model_registry[model_type](checkpoint=None)
-            sd = load_state_dict(checkpoint, what="SAM checkpoint")
+            sd = load_state_dict(checkpoint)
             try:
                 model.load_state_dict(sd)
             except RuntimeError as e:
@@ -773,17 +725,30 @@ class OnnxProposals(ProposalSource):
                 log.warning("input_size %s differs from the model's fixed input size %s; using the latter", size, fixed)
             size = (int(fixed[0]), int(fixed[1]))
         self.input_size = size
+        self.fixed_batch = spec.shape[0]  # None (dynamic) or the batch size the graph was exported with
         self.min_size = int(min_size)
+
+    def _run(self, xin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .onnx_runtime import run_session
+
+        names = [self.scores_name, self.validity_name]
+        step = self.fixed_batch or max(xin.shape[0], 1)
+        if xin.shape[0] == step:
+            out = run_session(self.session, {self.input_name: xin}, names)
+            return out[names[0]], out[names[1]]
+        if xin.shape[0] % step:
+            raise ShapeError(f"the ONNX model takes batches of exactly {step} images; got a batch of {xin.shape[0]}")
+        parts = [run_session(self.session, {self.input_name: xin[i:i + step]}, names)
+                 for i in range(0, xin.shape[0], step)]  # a graph exported with a fixed batch: run it in a loop
+        return torch.cat([p[names[0]] for p in parts]), torch.cat([p[names[1]] for p in parts])
 
     @torch.inference_mode()
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
-        from .onnx_runtime import run_session
-
         x = _images(images)
         B, _, H, W = x.shape
         xin = normalize(resize(x, self.input_size), self.mean, self.std, self.channel_order)
-        out = run_session(self.session, {self.input_name: xin}, [self.scores_name, self.validity_name])
-        R, V = out[self.scores_name].float(), out[self.validity_name].float()
+        R, V = self._run(xin)
+        R, V = R.float(), V.float()
         if self.scores_activation == "sigmoid":
             R = torch.sigmoid(R)
         if self.validity_activation == "sigmoid":

@@ -132,7 +132,7 @@ def test_classifier_errors(tiny_clip_name, tmp_path, monkeypatch):
         ClipRegionClassifier(tiny_clip_name, "openai", ["a"])
     evil = tmp_path / "evil.pth"
     torch.save({"m": nn.Linear(1, 1)}, evil)
-    from posthoc.adapters.proposals import UnsafeCheckpointError
+    from posthoc.adapters.teachers import UnsafeCheckpointError
 
     with pytest.raises(UnsafeCheckpointError, match="safetensors"):
         ClipRegionClassifier(tiny_clip_name, evil, ["a"])

@@ -299,6 +299,12 @@ def test_onnx_fixed_size_meta_and_activation(tmp_path):
     p = src(img)
     assert p.labels.shape == (1, 24, 40) and p.region_scores.shape == (1, 6, 8, 8)
     assert float(p.region_scores.min()) >= 0 and float(p.region_scores.max()) <= 1
+    # the graph was exported with a fixed batch of 1: a batch of 3 runs in a loop, image by image
+    img3 = np.concatenate([img, img[:, ::-1], img], 0).copy()
+    p3 = src(img3)
+    assert p3.region_scores.shape == (3, 6, 8, 8)
+    torch.testing.assert_close(p3.region_scores[:1], p.region_scores)
+    torch.testing.assert_close(p3.region_scores[2:], p.region_scores)
 
 
 def test_onnx_errors(tmp_path, rpn_onnx):
