@@ -489,3 +489,31 @@ def test_load_state_dict_safe(tmp_path):
     (tmp_path / "d.pth").write_bytes(b"not a checkpoint")
     with pytest.raises((ValueRangeError, P.UnsafeCheckpointError)):
         P.load_state_dict(tmp_path / "d.pth")
+
+
+# ----------------------------------------------------------------------------- example
+
+
+def test_wrap_onnx_sam_example_runs(tmp_path, capsys):
+    """examples/wrap_onnx_sam.py runs end to end: own ONNX model + superpixel fallback + fusion."""
+    import importlib.util
+    from pathlib import Path
+
+    import cv2
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "wrap_onnx_sam.py"
+    spec = importlib.util.spec_from_file_location("wrap_onnx_sam", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    img = np.zeros((32, 48, 3), np.uint8)
+    img[:, 24:] = (0, 0, 255)
+    cv2.imwrite(str(tmp_path / "frame.png"), img)
+    onnx = _export(TinyRPN(n=1).eval(), tmp_path / "anom.onnx", names=("anomaly", "validity"))
+    assert mod.main(["--onnx", str(onnx), "--kind", "anomaly", "--image", str(tmp_path / "frame.png"),
+                     "--out", str(tmp_path / "out")]) == 0
+    assert "no --sam-checkpoint given" in capsys.readouterr().out
+    fused = np.load(tmp_path / "out" / "frame_fused.npy")
+    labels = np.load(tmp_path / "out" / "frame_labels.npy")
+    assert fused.shape == (1, 32, 48) and labels.shape == (32, 48) and labels.min() >= 0
+    assert (tmp_path / "out" / "frame_fused.png").is_file()
+    assert 0.0 <= fused.min() and fused.max() <= 1.0
