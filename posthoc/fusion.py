@@ -30,7 +30,6 @@ from ._checks import (
     check_finite,
     check_float,
     check_int,
-    check_labels,
     check_tensor_type,
     shape_str,
 )
@@ -100,7 +99,7 @@ def _int_labels(lab: torch.Tensor) -> torch.Tensor:
     return lab.long()
 
 
-def _scores_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
+def _scores_4d(x: Any, name: str, check: bool = True) -> tuple[torch.Tensor, bool, tuple]:
     """Convert (B,C,H,W)/(C,H,W)/(H,W) float scores to a finite float32 (B,C,H,W) view or copy.
 
     Returns ``(scores4d, was_numpy, original_shape)``.
@@ -111,7 +110,8 @@ def _scores_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
         raise ShapeError(f"{name} must be (B,C,H,W), (C,H,W) or (H,W); got {t.ndim} axes with shape {shape_str(t.shape)}")
     shape = tuple(t.shape)
     t = as_float32(t)
-    _check_finite(t, name)
+    if check:
+        _check_finite(t, name)
     if t.ndim == 2:
         t = t.reshape(1, 1, *shape)
     elif t.ndim == 3:
@@ -120,8 +120,8 @@ def _scores_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
 
 
 def _labels_for(
-    proposals: Any, scores: torch.Tensor, batched: bool, scores_name: str = "model_logits"
-) -> torch.Tensor:
+    proposals: Any, scores: torch.Tensor, batched: bool, scores_name: str = "model_logits", return_n: bool = False
+) -> Any:
     """Turn a label map, non-overlapping boolean masks or a Proposals into (B,H,W) int labels.
 
     ``scores`` is the (B,C,H,W) tensor the labels must match; ``batched`` says whether the
@@ -148,7 +148,8 @@ def _labels_for(
                 f"boolean {name} masks must be {want} matching {scores_name}; got {shape_str(lab.shape)} "
                 f"(mismatch in the {axis})"
             )
-        return masks_to_labels(masks, name)
+        lab = masks_to_labels(masks, name)
+        return (lab, masks.shape[1]) if return_n else lab
     check_int(lab, name)
     if batched:
         if lab.ndim != 3:
@@ -166,8 +167,20 @@ def _labels_for(
             f"{name} must be {want_lab} matching {scores_name} {shape_str(scores.shape)}; "
             f"got {shape_str(lab.shape)} (mismatch in the {axis})"
         )
-    check_labels(lab, name)
-    return _int_labels(lab)
+    n = _check_labels_fast(lab, name)
+    lab = _int_labels(lab)
+    return (lab, n) if return_n else lab
+
+
+def _check_labels_fast(lab: torch.Tensor, name: str) -> int:
+    """:func:`posthoc._checks.check_labels` in one ``aminmax`` pass; returns max label + 1."""
+    if lab.numel() == 0:
+        return 0
+    mn_t, mx_t = torch.aminmax(lab)
+    mn, mx = int(mn_t), int(mx_t)
+    if mn < -1:
+        raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got minimum {mn}")
+    return mx + 1
 
 
 def masks_to_labels(masks: torch.Tensor, name: str = "masks") -> torch.Tensor:
@@ -199,6 +212,8 @@ def _normalize(x: torch.Tensor, normalize: str, name: str) -> torch.Tensor:
     mode = normalize
     if mode == "auto":
         mode = "softmax" if C > 1 else "none"
+    if mode != "none":
+        _check_finite(x, name)
     if mode == "softmax":
         return torch.softmax(x, dim=1)
     if mode == "sigmoid":
@@ -252,10 +267,9 @@ def fuse(model_logits: Any, proposals: Any, *, normalize: str = "auto", backend:
             (or ``"auto"`` with C==1), unknown ``normalize``.
         OverlapError: overlapping boolean masks (use :func:`posthoc.soft_assign`).
     """
-    scores, was_numpy, shape = _scores_4d(model_logits, "model_logits")
-    labels = _labels_for(proposals, scores, batched=len(shape) == 4)
+    scores, was_numpy, shape = _scores_4d(model_logits, "model_logits", check=False)  # _normalize checks
+    labels, n = _labels_for(proposals, scores, batched=len(shape) == 4, return_n=True)
     probs = _normalize(scores, normalize, "model_logits")
-    n = int(labels.max()) + 1 if labels.numel() else 0
     out = kernels.region_fuse(probs.contiguous(), labels.contiguous(), n, backend=backend)
     return restore(out.reshape(shape), was_numpy)
 
