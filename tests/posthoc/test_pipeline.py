@@ -93,3 +93,27 @@ def test_pipeline_errors(world):
         Pipeline()(to.scores[0], prop)
     cfg = Pipeline(mine=True, stuff_ids=[1], thing_ids=[2]).config()
     assert cfg["stuff_ids"] == [1] and cfg["suppress_ids"] == list(range(2, 11))
+
+
+def test_lazy_exports_resolve():
+    for name in ("fuse", "region_means", "region_class_logits", "soft_assign", "hard_assign", "split_components",
+                 "refinement_mask", "refine", "mine_unknown_instances", "offset_resample", "offsets_from_proposals",
+                 "Pipeline"):
+        assert callable(getattr(posthoc, name)), name
+    for name in ("msp", "max_logit", "entropy", "energy", "standardized_max_logit", "fit_sml_stats",
+                 "boundary_suppression", "dilated_smoothing"):
+        assert callable(getattr(posthoc.scores, name)), name
+
+
+@pytest.mark.gpu
+def test_pipeline_cpu_equals_cuda(world):
+    to, prop = world
+    pl = Pipeline(offsets=True)
+    cpu = pl(torch.from_numpy(to.scores), Proposals(labels=torch.from_numpy(prop.labels),
+                                                    region_scores=torch.from_numpy(prop.region_scores),
+                                                    validity=torch.from_numpy(prop.validity)))
+    gpu = pl(torch.from_numpy(to.scores).cuda(), Proposals(labels=torch.from_numpy(prop.labels).cuda(),
+                                                           region_scores=torch.from_numpy(prop.region_scores).cuda(),
+                                                           validity=torch.from_numpy(prop.validity).cuda()))
+    assert gpu["output"].device.type == "cuda"
+    torch.testing.assert_close(gpu["output"].cpu(), cpu["output"], rtol=1e-5, atol=1e-6)

@@ -190,3 +190,27 @@ def test_mine_options_and_errors(rng):
         posthoc.mine_unknown_instances(ml, cl, [1], [19])
     with pytest.raises(ValueRangeError, match=r"threshold must be a number in \[0,1\]"):
         posthoc.mine_unknown_instances(ml, cl, [1], [12], threshold=2)
+
+
+def test_refine_name_is_callable_after_module_import(problem, rng):
+    """``posthoc.refine`` names a module and a function; both must behave as the function."""
+    import importlib
+
+    mod = importlib.import_module("posthoc.refine")  # binds the module to posthoc.refine
+    ml, cl = problem
+    a = rng.random((2, 1, 7, 9)).astype(np.float32)
+    np.testing.assert_array_equal(posthoc.refine(a, ml, cl), mod.refine(a, ml, cl))
+    np.testing.assert_array_equal(mod(a, ml, cl), mod.refine(a, ml, cl))
+
+
+@pytest.mark.gpu
+def test_refine_and_mine_cpu_equals_cuda(problem, rng):
+    ml, cl = (torch.from_numpy(v) for v in problem)
+    a = torch.from_numpy(rng.random((2, 1, 14, 18)).astype(np.float32))
+    cpu = posthoc.refine(a, ml, cl)
+    gpu = posthoc.refine(a.cuda(), ml.cuda(), cl.cuda())
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6)
+    m_cpu = posthoc.mine_unknown_instances(ml, cl, range(11), range(11, 19))
+    m_gpu = posthoc.mine_unknown_instances(ml.cuda(), cl.cuda(), range(11), range(11, 19))
+    assert torch.equal(m_gpu.cpu(), m_cpu)

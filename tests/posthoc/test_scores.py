@@ -157,3 +157,14 @@ def test_sml_postprocessing_errors(rng):
     x0 = x.copy()
     S.boundary_suppression(x, pred, smoothing=True)
     np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.gpu
+def test_scores_cpu_equals_cuda(logits):
+    t = torch.from_numpy(logits)
+    for f in (S.msp, S.max_logit, S.entropy, S.energy):
+        torch.testing.assert_close(f(t.cuda()).cpu(), f(t), rtol=1e-5, atol=1e-5)
+    pred = t.argmax(1)
+    x = S.max_logit(t)
+    torch.testing.assert_close(S.boundary_suppression(x.cuda(), pred.cuda(), smoothing=True).cpu(),
+                               S.boundary_suppression(x, pred, smoothing=True), rtol=1e-5, atol=1e-5)
