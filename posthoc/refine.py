@@ -138,6 +138,13 @@ def _check_ids(ids: Any, name: str, K: int) -> torch.Tensor:
     return torch.tensor(sorted(set(vals)), dtype=torch.long)
 
 
+def _is_default_ids(ids: Any) -> bool:
+    try:
+        return tuple(int(i) for i in ids) == CITYSCAPES_SUPPRESS_IDS
+    except (TypeError, ValueError):
+        return False
+
+
 def _check_prob(x: Any, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.floating)) or not 0.0 <= float(x) <= 1.0:
         raise ValueRangeError(f"{name} must be a number in [0,1]; got {x!r}")
@@ -207,6 +214,13 @@ def _refinement_mask_4d(
 ) -> torch.Tensor:
     B, _, K1 = cls.shape
     K = K1 - 1
+    if _is_default_ids(suppress_ids) and K < 11:
+        # the Cityscapes default on a model with fewer classes: keep the ids that exist
+        logger.warning(
+            "refinement_mask: default suppress_ids (Cityscapes trainIds 2..10) on a model with K=%d classes; "
+            "using %s - pass suppress_ids for this model's classes", K, list(range(2, K)),
+        )
+        suppress_ids = tuple(range(2, K))
     ids = _check_ids(suppress_ids, "suppress_ids", K).to(cls.device)
     probs = torch.softmax(cls, dim=-1)
     scores, labels = probs.max(dim=-1)  # over K+1, as the official code does
@@ -256,7 +270,9 @@ def refinement_mask(
             ``size``), or an integer (B,H,W) label map whose regions are hard masks; for
             unbatched class logits (N,h,w) / (H,W).
         class_logits: (B,N,K+1) (or (N,K+1)) float class logits, any range, last entry = no object.
-        suppress_ids: class indices in [0,K) whose masks suppress the anomaly.
+        suppress_ids: class indices in [0,K) whose masks suppress the anomaly. The default
+            (Cityscapes trainIds 2..10) is cut to 2..K-1, with a warning, for models with
+            fewer than 11 classes; explicit ids outside [0,K) are an error.
         score_threshold: class-probability threshold (strict ``>``).
         mask_threshold: threshold on ``score * sigmoid(mask logit)`` (``>=``).
         min_masks: minimum number of kept masks for R to be non-zero (official: 2).

@@ -95,7 +95,7 @@ def test_refine_errors(rng, problem):
     ml, cl = problem
     a = rng.random((2, 1, 7, 9)).astype(np.float32)
     with pytest.raises(ValueRangeError, match=r"suppress_ids must be class indices in \[0,K\)=\[0,4\)"):
-        posthoc.refinement_mask(ml, cl[..., 15:])
+        posthoc.refinement_mask(ml, cl[..., 15:], suppress_ids=[1, 7])
     with pytest.raises(ShapeError, match=r"mismatch in the region axis N"):
         posthoc.refinement_mask(ml[:, :5], cl)
     with pytest.raises(ShapeError, match=r"mismatch in the batch axis \(0\)"):
@@ -214,3 +214,11 @@ def test_refine_and_mine_cpu_equals_cuda(problem, rng):
     m_cpu = posthoc.mine_unknown_instances(ml, cl, range(11), range(11, 19))
     m_gpu = posthoc.mine_unknown_instances(ml.cuda(), cl.cuda(), range(11), range(11, 19))
     assert torch.equal(m_gpu.cpu(), m_cpu)
+
+
+def test_default_suppress_ids_on_small_models(problem, caplog):
+    ml, cl = problem
+    small = cl[..., 12:]  # K = 7 classes + no object
+    R = posthoc.refinement_mask(ml, small)
+    np.testing.assert_array_equal(R, posthoc.refinement_mask(ml, small, suppress_ids=range(2, 7)))
+    assert "Cityscapes trainIds 2..10) on a model with K=7" in caplog.text
