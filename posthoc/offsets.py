@@ -68,7 +68,11 @@ def _bilinear_border(x: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> tor
     v00, v01, v10, v11 = g(y0i, x0i), g(y0i, x1i), g(y1i, x0i), g(y1i, x1i)
     top = v00 * (1.0 - wx) + v01 * wx
     bot = v10 * (1.0 - wx) + v11 * wx
-    return top * (1.0 - wy) + bot * wy
+    val = top * (1.0 - wy) + bot * wy
+    # bilinear interpolation is convex; clamp away the rounding that could leave the corner range
+    lo = torch.minimum(torch.minimum(v00, v01), torch.minimum(v10, v11))
+    hi = torch.maximum(torch.maximum(v00, v01), torch.maximum(v10, v11))
+    return torch.minimum(torch.maximum(val, lo), hi)
 
 
 @torch.inference_mode()
@@ -132,6 +136,9 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
     xs = torch.arange(W, dtype=torch.float32, device=s.device).view(1, 1, W)
     sampled = _bilinear_border(s, xs + ox, ys + oy)
     out = s + f4 * (sampled - s)
+    # Eq. 4 is a convex blend: keep it within [min(S, S_s), max(S, S_s)] despite rounding, so
+    # probabilities stay in [0,1] (and a zero offset stays an exact identity)
+    out = torch.minimum(torch.maximum(out, torch.minimum(s, sampled)), torch.maximum(s, sampled))
     return restore(out.reshape(shape), was_numpy)
 
 

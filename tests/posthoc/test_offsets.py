@@ -204,3 +204,13 @@ def test_offsets_from_proposals_deterministic_across_buffers(rng):
         o2, c2 = posthoc.offsets_from_proposals(other)
         np.testing.assert_array_equal(o1, o2)
         np.testing.assert_array_equal(c1, c2)
+
+
+def test_probabilities_stay_in_unit_interval(rng):
+    s = rng.random((2, 1, 31, 37)).astype(np.float32)
+    s[s > 0.7] = 1.0  # many exact ones, where rounding could overshoot
+    s[s < 0.2] = 0.0
+    o = (rng.normal(size=(2, 2, 31, 37)) * 5).astype(np.float32)
+    f = rng.random((2, 1, 31, 37)).astype(np.float32)
+    out = posthoc.offset_resample(s, o, f)
+    assert out.min() >= 0.0 and out.max() <= 1.0
