@@ -332,6 +332,9 @@ def test_fused_value_range_check(backend, rng):
     # only finiteness with infinite bounds
     big = probs * 1e6
     K.region_fuse(big, lab, 6, backend=backend, value_range=(-np.inf, np.inf))
+    huge = np.full_like(probs, 3e38)  # finite, but any sum of two overflows: no false alarm
+    K.check_values(huge, backend="numba" if backend == "numba" else "torch")
+    K.region_sums(huge, lab, 6, backend=backend, value_range=(-np.inf, np.inf))
     # N == 0 and empty inputs go through the same check
     with pytest.raises(ValueRangeError):
         K.region_fuse(probs + 2, np.full_like(lab, -1), 0, backend=backend, value_range=(0, 1))
@@ -405,6 +408,17 @@ def test_weighted_argmax_ties_go_to_lowest_region(backend, rng):
     np.testing.assert_array_equal(got, ref_wargmax(r, v))
     assert not (got == 4).any() and (got == 2).any()
     assert (got[:, :5, :5] == 0).all()
+    # ties inside a group of four rows and across groups, N not a multiple of 4
+    r = rng.random((1, 11, 40, 50), dtype=np.float32)
+    r[:, 1] = r[:, 2] = r[:, 3] = r.max(1) + 0.1  # three-way tie for the maximum -> 1
+    r[:, 6, :20] = r[:, 9, :20] = r[:, 10, :20] = 2.0  # tie across groups and the tail -> 6
+    v = np.ones((1, 11), np.float32)
+    got = K.weighted_argmax(r, v, backend=backend)
+    np.testing.assert_array_equal(got, ref_wargmax(r, v))
+    assert (got[:, :20] == 6).all() and (got[:, 20:] == 1).all()
+    # huge finite values with only a finiteness check: no false alarm
+    big = np.full((1, 5, 8, 9), 3e38, np.float32)
+    K.weighted_argmax(big, np.ones((1, 5), np.float32), backend=backend, value_range=(-np.inf, np.inf))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
