@@ -143,6 +143,12 @@ class Pipeline:
                 f"Pipeline({what}=True) needs class logits: proposals.class_logits, or the teacher's semantic "
                 f"logits (TeacherOutput.logits / semantic_logits=) to derive them with region_class_logits; got neither"
             )
+        sem, sem_np = as_torch(semantic_logits, "semantic_logits")
+        lab_hw = tuple(labels.shape[-2:])
+        if sem.ndim == 4 and tuple(sem.shape[-2:]) != lab_hw:
+            # logits at the model's resolution: resize bilinearly to the label map (as the teacher adapters do)
+            sem = torch.nn.functional.interpolate(sem.float(), size=lab_hw, mode="bilinear", align_corners=False)
+            semantic_logits = restore(sem, sem_np)
         return labels, region_class_logits(semantic_logits, labels, backend=self.backend)
 
     # ------------------------------------------------------------------ call

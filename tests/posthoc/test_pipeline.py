@@ -117,3 +117,15 @@ def test_pipeline_cpu_equals_cuda(world):
                                                            validity=torch.from_numpy(prop.validity).cuda()))
     assert gpu["output"].device.type == "cuda"
     torch.testing.assert_close(gpu["output"].cpu(), cpu["output"], rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_resizes_low_res_semantic_logits(world):
+    to, prop = world
+    low = torch.nn.functional.interpolate(torch.from_numpy(to.logits), size=(8, 10), mode="bilinear",
+                                          align_corners=False)
+    pl = Pipeline(refine=True, suppress_ids=range(2, 8), score_threshold=0.2, min_masks=1)
+    out = pl(to.scores, prop, semantic_logits=low.numpy())
+    up = torch.nn.functional.interpolate(low, size=(16, 20), mode="bilinear", align_corners=False).numpy()
+    cls = posthoc.region_class_logits(up, out["components"])
+    np.testing.assert_array_equal(out["refined"], posthoc.refine(out["fused"], out["components"], cls, range(2, 8),
+                                                                 0.2, 0.5, 1))
