@@ -8,6 +8,7 @@ and in one run:
   coherent (Voronoi) regions:
 
   - ``kernel``: :func:`posthoc.kernels.region_fuse` into a preallocated ``out``;
+  - ``checked``: the same with ``value_range=(0, 1)`` (finite + range check fused in);
   - ``e2e``: :func:`posthoc.fuse` end to end (``normalize="none"``: its input checks and a
     fresh output included);
   - ``torch``: the ``scatter_add_`` + ``gather`` fallback (``backend="torch"``);
@@ -18,7 +19,8 @@ and in one run:
 
 * ``soft_assign`` (CSL Eq. 2) at N=100, 1024x2048: the kernel
   (:func:`posthoc.kernels.weighted_argmax`), :func:`posthoc.soft_assign` end to end, the
-  torch fallback, the naive ``(R*V).argmax(1)``, and the floor (read R once, write the
+  kernel with its fused ``value_range=(0, 1)`` check, the torch fallback, the naive
+  ``(R*V).argmax(1)``, and the floor (read R once, write the
   labels once).
 
 Times are medians over ``--repeats`` runs after a warm-up; the floor and our kernel are
@@ -289,6 +291,7 @@ def bench_fuse(case: Sequence[int], device: torch.device, *, repeats: int = 7, l
     out = torch.empty_like(D)
     fns = {
         "kernel": lambda: kernels.region_fuse(D, L, n_used, backend=backend, out=out),
+        "checked": lambda: kernels.region_fuse(D, L, n_used, backend=backend, out=out, value_range=(0.0, 1.0)),
         "e2e": lambda: posthoc.fuse(D, L, normalize="none", backend=backend),
         "torch": lambda: kernels.region_fuse(D, L, n_used, backend="torch", out=out),
     }
@@ -323,6 +326,7 @@ def bench_assign(case: Sequence[int], device: torch.device, *, repeats: int = 7,
     out = torch.empty(B, H, W, dtype=torch.int64, device=device)
     fns = {
         "kernel": lambda: kernels.weighted_argmax(R, V, backend=backend),
+        "checked": lambda: kernels.weighted_argmax(R, V, backend=backend, value_range=(0.0, 1.0)),
         "e2e": lambda: posthoc.soft_assign(R, V, backend=backend),
         "torch": lambda: kernels.weighted_argmax(R, V, backend="torch"),
     }
@@ -487,16 +491,18 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the rows (median ms; ratios against the floor and the loop)."""
-    hdr = (f"{'op':<11} {'shape':<28} {'kernel':>8} {'e2e':>8} {'torch':>8} {'loop':>9} {'floor':>8} "
-           f"{'kern/fl':>7} {'e2e/fl':>7} {'loop/kern':>9} {'loop/e2e':>8}")
+    hdr = (f"{'op':<11} {'shape':<28} {'kernel':>8} {'checked':>8} {'e2e':>8} {'torch':>8} {'loop':>9} {'floor':>8} "
+           f"{'kern/fl':>7} {'chk/fl':>7} {'e2e/fl':>7} {'loop/kern':>9} {'loop/e2e':>8}")
     lines = [hdr, "-" * len(hdr)]
     for r in rows:
         t = r["timings"]
         lk = "loop" if "loop" in t else "naive"
         lines.append(
-            f"{r['op']:<11} {r['shape']:<28} {t['kernel']['median_ms']:>8.1f} {t['e2e']['median_ms']:>8.1f} "
+            f"{r['op']:<11} {r['shape']:<28} {t['kernel']['median_ms']:>8.1f} {t['checked']['median_ms']:>8.1f} "
+            f"{t['e2e']['median_ms']:>8.1f} "
             f"{t['torch']['median_ms']:>8.1f} {_fmt(t[lk]['median_ms'] if lk in t else None):>9} "
-            f"{r['floor_ms']:>8.1f} {r['kernel_over_floor']:>7.2f} {r['e2e_over_floor']:>7.2f} "
+            f"{r['floor_ms']:>8.1f} {r['kernel_over_floor']:>7.2f} {r['checked_over_floor']:>7.2f} "
+            f"{r['e2e_over_floor']:>7.2f} "
             f"{_fmt(r.get('loop_over_ours')):>9} {_fmt(r.get('loop_over_e2e')):>8}"
         )
     return "\n".join(lines)
