@@ -55,7 +55,6 @@ from .teachers import UnsafeCheckpointError, load_state_dict  # one safe loader 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "SAM_PIXEL_MEAN",
     "MaskTransformerProposals",
     "MeanShiftProposals",
     "OnnxProposals",
@@ -67,10 +66,6 @@ __all__ = [
     "proposals_from_mask_transformer",
     "proposals_from_soft",
 ]
-
-#: segment-anything's own normalization (0..255 scale), used by its Sam module.
-SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
-
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -104,7 +99,7 @@ def _check_soft(region_scores: torch.Tensor, validity: torch.Tensor, src: str) -
         )
     for t, n in ((region_scores, "region scores"), (validity, "validity")):
         check_finite(t, f"{src} {n}")
-        if t.numel() and (float(t.min()) < 0.0 or float(t.max()) > 1.0):
+        if t.numel() and (float(t.min()) < -1e-6 or float(t.max()) > 1.0 + 1e-6):  # float round-off is clamped
             raise ValueRangeError(
                 f"{src} {n} must be probabilities in [0,1]; got values in [{float(t.min()):g},{float(t.max()):g}] "
                 "(does the model output logits? set the activation to 'sigmoid')"
@@ -143,6 +138,8 @@ def proposals_from_soft(
     from posthoc.components import split_components
 
     _check_soft(region_scores, validity, (meta or {}).get("source", "proposal"))
+    region_scores = region_scores.clamp(0.0, 1.0)  # new tensors: the caller's are never modified
+    validity = validity.clamp(0.0, 1.0)
     H, W = int(size[0]), int(size[1])
     B, N = region_scores.shape[:2]
     if N == 0:
