@@ -187,7 +187,8 @@ def _assign(x: torch.Tensor, modes: torch.Tensor, chunk_size: int) -> torch.Tens
 def _sample_rows(n_total: int, n: int, gen: torch.Generator, device) -> torch.Tensor:
     if n >= n_total:
         return torch.arange(n_total, device=device)
-    return torch.randperm(n_total, generator=gen)[:n].to(device)
+    # sorted: gathering the sample from a large feature map then walks memory in order
+    return torch.randperm(n_total, generator=gen)[:n].sort().values.to(device)
 
 
 @torch.inference_mode()
@@ -263,23 +264,60 @@ def meanshift_points(
     return restore(labels, was_np), restore(modes, was_np)
 
 
+def _unit_columns(x: torch.Tensor) -> torch.Tensor:
+    """(F,P) -> columns divided by max(norm, 1e-12) (F.normalize over dim 0, without its slow strided norm)."""
+    n2 = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+    for f in range(x.shape[0]):
+        n2.addcmul_(x[f], x[f])
+    return x / n2.sqrt_().clamp_min_(1e-12)
+
+
+def _assign_columns(x: torch.Tensor, modes: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Nearest mode of every *normalized* column of the raw (F,P) map -> (P,) int64, ties to the lowest index.
+
+    argmin_k ||x/|x| - m_k||^2 = argmax_k (2 x.m_k / |x| - ||m_k||^2): the normalization is folded into
+    the scores chunk by chunk, so the full-resolution map is never normalized in memory.
+    """
+    P = x.shape[1]
+    out = torch.empty(P, dtype=torch.int64, device=x.device)
+    if modes.shape[0] == 0 or P == 0:
+        return out.fill_(-1)
+    w2 = 2.0 * modes  # (K,F)
+    b = (modes * modes).sum(1, keepdim=True)  # (K,1)
+    step = max(chunk_size, 1) * 8
+    for c0 in range(0, P, step):
+        xs = x[:, c0:c0 + step]
+        nrm = xs.square().sum(0).sqrt_().clamp_min_(1e-12)
+        score = torch.mm(w2, xs).div_(nrm).sub_(b)  # (K,c)
+        out[c0:c0 + step] = torch.max(score, dim=0).indices
+    return out
+
+
+
 def _meanshift_image(feat: torch.Tensor, bandwidth: float, n_seeds: int, n_samples: int, max_iter: int,
                      tol: float, levels: int, chunk_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image: feat (F,h,w) unit vectors -> labels (h,w) int64, modes (K,F)."""
+    """One image: feat (F,h,w) float32 embeddings (any norm) -> labels (h,w) int64, modes (K,F)."""
     Fd, h, w = feat.shape
-    pyramid = [feat]
-    for _ in range(levels - 1):
-        prev = pyramid[-1]
-        if min(prev.shape[-2:]) < 2:
-            break
-        pooled = F.avg_pool2d(prev.unsqueeze(0), 2, ceil_mode=True).squeeze(0)
-        pyramid.append(_normalize(pooled, 0))
+    x = feat.reshape(Fd, -1)
+    # level 0 is sampled (and its samples normalized) lazily; coarser levels are pooled unit vectors
+    pyramid: list = [None]
+    if levels > 1 and min(h, w) >= 2:
+        prev = _unit_columns(x).reshape(Fd, h, w)
+        for _ in range(levels - 1):
+            if min(prev.shape[-2:]) < 2:
+                break
+            pooled = F.avg_pool2d(prev.unsqueeze(0), 2, ceil_mode=True).squeeze(0)
+            prev = _normalize(pooled, 0)
+            pyramid.append(prev)
     modes = None
     for lvl in range(len(pyramid) - 1, -1, -1):
-        pts = pyramid[lvl].reshape(Fd, -1).T
-        sample = pts[_sample_rows(pts.shape[0], n_samples, gen, pts.device)]
+        if lvl == 0:
+            sample = _normalize(x[:, _sample_rows(x.shape[1], n_samples, gen, x.device)].T, 1)
+        else:
+            pts = pyramid[lvl].reshape(Fd, -1)
+            sample = pts[:, _sample_rows(pts.shape[1], n_samples, gen, pts.device)].T.contiguous()
         if modes is None:
-            start = sample[_sample_rows(sample.shape[0], n_seeds, gen, pts.device)]
+            start = sample[_sample_rows(sample.shape[0], n_seeds, gen, sample.device)]
         else:
             start = modes  # warm start from the coarser level's modes
         means, counts = _shift(start, sample, bandwidth, max_iter, tol, chunk_size)
@@ -289,7 +327,7 @@ def _meanshift_image(feat: torch.Tensor, bandwidth: float, n_seeds: int, n_sampl
                 raise PosthocError("mean-shift found no mode (empty sample)")
             continue
         modes = merged
-    labels = _assign(feat.reshape(Fd, -1).T, modes, chunk_size).reshape(h, w)
+    labels = _assign_columns(x, modes, chunk_size).reshape(h, w)
     return labels, modes
 
 
@@ -350,7 +388,7 @@ def meanshift_sphere(
         if h * w == 0:
             all_modes.append(torch.empty(0, Fd, device=f.device))
             continue
-        lab, modes = _meanshift_image(_normalize(f[b], 0), bandwidth, n_seeds, n_samples, max_iter, tol,
+        lab, modes = _meanshift_image(f[b].float(), bandwidth, n_seeds, n_samples, max_iter, tol,
                                       levels, chunk_size, gen)
         labels[b] = lab
         all_modes.append(modes)
