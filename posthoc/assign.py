@@ -89,6 +89,131 @@ def _upsample(r: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(r, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
 
 
+def _axis_weights(out_size: int, in_size: int, device) -> tuple[torch.Tensor, ...]:
+    """Bilinear source indices and weights along one axis, ``align_corners=False``.
+
+    The sampling positions of ``F.interpolate(mode="bilinear", align_corners=False)``:
+    ``src = max((dst + 0.5) * in/out - 0.5, 0)``, ``i0 = min(floor(src), in-1)``,
+    ``i1 = i0 + (i0 < in-1)``, ``l1 = src - i0``, ``l0 = 1 - l1``.
+    """
+    dst = torch.arange(out_size, dtype=torch.float64)
+    src = ((dst + 0.5) * (in_size / out_size) - 0.5).clamp_min(0.0)
+    i0 = src.floor().long().clamp_max(in_size - 1)
+    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
+    l1 = (src - i0.double()).clamp(0.0, 1.0)
+    l0 = 1.0 - l1
+    return i0.to(device), i1.to(device), l0.float().to(device), l1.float().to(device)
+
+
+class _Grid:
+    """Per-axis bilinear indices/weights for resizing (h,w) -> (H,W)."""
+
+    def __init__(self, h: int, w: int, H: int, W: int, device) -> None:
+        self.y0, self.y1, self.ly0, self.ly1 = _axis_weights(H, h, device)
+        self.x0, self.x1, self.lx0, self.lx1 = _axis_weights(W, w, device)
+
+    def resize(self, r: torch.Tensor) -> torch.Tensor:
+        """(B,n,h,w) -> (B,n,H,W): ``(R[y0,x0] lx0 + R[y0,x1] lx1) ly0 + (R[y1,x0] lx0 + R[y1,x1] lx1) ly1``,
+        computed separably (rows first) with exactly the float operations of :meth:`at`."""
+        t = r.index_select(-1, self.x0) * self.lx0 + r.index_select(-1, self.x1) * self.lx1
+        return t.index_select(-2, self.y0) * self.ly0[:, None] + t.index_select(-2, self.y1) * self.ly1[:, None]
+
+    def at(self, r: torch.Tensor, b: torch.Tensor, n: torch.Tensor, Y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """Resized values at output pixels (Y,X) of regions n in images b (broadcast index tensors)."""
+        y0, y1, x0, x1 = self.y0[Y], self.y1[Y], self.x0[X], self.x1[X]
+        lx0, lx1 = self.lx0[X], self.lx1[X]
+        t0 = r[b, n, y0, x0] * lx0 + r[b, n, y0, x1] * lx1
+        t1 = r[b, n, y1, x0] * lx0 + r[b, n, y1, x1] * lx1
+        return t0 * self.ly0[Y] + t1 * self.ly1[Y]
+
+
+#: relative margin of the candidate test in the pruned soft assignment: float rounding of
+#: a resized, validity-weighted score is a few ulp (~4e-7) of the cell's bound, so a region
+#: ruled out by more than this relative gap can never win (nor tie) at any pixel of the cell
+_PRUNE_REL = 1e-5
+
+
+def _soft_assign_dense(r, v, grid, chunk, backend):
+    """Resize ``chunk`` regions at a time and keep a running (max, argmax); ties -> lowest n."""
+    B, N = r.shape[:2]
+    best_val = lab = None
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        up = grid.resize(r[:, n0:n1]).contiguous()
+        vc = v[:, n0:n1].contiguous()
+        idx = kernels.weighted_argmax(up, vc, backend=backend)  # (B,H,W) index within the chunk
+        val = torch.gather(up, 1, idx.unsqueeze(1)).squeeze(1) * torch.gather(
+            vc, 1, idx.reshape(B, -1)
+        ).reshape(idx.shape)
+        if best_val is None:
+            best_val, lab = val, idx + n0
+        else:
+            better = val > best_val  # strict: earlier (lower n) chunks win ties
+            best_val = torch.where(better, val, best_val)
+            lab = torch.where(better, idx + n0, lab)
+    return lab
+
+
+def _soft_assign_pruned(r, v, grid, budget):
+    """Exact soft assignment at the output size without resizing every region everywhere.
+
+    Each output pixel interpolates the 2x2 low-resolution cell (y0..y1, x0..x1). Since
+    bilinear weights are convex, ``U_n = V_n max_cell R_n`` and ``L_n = V_n min_cell R_n``
+    bound ``V_n bilinear(R_n)`` on the whole cell. Region n can only win in the cell if
+    ``U_n >= max_m L_m - eps``; cells with a single such candidate take it directly (it is
+    ``argmax_m L_m``), and only the pixels of cells with several candidates are evaluated,
+    for their candidates only, with the same float operations as the dense path — so the
+    result equals :func:`_soft_assign_dense` exactly. Returns None (use the dense path) when
+    so many candidates survive that evaluating them would cost more than resizing everything.
+    """
+    B, N, h, w = r.shape
+    dev = r.device
+    rv = r * v[:, :, None, None]
+    rvp = F.pad(rv, (0, 1, 0, 1), mode="replicate")
+    # max / min over the 2x2 cell at (y0,x0), separably with slices (max_pool2d is ~20x slower on CPU)
+    t = torch.maximum(rvp[..., :, :-1], rvp[..., :, 1:])
+    U = torch.maximum(t[..., :-1, :], t[..., 1:, :])  # (B,N,h,w)
+    t = torch.minimum(rvp[..., :, :-1], rvp[..., :, 1:])
+    L = torch.minimum(t[..., :-1, :], t[..., 1:, :])
+    del t
+    del rv, rvp
+    maxL, argL = L.max(dim=1)  # (B,h,w)
+    cand = U * (1.0 + _PRUNE_REL) >= (maxL * (1.0 - _PRUNE_REL)).unsqueeze(1)
+    # cells where every region is exactly 0 tie everywhere: the lowest n (argL = 0) wins
+    cand &= (U.amax(dim=1) > 0).unsqueeze(1) | (torch.arange(N, device=dev) == 0).view(1, N, 1, 1)
+    del U, L
+    ncand = cand.sum(dim=1)
+    cy, cx = grid.y0[:, None], grid.x0[None, :]
+    lab = argL[:, cy, cx]  # (B,H,W): the single candidate where there is one
+    multi = ncand > 1
+    if not bool(multi.any()):
+        return lab
+    K = int(ncand.max())
+    cy_cnt = torch.bincount(grid.y0, minlength=h).to(ncand.dtype)  # output rows per cell row
+    cx_cnt = torch.bincount(grid.x0, minlength=w).to(ncand.dtype)
+    work = int((ncand * multi * cy_cnt[None, :, None] * cx_cnt[None, None, :]).sum())
+    if work > N * grid.y0.numel() * grid.x0.numel() // 4:  # heavily overlapping scores: dense is cheaper
+        return None
+    mb, my, mx = multi.nonzero(as_tuple=True)  # M multi-candidate cells
+    key = torch.where(cand[mb, :, my, mx], torch.arange(N, device=dev), torch.full((1,), N, device=dev))
+    cidx = key.sort(dim=1).values[:, :K]  # (M,K) candidate regions, ascending n, N = padding
+    del key, cand
+    table = torch.full((B, h, w), -1, dtype=torch.int64, device=dev)
+    table[mb, my, mx] = torch.arange(mb.numel(), device=dev)
+    pb, pY, pX = multi[:, cy, cx].nonzero(as_tuple=True)  # pixels in multi-candidate cells
+    step = max(1, budget // K)
+    for i0 in range(0, pb.numel(), step):
+        b, Yp, Xp = pb[i0 : i0 + step], pY[i0 : i0 + step], pX[i0 : i0 + step]
+        cn = cidx[table[b, grid.y0[Yp], grid.x0[Xp]]]  # (P,K)
+        valid = cn < N
+        cnc = cn.clamp_max(N - 1)
+        val = grid.at(r, b[:, None], cnc, Yp[:, None], Xp[:, None]) * v[b[:, None], cnc]
+        val = torch.where(valid, val, torch.full_like(val, -1.0))
+        k = val.max(dim=1).indices  # first maximum -> lowest n among the candidates
+        lab[b, Yp, Xp] = cn.gather(1, k[:, None]).squeeze(1)
+    return lab
+
+
 @torch.inference_mode()
 def soft_assign(
     region_scores: Any,
@@ -97,6 +222,7 @@ def soft_assign(
     size: Any = None,
     backend: str = "auto",
     chunk_regions: int = 16,
+    method: str = "auto",
 ) -> Any:
     """Soft assignment of region proposals (CSL scheme 2, Eq. 2).
 
@@ -104,16 +230,26 @@ def soft_assign(
     region (the point of soft assignment; only N=0 leaves -1 everywhere). Zhang et al.
     (CSL, AAAI 2024), Eq. 2.
 
-    When ``size`` differs from R's resolution, R (not R·V) is upsampled bilinearly
-    (``align_corners=False``) first — processed ``chunk_regions`` regions at a time, with
-    a running maximum, so memory stays at about B·chunk_regions·H·W floats.
+    When ``size`` differs from R's resolution, R (not R·V) is resized bilinearly first, with
+    the sampling positions of ``F.interpolate(mode="bilinear", align_corners=False)`` (the
+    Mask2Former convention; values agree with it to float rounding). Two exact
+    implementations give identical labels:
+
+    * ``method="dense"`` resizes ``chunk_regions`` regions at a time and keeps a running
+      maximum (memory about B·chunk_regions·H·W floats);
+    * ``method="pruned"`` (``"auto"``) bounds every region on every low-resolution cell
+      (bilinear weights are convex) and evaluates only the candidates that can win in
+      cells where more than one can — usually a small part of the pixels; it falls back
+      to the dense method when the scores overlap so much that pruning does not pay.
 
     Args:
         region_scores: R, (B,N,h,w) or (N,h,w) float, probabilities in [0,1].
         validity: V, (B,N) or (N,) float, probabilities in [0,1].
         size: optional output (H,W); default R's (h,w).
         backend: kernel backend for :func:`posthoc.kernels.weighted_argmax`.
-        chunk_regions: regions upsampled at once when ``size`` is given.
+        chunk_regions: regions resized at once by the dense method (and the memory budget,
+            in units of H·W/4 values, of the pruned method's candidate evaluation).
+        method: ``"auto"`` / ``"pruned"`` or ``"dense"`` (only matters when resizing).
 
     Returns:
         (B,H,W) int64 labels in [0,N) ((H,W) for unbatched input); numpy in -> numpy out.
@@ -125,27 +261,24 @@ def soft_assign(
     B, N, h, w = r.shape
     H, W = _check_size(size, (h, w))
     chunk = _check_chunk(chunk_regions)
+    if method not in ("auto", "pruned", "dense"):
+        raise ValueRangeError(f"method must be 'auto', 'pruned' or 'dense'; got {method!r}")
     if N == 0 or (H, W) == (h, w):
         lab = kernels.weighted_argmax(r.contiguous(), v.contiguous(), backend=backend)
         if lab.shape[-2:] != (H, W):  # N == 0 with a size: -1 everywhere at the output size
             lab = torch.full((B, H, W), -1, dtype=torch.int64, device=r.device)
     else:
-        best_val = None
-        lab = None
-        for n0 in range(0, N, chunk):
-            n1 = min(N, n0 + chunk)
-            up = _upsample(r[:, n0:n1], (H, W)).contiguous()
-            vc = v[:, n0:n1].contiguous()
-            idx = kernels.weighted_argmax(up, vc, backend=backend)  # (B,H,W) local index
-            val = torch.gather(up, 1, idx.unsqueeze(1)).squeeze(1) * torch.gather(vc, 1, idx.reshape(B, -1)).reshape(
-                B, H, W
+        if h == 0 or w == 0:
+            raise ShapeError(
+                f"region_scores must have a non-empty spatial size to be resized; got {shape_str(r.shape)}"
             )
-            if best_val is None:
-                best_val, lab = val, idx + n0
-            else:
-                better = val > best_val  # strict: earlier (lower n) chunks win ties
-                best_val = torch.where(better, val, best_val)
-                lab = torch.where(better, idx + n0, lab)
+        grid = _Grid(h, w, H, W, r.device)
+        if method == "dense":
+            lab = _soft_assign_dense(r, v, grid, chunk, backend)
+        else:
+            lab = _soft_assign_pruned(r, v, grid, budget=chunk * max(H * W // 4, 1))
+            if lab is None:
+                lab = _soft_assign_dense(r, v, grid, chunk, backend)
     lab = lab.long()
     if not batched:
         lab = lab[0]

@@ -44,13 +44,56 @@ def test_soft_assign_batch_equals_per_image(p):
         np.testing.assert_array_equal(full[b], posthoc.soft_assign(r[b], v[b]))
 
 
+def _near_tie_ok(r, v, size, out):
+    """Labels equal the float64 reference (bilinear resize, then argmax R*V) except at near-ties."""
+    B, N = r.shape[:2]
+    up = np.stack([[ref.bilinear_resize(r[b, n], *size) for n in range(N)] for b in range(B)])
+    w = up * v[:, :, None, None].astype(np.float64)
+    expect = w.argmax(axis=1)
+    got_w = np.take_along_axis(w, out[:, None], axis=1)[:, 0]
+    best = w.max(axis=1)
+    assert np.all((out == expect) | (best - got_w <= 1e-6)), "labels differ from the reference beyond rounding"
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 16])
-def test_soft_assign_size_equals_upsample_then_argmax(rng, chunk):
+def test_soft_assign_size_matches_resize_then_argmax(rng, chunk):
     r = rng.random((2, 5, 4, 6)).astype(np.float32)
     v = rng.random((2, 5)).astype(np.float32)
     out = posthoc.soft_assign(r, v, size=(9, 13), chunk_regions=chunk)
+    _near_tie_ok(r, v, (9, 13), out)
+    np.testing.assert_array_equal(out, posthoc.soft_assign(r, v, size=(9, 13), chunk_regions=chunk, method="dense"))
+    # the sampling positions are F.interpolate's (align_corners=False): same labels up to rounding ties
     up = F.interpolate(torch.from_numpy(r), size=(9, 13), mode="bilinear", align_corners=False).numpy()
-    np.testing.assert_array_equal(out, ref.soft_assign(up, v))
+    assert (out == ref.soft_assign(up, v)).mean() > 0.99
+
+
+@HYP
+@given(soft(), st.integers(1, 17), st.integers(1, 17), st.integers(1, 3))
+def test_pruned_equals_dense(p, H, W, chunk):
+    r, v = p
+    dense = posthoc.soft_assign(r, v, size=(H, W), method="dense", chunk_regions=chunk)
+    np.testing.assert_array_equal(posthoc.soft_assign(r, v, size=(H, W), method="pruned"), dense)
+    _near_tie_ok(r, v, (H, W), dense)
+
+
+def test_pruned_on_blobs_and_zeros(rng):
+    """Smooth blobs (the realistic case: most cells have one candidate), exact zeros, and heavy overlap."""
+    h, w, N = 12, 16, 6
+    yy, xx = np.mgrid[0:h, 0:w]
+    pts = rng.integers(0, [h, w], (N, 2))
+    d = np.sqrt((yy[None] - pts[:, 0, None, None]) ** 2 + (xx[None] - pts[:, 1, None, None]) ** 2)
+    r = (1 / (1 + np.exp((d - 3) / 0.7)))[None].astype(np.float32)
+    r[r < 1e-3] = 0.0  # exact-zero background: ties everywhere -> region 0
+    v = rng.random((1, N)).astype(np.float32)
+    for size in ((48, 64), (40, 70), (7, 9)):
+        out = posthoc.soft_assign(r, v, size=size)
+        np.testing.assert_array_equal(out, posthoc.soft_assign(r, v, size=size, method="dense"))
+        _near_tie_ok(r, v, size, out)
+    noise = rng.random((1, 8, 5, 5)).astype(np.float32)  # everything overlaps: falls back to dense
+    np.testing.assert_array_equal(posthoc.soft_assign(noise, v[:, :1].repeat(8, 1), size=(20, 20)),
+                                  posthoc.soft_assign(noise, v[:, :1].repeat(8, 1), size=(20, 20), method="dense"))
+    with pytest.raises(ValueRangeError, match="method must be 'auto', 'pruned' or 'dense'"):
+        posthoc.soft_assign(r, v, size=(4, 4), method="sparse")
 
 
 def test_soft_assign_torch_and_dtypes(rng):
@@ -152,5 +195,7 @@ def test_hard_assign_size_and_errors(rng):
 def test_assign_cpu_equals_cuda(rng):
     r = torch.from_numpy(rng.random((2, 7, 9, 11)).astype(np.float32))
     v = torch.from_numpy(rng.random((2, 7)).astype(np.float32))
-    assert torch.equal(posthoc.soft_assign(r.cuda(), v.cuda(), size=(20, 30)).cpu(), posthoc.soft_assign(r, v, size=(20, 30)))
+    for method in ("pruned", "dense"):
+        assert torch.equal(posthoc.soft_assign(r.cuda(), v.cuda(), size=(20, 30), method=method).cpu(),
+                           posthoc.soft_assign(r, v, size=(20, 30), method=method))
     assert torch.equal(posthoc.hard_assign(r.cuda(), v.cuda(), 0.5, 0.3).cpu(), posthoc.hard_assign(r, v, 0.5, 0.3))
