@@ -17,6 +17,13 @@ from posthoc._checks import DTypeError, MissingExtraError, NonFiniteError, Shape
 
 ALL = {"sam", "mask_transformer", "superpixels", "meanshift", "onnx", "csl"}
 
+# the tests export small nets with torch's TorchScript exporter (dynamo=False: no onnxscript graph
+# capture needed for these simple modules), which torch marks as deprecated
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+]
+
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """True when two label maps induce the same partition (a bijection between labels)."""
