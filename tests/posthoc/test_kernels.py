@@ -556,3 +556,37 @@ def test_concurrent_calls_from_threads(rng):
         for f, a in ex.map(work, range(8)):
             np.testing.assert_allclose(f, want_f, rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(a, want_a)
+
+
+# --------------------------------------------------------------------------- the speed benchmark
+def test_speed_benchmark_small(tmp_path, capsys):
+    from posthoc.bench import speed
+
+    lab = speed.voronoi_labels(2, 96, 160, 30, seed=1)
+    assert lab.dtype == np.int32 and lab.shape == (2, 96, 160)
+    assert 20 <= len(np.unique(lab[0])) <= 30 and lab.min() == 0
+    # spatial coherence: far fewer label changes along rows than pixels
+    assert (np.diff(lab, axis=2) != 0).mean() < 0.1
+    dev = torch.device("cpu")
+    row = speed.bench_fuse((1, 2, 64, 128, 12), dev, repeats=2)
+    assert row["max_abs_err_vs_torch"] < 1e-6
+    for key in ("kernel", "checked", "e2e", "torch", "loop"):
+        assert row["timings"][key]["median_ms"] > 0
+    assert row["floor_ms"] > 0 and row["loop_over_ours"] > 0
+    row = speed.bench_assign((1, 5, 32, 48), dev, repeats=2, loop_repeats=1)
+    assert row["identical_to_torch"] and row["kernel_over_floor"] > 0
+    out = tmp_path / "speed.json"
+    monkey_cases = (speed.QUICK_FUSE_CASES, speed.QUICK_ASSIGN_CASE)
+    try:
+        speed.QUICK_FUSE_CASES, speed.QUICK_ASSIGN_CASE = [(1, 3, 32, 64, 8)], (1, 4, 32, 64)
+        assert speed.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    finally:
+        speed.QUICK_FUSE_CASES, speed.QUICK_ASSIGN_CASE = monkey_cases
+    text = capsys.readouterr().out
+    assert "kern/fl" in text and "soft_assign" in text
+    payload = json.loads(out.read_text())
+    assert payload["device"] == "cpu" and payload["threads"] >= 1 and payload["versions"]["torch"]
+    assert [r["op"] for r in payload["rows"]] == ["fuse", "soft_assign"]
+    assert speed.main(["--repeats", "0"]) == 2
+    if not torch.cuda.is_available():
+        assert speed.main(["--device", "cuda"]) == 2
