@@ -63,8 +63,8 @@ def _sums_kernel(d_ptr, lab_ptr, acc_ptr, cnt_ptr, mm_ptr, P, C, N, BLOCK: tl.co
     start = (lab != prev).to(tl.int32)
     end = inb & (lab != nxt)
     # label range, for the error check after the pass
-    tl.atomic_min(mm_ptr, tl.min(tl.where(inb, lab, _I32_MAX), axis=0))
-    tl.atomic_max(mm_ptr + 1, tl.max(tl.where(inb, lab, -_I32_MAX), axis=0))
+    tl.atomic_min(mm_ptr, tl.min(tl.where(inb, lab, 2147483647), axis=0))
+    tl.atomic_max(mm_ptr + 1, tl.max(tl.where(inb, lab, -2147483647), axis=0))
     ok = end & (lab >= 0) & (lab < N)
     slot = b * N + lab
     run_len, _f = tl.associative_scan((inb.to(tl.int32), start), 0, _seg_add)
