@@ -90,9 +90,12 @@ class RPN(nn.Module):
         return t.flatten(2).transpose(1, 2), pos.unsqueeze(0)
 
     def forward_logits(self, image):
-        f0, f1, f2, f3 = self.enc(image)
+        return self.head_logits(*self.enc(image))
+
+    def head_logits(self, f0, f1, f2, f3):
+        """Everything after the encoder (trained alone when the encoder is frozen)."""
         pix = self.pix(self.dec(f0, f1, f2, f3))  # (B,E,h/2,w/2)
-        b = image.shape[0]
+        b = f0.shape[0]
         q = self.query.unsqueeze(0).expand(b, -1, -1)
         qpos = self.qpos.unsqueeze(0).expand(b, -1, -1)
         m3, p3 = self._tokens(f3, self.proj3, 0)
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init-segnet", default=str(C.WORK_DIR / "segnet.pt"),
                     help="initialize encoder and pixel decoder from this SegNet checkpoint ('' = random init)")
+    ap.add_argument("--freeze-encoder", type=int, default=1,
+                    help="1: keep the segnet-initialized encoder frozen and precompute its features (default)")
     ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
     C.setup(args.seed, args.threads)
@@ -218,14 +223,33 @@ def main(argv=None) -> int:
     C.log.info("data: %d train frames, %.1f regions per frame on average (%.0f s)", len(y_train),
                float((y_train.amax((1, 2)) + 1).float().mean()), timer())
     x_all = C.to_input(train["images"])
+    del train
 
     model = RPN(args.num_queries)
     if args.init_segnet:  # start the encoder / pixel decoder from the segnet (ImageNet-pretraining stand-in)
         seg = C.load_state(C.SegNet(), args.init_segnet)
         model.enc.load_state_dict(seg.enc.state_dict())
         model.dec.load_state_dict(seg.dec.state_dict())
+    feats = None
+    if args.freeze_encoder:
+        # A frozen (segnet-initialized) encoder, as a frozen pretrained backbone: its features are
+        # computed once for every frame and its horizontal flip, and only the pixel decoder and the
+        # query decoder train. About 3x less compute per step on a shared 2-core CPU.
+        if not args.init_segnet:
+            raise SystemExit("--freeze-encoder needs --init-segnet")
+        model.enc.eval()
+        for p_ in model.enc.parameters():
+            p_.requires_grad_(False)
+        feats = [[], []]
+        with torch.no_grad():
+            for s0 in range(0, len(x_all), 32):
+                for fl in (0, 1):
+                    xb = x_all[s0:s0 + 32]
+                    feats[fl].append(model.enc(xb.flip(-1) if fl else xb))
+        feats = [[torch.cat([b[j] for b in feats[fl]]) for j in range(4)] for fl in (0, 1)]
+        C.log.info("encoder features precomputed (%.0f s)", timer())
     C.log.info("RPN: %d parameters, %d queries", C.n_params(model), args.num_queries)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW([p_ for p_ in model.parameters() if p_.requires_grad], lr=args.lr, weight_decay=1e-4)
     g = torch.Generator().manual_seed(args.seed)
     n = len(x_all)
     spe = math.ceil(n / args.batch_size)
@@ -234,11 +258,19 @@ def main(argv=None) -> int:
     step, stopped_early, hist = 0, False, []
     for epoch in range(args.epochs):
         model.train()
+        if feats is not None:
+            model.enc.eval()
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, args.batch_size):
             idx = perm[i:i + args.batch_size]
-            x, y = C.augment(x_all[idx], y_train[idx], g)
-            masks, valid = model.forward_logits(x)
+            if feats is None:
+                x, y = C.augment(x_all[idx], y_train[idx], g)
+                masks, valid = model.forward_logits(x)
+            else:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                f = [torch.where(flip.view(-1, 1, 1, 1), feats[1][j][idx], feats[0][j][idx]) for j in range(4)]
+                y = torch.where(flip.view(-1, 1, 1), y_train[idx].flip(-1), y_train[idx])
+                masks, valid = model.head_logits(*f)
             loss, parts = match_and_loss(masks, valid, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -272,7 +304,7 @@ def main(argv=None) -> int:
                              "dice": round(float(last[2]), 4), "validity": round(float(last[3]), 4)},
         "val_mean_best_iou_of_gt_regions": round(ev["mean_best_iou"], 4),
         "val_regions_used_per_frame": round(ev["regions_used"], 2),
-        "init_segnet": bool(args.init_segnet),
+        "init_segnet": bool(args.init_segnet), "freeze_encoder": bool(args.freeze_encoder),
         "input_size": [h, w], "output_size": list(tsize), "torch": torch.__version__,
     }, args.out)
     C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())
