@@ -54,7 +54,16 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FUSE_CASES", "bench_assign", "bench_fuse", "main", "measure_fuse_memory", "voronoi_labels"]
+__all__ = [
+    "FUSE_CASES",
+    "bench_assign",
+    "bench_fuse",
+    "format_markdown",
+    "main",
+    "measure_first_call",
+    "measure_fuse_memory",
+    "voronoi_labels",
+]
 
 #: (B, C, H, W, N) of the issue
 FUSE_CASES = [(1, 1, 1024, 2048, 100), (1, 19, 1024, 2048, 100), (8, 19, 512, 1024, 100)]
@@ -363,7 +372,9 @@ def _memory_child(shape: Sequence[int], num_regions: int, backend: str) -> dict[
     lab1 = torch.from_numpy(voronoi_labels(1, H, W, num_regions))
     L = lab1.expand(B, H, W).contiguous()
     del lab1
-    # warm up the kernel (JIT load) on a small input of the same dtypes
+    # warm up the kernel the big call will use (JIT load) on a small input of the same dtypes;
+    # resolve "auto" for the big input first, a small one would go to torch
+    backend = kernels.resolve_backend(backend, D.device, D.numel())
     kernels.region_fuse(D[:1, :1, :64, :64].contiguous(), L[:1, :64, :64].contiguous(), num_regions, backend=backend)
     gc.collect()
     base = _rss_kib("VmRSS")
@@ -520,6 +531,40 @@ def _check_targets(rows: list[dict[str, Any]], device: torch.device) -> list[str
     return notes
 
 
+def format_markdown(payload: dict[str, Any]) -> str:
+    """Markdown tables of a benchmark JSON payload (speed, memory, first call), for docs and the README."""
+    head = (f"Device: {payload['device']} ({payload['device_name']}), {payload['threads']} threads; "
+            f"torch {payload['versions']['torch']}, numba {payload['versions']['numba']}; "
+            f"`posthoc-bench speed {' '.join(payload['argv'])}` at {payload['time_utc']}.")
+    cols = ("| op | shape | ours (kernel) ms | kernel + check ms | `posthoc.*` end to end ms | torch fallback ms "
+            "| loop ms | floor ms | kernel/floor | e2e/floor | loop/kernel |")
+    lines = [head, "", cols, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        t = r["timings"]
+        lk = "loop" if "loop" in t else "naive"
+        loop = t[lk]["median_ms"] if lk in t else None
+        lines.append(
+            f"| {r['op']} | {r['shape']} | {t['kernel']['median_ms']:.1f} | {t['checked']['median_ms']:.1f} "
+            f"| {t['e2e']['median_ms']:.1f} | {t['torch']['median_ms']:.1f} "
+            f"| {_fmt(loop)}{' (naive argmax)' if lk == 'naive' else ''} | {r['floor_ms']:.1f} "
+            f"| {r['kernel_over_floor']:.2f} | {r['e2e_over_floor']:.2f} | {_fmt(r.get('loop_over_ours'), '.0f')} |"
+        )
+    if payload.get("memory"):
+        mcols = ("| input (B,C,H,W) float32 + int32 labels | backend | input MB | extra peak MB (output included) "
+                 "| extra / input |")
+        lines += ["", mcols, "|---|---|---|---|---|"]
+        for m in payload["memory"]:
+            lines.append(f"| {tuple(m['shape'])} | {m['backend']} | {m['input_MB']:.0f} | {m['extra_peak_MB']:.0f} "
+                         f"| {m['extra_over_input']:.2f} |")
+    if payload.get("first_call"):
+        fc = payload["first_call"]
+        keys = list(fc["cold"])
+        lines += ["", "| numba cache | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for label in ("cold", "cached"):
+            lines.append(f"| {label} | " + " | ".join(f"{fc[label][k]:.2f} s" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -550,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jit", action="store_true",
                    help="also measure the numba first-call cost (compile into an empty cache, then a cached load)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the figures as markdown tables here")
     return p
 
 
@@ -592,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory and device.type == "cpu":
         for shape in ([(1, 19, 540, 960), (4, 19, 256, 512)] if args.quick else
                       [(1, 19, 2160, 3840), (16, 19, 1024, 2048)]):
-            memory.append(measure_fuse_memory(shape, 100, args.backend))
+            for be in dict.fromkeys([kernels.resolve_backend(args.backend, device, 1 << 30), "torch"]):
+                memory.append(measure_fuse_memory(shape, 100, be))
     jit = measure_first_call() if args.jit and device.type == "cpu" else None
     threads = torch.get_num_threads()
     print(f"posthoc speed benchmark on {device} ({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
@@ -607,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
     if jit is not None:
         for label, res in jit.items():
             print(f"first call ({label} numba cache): " + ", ".join(f"{k} {v:.2f} s" for k, v in res.items()))
-    if args.out is not None:
+    if args.out is not None or args.markdown is not None:
         payload = {
             "benchmark": "posthoc.bench.speed",
             "argv": list(argv) if argv is not None else sys.argv[1:],
@@ -623,8 +670,15 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory,
             "first_call": jit,
         }
-        _write_json(args.out, payload)
-        print(f"wrote {args.out}")
+        if args.out is not None:
+            _write_json(args.out, payload)
+            print(f"wrote {args.out}")
+        if args.markdown is not None:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.markdown.with_name(args.markdown.name + ".tmp")
+            tmp.write_text(format_markdown(payload))
+            os.replace(tmp, args.markdown)
+            print(f"wrote {args.markdown}")
     return 0
 
 
