@@ -32,7 +32,9 @@ import functools
 import importlib
 import importlib.util
 import logging
+import mmap
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -249,6 +251,33 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
     _torch_values(t, name, vr)
 
 
+#: fresh CPU outputs at least this large are backed by transparent huge pages (see _empty_cpu)
+HUGE_MIN_BYTES = 32 << 20
+
+
+def _empty_cpu(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialized CPU tensor; large ones in an anonymous mapping advised MADV_HUGEPAGE.
+
+    Writing a freshly allocated large output costs a page fault per 4 KiB page: on the 2-core
+    development machine filling a new 159 MB tensor took ~80 ms against 12 ms for a reused
+    one, and ~25 ms when the memory is advised for 2 MiB transparent huge pages (Linux
+    ``madvise`` mode). The tensor owns the mapping (``torch.frombuffer`` keeps it alive).
+    Falls back to ``torch.empty`` where huge pages cannot be requested.
+    """
+    numel = 1
+    for s in shape:
+        numel *= int(s)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if nbytes < HUGE_MIN_BYTES or not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape, dtype=dtype)
+    try:
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        return torch.frombuffer(m, dtype=dtype, count=numel).view(shape)
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - platform without THP
+        return torch.empty(shape, dtype=dtype)
+
+
 def _numba_threads():
     nb = importlib.import_module("numba")
     want = max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS))
@@ -360,11 +389,16 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
     if be != "numba":
         _torch_values(x, name, vr)
     if be == "torch":
+        if out_t is None and x.device.type == "cpu":
+            out_t = _empty_cpu(tuple(x.shape), torch.float32)
         res = region_fuse_torch(x, lab, n, out=out_t)
     else:
-        dst = out_t if out_t is not None and out_t.is_contiguous() else torch.empty(
-            x.shape, dtype=torch.float32, device=x.device
-        )
+        if out_t is not None and out_t.is_contiguous():
+            dst = out_t
+        elif x.device.type == "cpu":
+            dst = _empty_cpu(tuple(x.shape), torch.float32)
+        else:
+            dst = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         if be == "numba":
             _numba_threads()
             B, C, H, W = x.shape
@@ -437,7 +471,7 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto",
         v = as_float32(v.detach()).contiguous()
         if be == "numba":
             _numba_threads()
-            res = torch.empty(B, h, w, dtype=torch.int64)
+            res = _empty_cpu((B, h, w), torch.int64)
             nbm = _numba_mod()
             status = nbm.weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(), res.numpy().reshape(B, h * w), vr)
             if status == nbm.BAD_VALUES:

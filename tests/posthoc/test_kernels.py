@@ -630,3 +630,32 @@ def test_speed_benchmark_small(tmp_path, capsys):
     assert speed.main(["--repeats", "0"]) == 2
     if not torch.cuda.is_available():
         assert speed.main(["--device", "cuda"]) == 2
+
+
+def test_large_fresh_outputs(rng):
+    """Fresh outputs >= HUGE_MIN_BYTES live in a huge-page mapping: same values, usable like any tensor."""
+    import gc
+
+    from posthoc.bench.speed import voronoi_labels
+
+    probs = torch.from_numpy(rng.random((1, 4, 1024, 2048), dtype=np.float32))
+    assert probs.numel() * 4 >= K.HUGE_MIN_BYTES
+    lab = torch.from_numpy(voronoi_labels(1, 1024, 2048, 40, seed=3))
+    got = K.region_fuse(probs, lab, 40)
+    want = K.region_fuse(probs, lab, 40, backend="torch", out=torch.empty_like(probs))
+    gc.collect()
+    assert got.shape == probs.shape and got.dtype == torch.float32 and got.is_contiguous()
+    # regions of ~50k pixels: torch's float32 scatter_add drifts by ~1e-5 relative (numba sums in float64)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    got_np = K.region_fuse(probs.numpy(), lab.numpy(), 40)
+    gc.collect()
+    np.testing.assert_array_equal(got_np, got.numpy())
+    got += 1.0  # writable, and owns its memory
+    assert float(got[0, 0, 0, 0]) == pytest.approx(float(want[0, 0, 0, 0]) + 1.0)
+    r = torch.from_numpy(rng.random((1, 3, 1500, 1500), dtype=np.float32))
+    v = torch.rand(1, 3)
+    lab2 = K.weighted_argmax(r, v)  # (1,1500,1500) int64 = 18 MB: below the threshold, plain torch.empty
+    assert torch.equal(lab2, K.weighted_argmax(r, v, backend="torch"))
+    big = K._empty_cpu((3, 1 << 22), torch.int64)  # 96 MB
+    big.fill_(7)
+    assert big.sum().item() == 7 * 3 * (1 << 22)
