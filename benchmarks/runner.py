@@ -346,6 +346,37 @@ def _git_sha() -> dict | None:
         return None
 
 
+def _code_fingerprint() -> str:
+    """SHA-256 (16 hex) of the source that computes the cached maps.
+
+    Covers the posthoc ops and kernels (``posthoc/``, without ``metrics/``, which is
+    recomputed from the cache anyway), the adapters (``posthoc.adapters``) and this module.
+    Docs, tests and metric code do not invalidate a cache; model files are hashed separately.
+    """
+    import posthoc.adapters
+
+    import posthoc
+
+    roots = [
+        (Path(posthoc.__file__).resolve().parent, "posthoc"),
+        (Path(posthoc.adapters.__file__).resolve().parent, "adapters"),
+    ]
+    files = []
+    for root, tag in roots:
+        for f in sorted(root.rglob("*.py")):
+            rel = f.relative_to(root).as_posix()
+            if tag == "posthoc" and rel.startswith("metrics/"):
+                continue
+            files.append((f"{tag}/{rel}", f))
+    files.append(("bench/runner.py", Path(__file__).resolve()))
+    h = hashlib.sha256()
+    for name, f in files:
+        h.update(name.encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
 class _Timer:
     def __init__(self):
         self.t = defaultdict(float)
@@ -797,8 +828,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 "proposals": {s: prop_files.get(s, {}) for s in sources} if need_props else {},
                 "variants": variant_keys,
                 "posthoc": results["versions"].get("posthoc"),
-                # code changes (a new commit, or uncommitted edits) change the maps too
-                "code": results["git"],
+                # edits to the code that computes the maps change them too
+                "code": _code_fingerprint(),
             }
             cache = _Cache(out, ev.key, spec.display, key_obj)
             tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out)

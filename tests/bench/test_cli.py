@@ -119,8 +119,8 @@ def world(tmp_path, monkeypatch):
 
 
 def _pin_code_version(monkeypatch):
-    """The cache key includes a hash of uncommitted changes; pin it (the checkout is shared and live)."""
-    monkeypatch.setattr(runner, "_git_sha", lambda: {"sha": "test", "dirty": False, "diff_sha256": None})
+    """The cache key includes a hash of the source files; pin it (the checkout is shared and live)."""
+    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "pinned")
 
 
 def _run(args, capsys=None):
@@ -349,3 +349,20 @@ def test_laf_command_on_a_tiny_cityscapes_layout(tmp_path, capsys, rng):
     # NoKnown keeps 2 of 4 frames; the all-zero-label frame is skipped as in the official lists
     assert ev["frames_found"] == 2 and ev["teachers"]["_bench_fake"]["frames"] == 1
     assert "LostAndFound noknown" in ev["title"] and "obstacle-track preset" in ev["table"]
+
+
+def test_code_fingerprint_is_stable_and_keys_the_cache(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.undo()  # the real fingerprint
+    fp = runner._code_fingerprint()
+    assert len(fp) == 16 and fp == runner._code_fingerprint()
+    root, _ = world  # re-pin below
+    monkeypatch.setattr(runner, "_synthetic_track", lambda split, track, seed: root / split / "dataset_AnomalyTrack")
+    out = tmp_path / "r"
+    args = ["smiyc", "--track", "anomaly", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--variants",
+            "teacher,csl2", "--out", str(out), "--quiet", "--no-plots"]
+    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "v1")
+    assert _run(args, capsys)[0] == 0
+    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "v2")  # edited code: recompute
+    assert _run(args, capsys)[0] == 0
+    t = json.loads((out / "results.json").read_text())["evaluations"][0]["teachers"]["_bench_fake"]
+    assert t["frames_cached"] == 0
