@@ -855,6 +855,11 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             "",
             f"Frames evaluated: {ev_res['frames_labelled']} labelled of {ev_res['frames_found']} found"
             + (f" (--limit {cfg.limit})" if cfg.limit else "")
+            + (
+                f"; {cached} frame-teacher pairs came from the cache of an earlier run (their compute time is not in this run's timings)"
+                if (cached := sum(t["frames_cached"] for t in ev_res["teachers"].values()))
+                else ""
+            )
             + ". Values in percent; (±x) is the change against the teacher alone; "
             "'does not help' = neither AP rises nor FPR95 falls, 'mixed' = only one of them improves.",
         ]
