@@ -659,3 +659,42 @@ def test_large_fresh_outputs(rng):
     big = K._empty_cpu((3, 1 << 22), torch.int64)  # 96 MB
     big.fill_(7)
     assert big.sum().item() == 7 * 3 * (1 << 22)
+
+
+# --------------------------------------------------------------------------- properties
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    HAS_HYPOTHESIS = True
+except ImportError:  # pragma: no cover
+    HAS_HYPOTHESIS = False
+
+
+if HAS_HYPOTHESIS:
+
+    @settings(max_examples=30, deadline=None)
+    @given(
+        b=st.integers(0, 3), c=st.integers(1, 4), h=st.integers(1, 40), w=st.integers(1, 90),
+        n=st.integers(0, 12), coherent=st.booleans(), seed=st.integers(0, 2**16), i32=st.booleans(),
+    )
+    def test_property_every_backend_matches_reference(b, c, h, w, n, coherent, seed, i32):
+        rng = np.random.default_rng(seed)
+        probs = rng.random((b, c, h, w), dtype=np.float32)
+        if n == 0:
+            lab = np.full((b, h, w), -1, np.int64)
+        elif coherent:
+            lab = blobs(rng, b, h, w, n, unassigned=0.05)
+        else:
+            lab = rand_labels(rng, b, h, w, n)
+        lab = lab.astype(np.int32 if i32 else np.int64)
+        want = ref_fuse(probs, lab, n)
+        rs, rc = ref_sums(probs, lab, n)
+        r = rng.random((b, max(n, 1), h, w), dtype=np.float32)
+        v = rng.random((b, max(n, 1)), dtype=np.float32)
+        for be in CPU_BACKENDS:
+            np.testing.assert_allclose(K.region_fuse(probs, lab, n, backend=be), want, rtol=1e-5, atol=1e-6)
+            s, cnt = K.region_sums(probs, lab, n, backend=be)
+            np.testing.assert_array_equal(cnt, rc)
+            np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-4)
+            np.testing.assert_array_equal(K.weighted_argmax(r, v, backend=be), ref_wargmax(r, v))
