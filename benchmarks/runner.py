@@ -691,12 +691,12 @@ def _pixel_metrics(mode: str):
     return PixelMetrics(mode=mode)
 
 
-def _component_metrics(track: str, threshold: float):
-    """The official component metrics with the track preset (anomaly 500/100 px, obstacle 50/10 px)."""
+def _component_metrics(track: str, pixel_result: dict):
+    """The official second pass: component metrics with the track preset (anomaly 500/100 px,
+    obstacle 50/10 px) at the pixel best-F1 threshold of ``pixel_result``."""
     from posthoc.metrics import ComponentMetrics
 
-    preset = ComponentMetrics.anomaly_track if track == "anomaly" else ComponentMetrics.obstacle_track
-    return preset(threshold=float(threshold))
+    return ComponentMetrics.from_pixel(pixel_result, track)
 
 
 def _clean(d: dict) -> dict:
@@ -1027,7 +1027,7 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
         if thr is None or not np.isfinite(float(thr)):
             comp[k] = None
             continue
-        comp[k] = _component_metrics(dataset.track, float(thr))
+        comp[k] = _component_metrics(dataset.track, pix_res[k])
     with timer("metrics:component"):
         for fid in _progress(labelled, len(labelled), f"{ev.key} {spec.display} component metrics", cfg.progress):
             lab = label_cache.get(fid)
