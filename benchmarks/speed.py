@@ -62,6 +62,7 @@ __all__ = [
     "main",
     "measure_first_call",
     "measure_fuse_memory",
+    "measure_fuse_memory_cuda",
     "voronoi_labels",
 ]
 
@@ -414,6 +415,34 @@ def measure_fuse_memory(shape: Sequence[int], num_regions: int = 100, backend: s
     return json.loads(line[3:])
 
 
+def measure_fuse_memory_cuda(shape: Sequence[int], num_regions: int = 100, backend: str = "auto",
+                             device: Any = "cuda") -> dict[str, Any]:
+    """Extra peak CUDA memory (output included) of ``region_fuse`` on a (B,C,H,W) input, in this process."""
+    from posthoc import kernels
+
+    dev = torch.device(device)
+    B, C, H, W = shape
+    D = torch.rand(B, C, H, W, device=dev)
+    L = torch.from_numpy(voronoi_labels(1, H, W, num_regions)).to(dev).expand(B, H, W).contiguous()
+    be = kernels.resolve_backend(backend, dev, D.numel())
+    kernels.region_fuse(D[:1, :1, :64, :64].contiguous(), L[:1, :64, :64].contiguous(), num_regions, backend=be)
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    out = kernels.region_fuse(D, L, num_regions, backend=be)
+    torch.cuda.synchronize(dev)
+    dt = time.perf_counter() - t0
+    extra = torch.cuda.max_memory_allocated(dev) - base
+    in_bytes = D.numel() * 4 + L.numel() * L.element_size()
+    del out
+    return {
+        "shape": list(shape), "num_regions": num_regions, "backend": be,
+        "input_MB": in_bytes / 2**20, "output_MB": D.numel() * 4 / 2**20, "extra_peak_MB": extra / 2**20,
+        "extra_over_input": extra / in_bytes, "seconds": dt,
+    }
+
+
 # ----------------------------------------------------------------------------- first-call (JIT) cost
 def _first_call_child() -> dict[str, float]:
     """Runs in a fresh process: seconds of the first call of every numba kernel (import included)."""
@@ -635,11 +664,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_assign(assign_case, device, repeats=args.repeats, loop_repeats=max(1, args.loop_repeats),
                                      backend=args.backend))
     memory = []
-    if args.memory and device.type == "cpu":
+    if args.memory:
         for shape in ([(1, 19, 540, 960), (4, 19, 256, 512)] if args.quick else
                       [(1, 19, 2160, 3840), (16, 19, 1024, 2048)]):
             for be in dict.fromkeys([kernels.resolve_backend(args.backend, device, 1 << 30), "torch"]):
-                memory.append(measure_fuse_memory(shape, 100, be))
+                if device.type == "cuda":
+                    memory.append(measure_fuse_memory_cuda(shape, 100, be, device))
+                else:
+                    memory.append(measure_fuse_memory(shape, 100, be))
     jit = measure_first_call() if args.jit and device.type == "cpu" else None
     threads = torch.get_num_threads()
     print(f"posthoc speed benchmark on {device} ({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "

@@ -569,6 +569,15 @@ def test_cuda_auto_uses_device_and_out(rng):
         K.region_fuse(pc, bad, 10)
 
 
+@pytest.mark.gpu
+def test_cuda_extra_memory_at_most_twice_the_input():
+    from posthoc.bench.speed import measure_fuse_memory_cuda
+
+    for shape in [(1, 19, 2160, 3840), (16, 19, 1024, 2048)]:
+        rep = measure_fuse_memory_cuda(shape, num_regions=100, backend="auto")
+        assert rep["extra_over_input"] <= 2.0, rep
+
+
 # --------------------------------------------------------------------------- memory (slow)
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1, 19, 2160, 3840), (16, 19, 1024, 2048)], ids=["4k", "batch16"])
