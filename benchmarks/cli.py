@@ -43,7 +43,8 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
     p.add_argument(
         "--teacher",
         default="obsnet",
-        help="teacher registry name or a model.onnx path; a comma-separated list runs several (default: obsnet)",
+        help="teacher registry name, a model.onnx path, or a folder of precomputed maps (<frame id>.hdf5/.npy); "
+        "a comma-separated list runs several (default: obsnet)",
     )
     p.add_argument("--weights", default=None, help="weights of the (single) teacher: PATH or role=PATH,role=PATH")
     p.add_argument(

@@ -46,6 +46,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import platform
 import re
 import shutil
@@ -268,7 +269,18 @@ class _TeacherSpec:
     kw: dict  # further factory keywords
 
     def files(self) -> dict:
+        if self.name == PRECOMPUTED:
+            return {}
         return _weight_files(self.name, self.weights)
+
+    def fingerprint(self) -> dict:
+        """What identifies the teacher's outputs: weight-file hashes, or for precomputed maps
+        the (name, size, mtime) of every score file."""
+        if self.name == PRECOMPUTED:
+            files = sorted(p for p in Path(self.weights).rglob("*") if p.suffix in (".hdf5", ".h5", ".npy"))
+            blob = "\n".join(f"{f.relative_to(self.weights)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+            return {"precomputed": hashlib.sha256(blob.encode()).hexdigest()}
+        return _hash_files(self.files())
 
 
 def _onnx_out_channels(path: Path) -> int | None:
@@ -301,6 +313,9 @@ def _teacher_specs(cfg: BenchConfig) -> list[_TeacherSpec]:
                 specs.append(_TeacherSpec(arg=t, name="msp", display=f"{p.stem}-msp", weights=str(p), kw={}))
             else:
                 specs.append(_TeacherSpec(arg=t, name="onnx", display=p.stem, weights=str(p), kw={"kind": "anomaly"}))
+        elif Path(t).expanduser().is_dir():
+            p = Path(t).expanduser()
+            specs.append(_TeacherSpec(arg=t, name=PRECOMPUTED, display=p.name, weights=str(p), kw={}))
         else:
             specs.append(_TeacherSpec(arg=t, name=t, display=t, weights=_parse_weights(cfg.weights), kw={}))
     names = [s.display for s in specs]
@@ -375,6 +390,55 @@ def _code_fingerprint() -> str:
         h.update(f.read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+PRECOMPUTED = "precomputed"
+
+
+class PrecomputedScores:
+    """Anomaly maps computed elsewhere, used as the teacher (``--teacher DIR``).
+
+    ``DIR`` holds one file per frame, ``<frame id>.hdf5`` (the SMIYC submission format:
+    dataset ``value``) or ``<frame id>.npy``, with (H,W) probabilities in [0,1] at the image
+    resolution; or a sub-folder per data set named as the official data-set name (so
+    ``--teacher anomaly_p/<method>`` works for ``--track both``). There are no semantic
+    logits, so ``refine`` needs a mask-transformer proposal source.
+    """
+
+    kind = "anomaly"
+
+    def __init__(self, folder: os.PathLike):
+        self.folder = Path(folder)
+
+    def _path(self, fid: str, dataset_name: str) -> Path:
+        for base in (self.folder / dataset_name, self.folder):
+            for ext in (".hdf5", ".h5", ".npy"):
+                p = base / f"{fid}{ext}"
+                if p.is_file():
+                    return p
+        raise ds.DatasetLayoutError(
+            f"precomputed scores: no {fid}.hdf5 / {fid}.npy in {self.folder} or {self.folder / dataset_name}"
+        )
+
+    def for_frames(self, fids: Sequence[str], dataset_name: str, hw: tuple) -> Any:
+        from posthoc.types import TeacherOutput
+
+        maps = []
+        for fid in fids:
+            p = self._path(fid, dataset_name)
+            if p.suffix == ".npy":
+                m = load_npy(p)
+            else:
+                from .export import read_submission_frame
+
+                m = read_submission_frame(p)
+            m = np.asarray(m)
+            if m.shape != tuple(hw):
+                raise ShapeError(f"precomputed scores {p} must be {tuple(hw)} (the image size); got {m.shape}")
+            maps.append(torch.from_numpy(m.astype(np.float32)))
+        scores = torch.stack(maps)[:, None]
+        check_range(scores, f"precomputed scores in {self.folder}", 0.0, 1.0)
+        return TeacherOutput(scores, "anomaly", ["anomaly"])
 
 
 class _Timer:
@@ -771,7 +835,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
     known = adapters.list_teachers()
     for s in specs:
-        if s.name not in known:
+        if s.name not in known and s.name != PRECOMPUTED:
             raise BenchError(f"unknown teacher {s.name!r}; known teachers: {', '.join(known) or '(none)'}")
     with timer("setup:data"):
         evaluations = _evaluations(cfg)
@@ -815,7 +879,12 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         for spec in specs:
             if spec.display not in teachers:
                 with timer("setup:teacher"):
-                    teachers[spec.display] = _call_factory("teacher", spec.name, weights=spec.weights, device=cfg.device, **spec.kw)
+                    if spec.name == PRECOMPUTED:
+                        teachers[spec.display] = PrecomputedScores(spec.weights)
+                    else:
+                        teachers[spec.display] = _call_factory(
+                            "teacher", spec.name, weights=spec.weights, device=cfg.device, **spec.kw
+                        )
             teacher = teachers[spec.display]
             key_obj = {
                 "format": CACHE_FORMAT,
@@ -824,7 +893,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 "world": (ev.world or {}).get("content_sha256") if ev.world else None,
                 "teacher": spec.name,
                 "teacher_kw": spec.kw,
-                "teacher_weights": _hash_files(spec.files()),
+                "teacher_weights": spec.fingerprint(),
                 "proposals": {s: prop_files.get(s, {}) for s in sources} if need_props else {},
                 "variants": variant_keys,
                 "posthoc": results["versions"].get("posthoc"),
@@ -932,7 +1001,10 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
                 continue
             images = np.stack([fr.image for _, fr in batch])
             with timer("teacher"):
-                t_out = teacher(images)
+                if isinstance(teacher, PrecomputedScores):
+                    t_out = teacher.for_frames([ref.id for ref, _ in batch], dataset.name, images.shape[1:3])
+                else:
+                    t_out = teacher(images)
             anomaly = _as_anomaly(t_out, spec.display)
             if tuple(anomaly.shape) != (len(batch), 1) + images.shape[1:3]:
                 raise ShapeError(

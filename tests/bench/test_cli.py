@@ -238,6 +238,18 @@ def test_onnx_teacher_export_and_weight_change(tmp_path, capsys, monkeypatch):
     cached = np.load(next(Path(t["cache"]).glob("maps/teacher/test_0003.npy")))
     np.testing.assert_array_equal(v, cached)
 
+    # the exported files as precomputed teacher maps: identical teacher metrics
+    out_pre = tmp_path / "run_pre"
+    rc, io = _run(
+        ["smiyc", "--track", "anomaly", "--data-root", str(data), "--teacher", str(exp / "anomaly_p" / "posthoc_tiny"),
+         "--proposals", "_bench_grid", "--variants", "teacher,csl2", "--out", str(out_pre), "--no-plots", "--quiet"],
+        capsys,
+    )
+    assert rc == 0, io.err
+    tp = json.loads((out_pre / "results.json").read_text())["evaluations"][0]["teachers"]["posthoc_tiny"]
+    assert tp["variants"]["teacher"]["ap"] == t["variants"]["teacher"]["ap"]
+    assert tp["variants"]["csl2@_bench_grid"]["ap"] == pytest.approx(t["variants"]["csl2@_bench_grid"]["ap"], abs=2e-3)
+
     # new weights in the same file: the weight hash changes, the cache is invalidated
     _export_onnx(model, 1)
     rc, io = _run(args, capsys)
@@ -366,3 +378,20 @@ def test_code_fingerprint_is_stable_and_keys_the_cache(world, tmp_path, capsys, 
     assert _run(args, capsys)[0] == 0
     t = json.loads((out / "results.json").read_text())["evaluations"][0]["teachers"]["_bench_fake"]
     assert t["frames_cached"] == 0
+
+
+def test_precomputed_teacher_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("POSTHOC_SMIYC_ROOT", raising=False)
+    data = make_world(tmp_path / "data", n=1)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    base = ["smiyc", "--track", "anomaly", "--data-root", str(data), "--teacher", str(maps), "--variants", "teacher",
+            "--out", str(tmp_path / "r"), "--no-plots", "--quiet"]
+    rc, io = _run(base, capsys)
+    assert rc == 2 and "no test_0000.hdf5" in io.err
+    np.save(maps / "test_0000.npy", np.zeros((5, 5), np.float32))
+    rc, io = _run(base, capsys)
+    assert rc == 2 and f"must be ({H}, {W})" in io.err
+    np.save(maps / "test_0000.npy", np.full((H, W), 2.0, np.float32))
+    rc, io = _run(base, capsys)
+    assert rc == 2 and "[0,1]" in io.err
