@@ -30,8 +30,12 @@ __all__ = ["hard_assign", "soft_assign"]
 logger = logging.getLogger(__name__)
 
 
-def _check_inputs(region_scores: Any, validity: Any):
-    """Validate R (B,N,h,w)/(N,h,w) in [0,1] and V (B,N)/(N,) in [0,1]; return 4-D/2-D float32."""
+def _check_inputs(region_scores: Any, validity: Any, *, check_scores: bool = True):
+    """Validate R (B,N,h,w)/(N,h,w) in [0,1] and V (B,N)/(N,) in [0,1]; return 4-D/2-D float32.
+
+    With ``check_scores=False`` the value range of R is left to the caller (soft_assign fuses
+    it into the kernel's single pass over R); shapes and dtypes are always checked here.
+    """
     r, was_numpy = as_torch(region_scores, "region_scores")
     check_float(r, "region_scores")
     check_ndim(r, "region_scores", (3, 4), "(B,N,h,w) or (N,h,w)")
@@ -57,7 +61,8 @@ def _check_inputs(region_scores: Any, validity: Any):
             f"got {shape_str(v.shape)} (mismatch in the region axis N)"
         )
     r4, v2 = as_float32(r4), as_float32(v2)
-    _check_range(r4, "region_scores", 0.0, 1.0)
+    if check_scores:
+        _check_range(r4, "region_scores", 0.0, 1.0)
     _check_range(v2, "validity", 0.0, 1.0)
     return r4, v2, was_numpy, batched
 
@@ -257,14 +262,17 @@ def soft_assign(
     Raises:
         DTypeError, ShapeError, NonFiniteError, ValueRangeError: bad input (see message).
     """
-    r, v, was_numpy, batched = _check_inputs(region_scores, validity)
+    r, v, was_numpy, batched = _check_inputs(region_scores, validity, check_scores=False)
     B, N, h, w = r.shape
     H, W = _check_size(size, (h, w))
     chunk = _check_chunk(chunk_regions)
     if method not in ("auto", "pruned", "dense"):
         raise ValueRangeError(f"method must be 'auto', 'pruned' or 'dense'; got {method!r}")
     if N == 0 or (H, W) == (h, w):
-        lab = kernels.weighted_argmax(r.contiguous(), v.contiguous(), backend=backend)
+        # the [0,1] check of R runs inside the kernel's single read of R (no extra pass)
+        lab = kernels.weighted_argmax(
+            r.contiguous(), v.contiguous(), backend=backend, value_range=(0.0, 1.0), name="region_scores"
+        )
         if lab.shape[-2:] != (H, W):  # N == 0 with a size: -1 everywhere at the output size
             lab = torch.full((B, H, W), -1, dtype=torch.int64, device=r.device)
     else:
@@ -272,6 +280,7 @@ def soft_assign(
             raise ShapeError(
                 f"region_scores must have a non-empty spatial size to be resized; got {shape_str(r.shape)}"
             )
+        _check_range(r, "region_scores", 0.0, 1.0)
         grid = _Grid(h, w, H, W, r.device)
         if method == "dense":
             lab = _soft_assign_dense(r, v, grid, chunk, backend)

@@ -269,6 +269,24 @@ def fuse(model_logits: Any, proposals: Any, *, normalize: str = "auto", backend:
     """
     scores, was_numpy, shape = _scores_4d(model_logits, "model_logits", check=False)  # _normalize checks
     labels, n = _labels_for(proposals, scores, batched=len(shape) == 4, return_n=True)
+    if normalize == "none" or (normalize == "auto" and scores.shape[1] == 1):
+        # used as is: the [0,1] check is fused into the kernel's first pass (no extra read of D)
+        try:
+            out = kernels.region_fuse(
+                scores.contiguous(), labels.contiguous(), n, backend=backend,
+                value_range=(0.0, 1.0), name="model_logits",
+            )
+        except NonFiniteError:
+            raise
+        except ValueRangeError as e:
+            C = scores.shape[1]
+            hint = "normalize='sigmoid' for logits" if C == 1 else "normalize='softmax' for logits"
+            detail = str(e).split("; ", 1)[-1]
+            raise ValueRangeError(
+                f"model_logits used as is (normalize={normalize!r}, C={C}) must be probabilities in [0,1]; "
+                f"{detail} (use {hint})"
+            ) from None
+        return restore(out.reshape(shape), was_numpy)
     probs = _normalize(scores, normalize, "model_logits")
     out = kernels.region_fuse(probs.contiguous(), labels.contiguous(), n, backend=backend)
     return restore(out.reshape(shape), was_numpy)
