@@ -151,7 +151,7 @@ def plot_curves(
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
         ax.set_title(title, fontsize=8)
-        ax.legend(fontsize=6, loc="lower left" if kind == "pr" else "lower right")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         ax.grid(alpha=0.3)
         out.append(_savefig(fig, dest))
         plt.close(fig)
