@@ -77,6 +77,7 @@ __all__ = [
     "VARIANTS",
     "BenchConfig",
     "BenchError",
+    "PrecomputedScores",
     "default_proposals",
     "run_benchmark",
 ]
@@ -103,7 +104,8 @@ class BenchConfig:
         track: SMIYC track: ``"anomaly"``, ``"obstacle"`` or ``"both"``.
         subset: data-set subset (SMIYC ``all|validation|test``; Fishyscapes ``laf|static``;
             LostAndFound ``test|noknown``); None = the data set's default.
-        teachers: registry names or ``.onnx`` paths.
+        teachers: registry names, ``.onnx`` paths, or folders of precomputed maps
+            (:class:`PrecomputedScores`).
         weights: weights for a single teacher: a path, or ``role=path,role=path``.
         proposals: proposal-source names; None = :func:`default_proposals`.
         data_root: data-set root; None = environment, or the synthetic world for smiyc.
