@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .base import ProposalSource, Teacher
 from .registry import (
+    get_factory,
     get_proposals,
     get_teacher,
     list_proposals,
@@ -27,4 +28,5 @@ __all__ = [
     "get_proposals",
     "list_teachers",
     "list_proposals",
+    "get_factory",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "get_proposals",
     "list_teachers",
     "list_proposals",
+    "get_factory",
 ]
 
 _TEACHERS: Dict[str, Callable[..., Any]] = {}
@@ -97,6 +98,23 @@ def get_teacher(name: str, **kw) -> Any:
 def get_proposals(name: str, **kw) -> Any:
     """Build the proposal source registered as ``name``."""
     return _get(_PROPOSALS, "proposal source", name, kw)
+
+
+def get_factory(kind: str, name: str) -> Callable[..., Any]:
+    """The registered class or factory itself (to inspect its signature), without building it.
+
+    Args:
+        kind: ``"teacher"`` or ``"proposals"``.
+        name: the registered name.
+    """
+    _load_builtins()
+    if kind not in ("teacher", "proposals"):
+        raise ValueError(f"kind must be 'teacher' or 'proposals'; got {kind!r}")
+    table, label = (_TEACHERS, "teacher") if kind == "teacher" else (_PROPOSALS, "proposal source")
+    if name not in table:
+        known = ", ".join(sorted(table)) or "(none)"
+        raise UnknownAdapterError(f"unknown {label} {name!r}; known {label}s: {known}")
+    return table[name]
 
 
 def list_teachers() -> list[str]:

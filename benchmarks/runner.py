@@ -243,8 +243,6 @@ def _hash_files(files: dict) -> dict:
 def _call_factory(what: str, name: str, /, **kw):
     """get_teacher / get_proposals (``what`` = "teacher" or "proposal source") passing only the
     keywords the factory accepts (e.g. superpixels take no ``device``)."""
-    from posthoc.adapters import registry
-
     from posthoc import adapters
 
     is_teacher = what == "teacher"
@@ -252,7 +250,7 @@ def _call_factory(what: str, name: str, /, **kw):
     known = adapters.list_teachers() if is_teacher else adapters.list_proposals()
     if name not in known:
         raise BenchError(f"unknown {what} {name!r}; known {what}s: {', '.join(known) or '(none)'}")
-    factory = (registry._TEACHERS if is_teacher else registry._PROPOSALS)[name]
+    factory = adapters.get_factory("teacher" if is_teacher else "proposals", name)
     try:
         params = inspect.signature(factory).parameters
         accepts_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())

@@ -87,3 +87,17 @@ def test_importing_adapters_does_not_import_onnxruntime():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_get_factory_returns_the_registered_factory_without_building_it():
+    from posthoc.adapters import get_factory, list_proposals, list_teachers
+    from posthoc.adapters.registry import UnknownAdapterError
+
+    for name in list_teachers():
+        assert callable(get_factory("teacher", name))
+    for name in list_proposals():
+        assert callable(get_factory("proposals", name))
+    with pytest.raises(UnknownAdapterError, match="known teachers: .*obsnet"):
+        get_factory("teacher", "nope")
+    with pytest.raises(ValueError, match="kind must be 'teacher' or 'proposals'"):
+        get_factory("model", "obsnet")
