@@ -121,10 +121,11 @@ def check_labels(labels: torch.Tensor, name: str = "labels") -> int:
     check_int(labels, name)
     if labels.numel() == 0:
         return 0
-    lo = int(labels.min())
+    lo_t, hi_t = torch.aminmax(labels)  # one pass for both ends
+    lo = int(lo_t)
     if lo < -1:
         raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got minimum {lo}")
-    return int(labels.max()) + 1
+    return int(hi_t) + 1
 
 
 def check_range(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
