@@ -40,6 +40,10 @@ class ProposalSource(abc.ABC):
     """
 
     name: str = ""
+    #: whether the proposals depend on ``teacher_output`` (e.g. mean-shift on teacher features).
+    #: Sources that look only at the images set this to False, which lets the benchmark compute
+    #: them once per frame and share them between teachers. Unknown sources are assumed to use it.
+    uses_teacher_output: bool = True
 
     @abc.abstractmethod
     def __call__(self, images: Any, teacher_output: Optional[TeacherOutput] = None) -> Proposals:  # pragma: no cover

@@ -255,6 +255,8 @@ class SamProposals(ProposalSource):
         device: torch device for SAM (default: CUDA if available, else CPU).
     """
 
+    uses_teacher_output = False  # image-only: the benchmark may share them between teachers
+
     def __init__(
         self,
         model_type: str = "vit_b",
@@ -421,6 +423,8 @@ class MaskTransformerProposals(ProposalSource):
         device: torch device for a torch model / ONNX session.
     """
 
+    uses_teacher_output = False  # image-only: the benchmark may share them between teachers
+
     def __init__(self, model: Any = None, *, weights: Any = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, channel_order: str = "RGB", input_size: Any = None,
                  mask_key: str = "pred_masks", class_key: str = "pred_logits", min_size: int = 0,
@@ -506,6 +510,8 @@ class SuperpixelProposals(ProposalSource):
         scale, min_size: Felzenszwalb settings (sigma is shared, default 0.8 for it when None).
         max_side: longer side the image is segmented at (None = full resolution).
     """
+
+    uses_teacher_output = False  # image-only: the benchmark may share them between teachers
 
     def __init__(self, method: str = "slic", *, n_segments: int = 200, compactness: float = 10.0,
                  sigma: float | None = None, scale: float = 100.0, min_size: int = 50,
@@ -672,6 +678,8 @@ class OnnxProposals(ProposalSource):
         min_size: components smaller than this become -1.
         device: "cpu", "cuda" or None (CUDA when available); providers: explicit ORT providers.
     """
+
+    uses_teacher_output = False  # image-only: the benchmark may share them between teachers
 
     source_name = "onnx"
 

@@ -876,6 +876,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             "teachers": {},
         }
         rows = []
+        # image-only proposals are computed once per frame and shared by the teachers
+        prop_memo = _ProposalMemo() if len(specs) > 1 else None
         for spec in specs:
             if spec.display not in teachers:
                 with timer("setup:teacher"):
@@ -901,7 +903,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                 "code": _code_fingerprint(),
             }
             cache = _Cache(out, ev.key, spec.display, key_obj)
-            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out)
+            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo)
             ev_res["teachers"][spec.display] = tres
             base = tres["variants"].get("teacher")
             for k in variant_keys:
@@ -969,7 +971,37 @@ def _timing_md(t: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchConfig, timer: _Timer, out: Path) -> dict:
+class _ProposalMemo:
+    """Proposals of image-only sources (``uses_teacher_output`` False), keyed by source and the
+    batch's frame ids, kept for the next teacher of the same evaluation up to a memory budget."""
+
+    def __init__(self, budget_bytes: int = 2 << 30):
+        self.budget = budget_bytes
+        self.used = 0
+        self.store: dict = {}
+
+    @staticmethod
+    def shareable(obj: Any) -> bool:
+        return getattr(obj, "uses_teacher_output", True) is False
+
+    def get(self, src: str, ids: tuple):
+        return self.store.get((src, ids))
+
+    def put(self, src: str, ids: tuple, props: Any) -> None:
+        size = 0
+        for f in ("labels", "region_scores", "validity", "class_logits", "mask_logits"):
+            x = getattr(props, f, None)
+            if x is not None:
+                size += int(x.nbytes) if isinstance(x, np.ndarray) else x.element_size() * x.nelement()
+        if self.used + size <= self.budget:
+            self.store[(src, ids)] = props
+            self.used += size
+
+
+def _run_teacher(
+    ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchConfig, timer: _Timer, out: Path,
+    prop_memo: _ProposalMemo | None = None,
+) -> dict:
     dataset = ev.dataset
     variant_keys = [c[0] for c in chain]
     overlay_ids: list[str] = []
@@ -1012,9 +1044,17 @@ def _run_teacher(ev, spec, teacher, prop_objs, chain, cache: _Cache, cfg: BenchC
                     f"{(len(batch), 1) + images.shape[1:3]} (the input resolution)"
                 )
             props_by_src = {}
+            ids = tuple(ref.id for ref, _ in batch)
             for src, obj in prop_objs.items():
+                shared = prop_memo is not None and prop_memo.shareable(obj)
+                hit = prop_memo.get(src, ids) if shared else None
+                if hit is not None:
+                    props_by_src[src] = hit
+                    continue
                 with timer(f"proposals:{src}"):
                     props_by_src[src] = obj(images, teacher_output=t_out)
+                if shared:
+                    prop_memo.put(src, ids, props_by_src[src])
             if refine_info is None:
                 suppress, how = _suppress_ids(teacher)
                 refine_info = {"suppress_ids": suppress, "reading": how}

@@ -395,3 +395,51 @@ def test_precomputed_teacher_errors(tmp_path, capsys, monkeypatch):
     np.save(maps / "test_0000.npy", np.full((H, W), 2.0, np.float32))
     rc, io = _run(base, capsys)
     assert rc == 2 and "[0,1]" in io.err
+
+
+class _CountingGrid(_GridProposals):
+    """Image-only grid proposals that count their calls (shared between teachers)."""
+
+    uses_teacher_output = False
+    calls = 0
+
+    def __call__(self, images, teacher_output=None):
+        type(self).calls += len(images)
+        return super().__call__(images, teacher_output)
+
+
+class _CountingTeacherDependent(_GridProposals):
+    """Declares that it reads the teacher output, so it must run once per teacher."""
+
+    calls = 0
+
+    def __call__(self, images, teacher_output=None):
+        assert teacher_output is not None
+        type(self).calls += len(images)
+        return super().__call__(images, teacher_output)
+
+
+class _FakeTeacher2(_FakeTeacher):
+    pass
+
+
+register_proposals("_bench_grid_shared")(_CountingGrid)
+register_proposals("_bench_grid_per_teacher")(_CountingTeacherDependent)
+register_teacher("_bench_fake2")(_FakeTeacher2)
+
+
+def test_image_only_proposals_are_shared_between_teachers(world, tmp_path, capsys):
+    _CountingGrid.calls = _CountingTeacherDependent.calls = 0
+    out = tmp_path / "r"
+    rc, io = _run(
+        ["smiyc", "--track", "obstacle", "--teacher", "_bench_fake,_bench_fake2", "--variants", "teacher,csl2",
+         "--proposals", "_bench_grid_shared,_bench_grid_per_teacher", "--limit", "3", "--batch-size", "1",
+         "--out", str(out), "--quiet", "--no-plots"],
+        capsys,
+    )
+    assert rc == 0, io.err
+    assert _CountingGrid.calls == 3  # once per frame, shared by both teachers
+    assert _CountingTeacherDependent.calls == 6  # once per frame and teacher
+    res = json.loads((out / "results.json").read_text())
+    t1, t2 = (res["evaluations"][0]["teachers"][k]["variants"] for k in ("_bench_fake", "_bench_fake2"))
+    assert t1.keys() == t2.keys() and len(t1) == 3
