@@ -62,7 +62,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -146,19 +145,9 @@ class CalibrationError(PosthocError, ValueError):
 
 def _atomic_write_json(path: Any, obj: dict) -> Path:
     """Write JSON to ``path`` atomically (temp file in the same folder, then os.replace)."""
-    p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    from posthoc.bench._io import write_json_atomic
+
+    return write_json_atomic(Path(path).expanduser(), obj, indent=1)
 
 
 def _read_json(path: Any, fmt: str) -> dict:

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = [
     "atomic_path",
     "file_sha256",
@@ -39,6 +42,8 @@ def atomic_path(dest: os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates 0600 files; give results the permissions a plain open() would
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -67,8 +72,8 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
 
 
-def write_json_atomic(dest: os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json_atomic(dest: os.PathLike, obj: Any, *, indent: int = 2) -> Path:
+    return write_text_atomic(dest, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
 
 
 def save_npy_atomic(dest: os.PathLike, arr: np.ndarray) -> Path:

@@ -21,17 +21,16 @@ the exact mode agrees with sklearn. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from posthoc.bench._io import write_json_atomic
 
 __all__ = ["main", "make_frames", "run"]
 
@@ -69,7 +68,6 @@ def _timed(fn):
 def run(frames: list[tuple[np.ndarray, np.ndarray]], *, sklearn: bool = True) -> dict:
     """Time every accumulator (and pooled sklearn) on ``frames``; return the figures."""
     from posthoc.metrics import ComponentMetrics, PixelMetrics
-
     from posthoc.metrics.pixel import _RADIX_MIN, _sort
 
     # one-time cost, reported apart: compile (or load from numba's cache) the radix-sort kernel
@@ -141,16 +139,7 @@ def _environment() -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, obj)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from posthoc.bench._io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -595,16 +596,7 @@ def format_markdown(payload: dict[str, Any]) -> str:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, payload)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -706,10 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_json(args.out, payload)
             print(f"wrote {args.out}")
         if args.markdown is not None:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.markdown.with_name(args.markdown.name + ".tmp")
-            tmp.write_text(format_markdown(payload))
-            os.replace(tmp, args.markdown)
+            write_text_atomic(args.markdown, format_markdown(payload))
             print(f"wrote {args.markdown}")
     return 0
 
