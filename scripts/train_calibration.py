@@ -27,10 +27,9 @@ import argparse
 import sys
 from pathlib import Path
 
+import _train_common as C
 import numpy as np
 import torch
-
-import _train_common as C
 from posthoc.adapters import get_teacher
 from posthoc.adapters.bundled import BUNDLED_DIR
 from posthoc.bench import synthetic as syn

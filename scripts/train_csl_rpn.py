@@ -111,6 +111,48 @@ class RPN(nn.Module):
         return torch.sigmoid(masks), torch.sigmoid(valid)
 
 
+PASTED = 254  # class value of a copy-pasted blob in the augmented class maps (its own class-agnostic region)
+
+
+def copy_paste(images: np.ndarray, classes: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-agnostic copy-paste augmentation with in-distribution content only.
+
+    Each frame gets 1-3 blobs (ellipse or convex polygon, 6-40 % of the frame height) whose
+    pixels are copied from another random *training* frame at a random offset and
+    colour-jittered. A blob is its own region in the mask-split targets (class value
+    ``PASTED``), so the proposer learns that a patch whose appearance differs from its
+    surroundings is a separate region: the object-ness that CSL's class-agnostic
+    proposer relies on for unseen objects. Nothing from the val/test anomaly sources is used.
+
+    Returns new (N,h,w,3) uint8 images and (N,h,w) class maps; the inputs are not modified.
+    """
+    rng = np.random.default_rng(seed)
+    n, h, w = classes.shape
+    out_i, out_c = images.copy(), classes.copy()
+    for i in range(n):
+        for _ in range(int(rng.integers(1, 4))):
+            bh = int(h * rng.uniform(0.06, 0.4))
+            bw = int(bh * rng.uniform(0.5, 2.0))
+            bh, bw = max(bh, 4), min(max(bw, 4), w - 1)
+            m = np.zeros((bh, bw), np.uint8)
+            if rng.random() < 0.5:
+                cv2.ellipse(m, (bw // 2, bh // 2), (max(1, bw // 2 - 1), max(1, bh // 2 - 1)), 0, 0, 360, 1, -1)
+            else:
+                pts = np.stack([rng.uniform(0, bw - 1, 7), rng.uniform(0, bh - 1, 7)], 1).astype(np.float32)
+                cv2.fillPoly(m, [cv2.convexHull(pts).astype(np.int32)], 1)
+            j = int(rng.integers(n))
+            sy, sx = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            ty, tx = int(rng.integers(h // 4, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            src = images[j, sy:sy + bh, sx:sx + bw].astype(np.float32)
+            src = np.clip(src * rng.uniform(0.7, 1.3, 3) + rng.uniform(-25, 25), 0, 255)
+            mb = m.astype(bool)
+            tgt = out_i[i, ty:ty + bh, tx:tx + bw]
+            tgt[mb] = src[mb].astype(np.uint8)
+            ct = out_c[i, ty:ty + bh, tx:tx + bw]
+            ct[mb & (ct != 255)] = PASTED
+    return out_i, out_c
+
+
 def region_targets(classes: np.ndarray, size: tuple[int, int], min_px: int, max_regions: int) -> np.ndarray:
     """CSL mask split: 8-connected components of every class region (class-agnostic) at ``size``.
 
@@ -199,16 +241,21 @@ def main(argv=None) -> int:
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=None)
     ap.add_argument("--num-queries", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-region-px", type=int, default=6, help="smaller GT components (at h/2 x w/2) are ignored")
     ap.add_argument("--max-minutes", type=float, default=12.0)
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps (reproduces a run that the time cap stopped early)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init-segnet", default=str(C.WORK_DIR / "segnet.pt"),
                     help="initialize encoder and pixel decoder from this SegNet checkpoint ('' = random init)")
     ap.add_argument("--freeze-encoder", type=int, default=1,
                     help="1: keep the segnet-initialized encoder frozen and precompute its features (default)")
+    ap.add_argument("--copy-paste", type=int, default=0,
+                    help="1: add a class-agnostic copy-paste copy of every train frame (tried on val, not "
+                         "adopted for the bundled model; see docs/training.md)")
     ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
     C.setup(args.seed, args.threads)
@@ -217,6 +264,11 @@ def main(argv=None) -> int:
     train = C.load_frames("train", n_frames=args.n_train, seed=args.world_seed)
     val = C.load_frames("val", seed=args.world_seed)
     tsize = (h // 2, w // 2)
+    if args.copy_paste:
+        pi, pc = copy_paste(train["images"], train["classes"], args.seed + 1)
+        train["images"] = np.concatenate([train["images"], pi])
+        train["classes"] = np.concatenate([train["classes"], pc])
+        del pi, pc
     y_train = torch.as_tensor(region_targets(train["classes"], tsize, args.min_region_px,
                                              args.num_queries - 2).astype(np.int64))
     y_val = region_targets(val["classes"], tsize, args.min_region_px, args.num_queries - 2).astype(np.int64)
@@ -254,7 +306,7 @@ def main(argv=None) -> int:
     n = len(x_all)
     spe = math.ceil(n / args.batch_size)
     total = args.epochs * spe
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
     step, stopped_early, hist = 0, False, []
     for epoch in range(args.epochs):
         model.train()
@@ -279,13 +331,14 @@ def main(argv=None) -> int:
             sched.step()
             step += 1
             hist.append((loss.item(), *parts))
-            if timer() > args.max_minutes * 60:
+            if timer() > args.max_minutes * 60 or (args.max_steps is not None and step >= args.max_steps):
                 stopped_early = True
                 break
         last = np.mean(hist[-spe:], 0)
         C.log.info("epoch %d: loss %.3f (bce %.3f dice %.3f validity %.3f), %.0f s", epoch, *last, timer())
         if stopped_early:
-            C.log.info("time budget of %.1f min spent after %d/%d steps", args.max_minutes, step, total)
+            C.log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", step, total, args.max_minutes,
+                       args.max_steps)
             break
     train_time = timer()
     ev = evaluate(model, val["images"], y_val)
@@ -305,6 +358,7 @@ def main(argv=None) -> int:
         "val_mean_best_iou_of_gt_regions": round(ev["mean_best_iou"], 4),
         "val_regions_used_per_frame": round(ev["regions_used"], 2),
         "init_segnet": bool(args.init_segnet), "freeze_encoder": bool(args.freeze_encoder),
+        "copy_paste": bool(args.copy_paste),
         "input_size": [h, w], "output_size": list(tsize), "torch": torch.__version__,
     }, args.out)
     C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())

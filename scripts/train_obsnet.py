@@ -133,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epsilon", type=float, default=0.05, help="FGSM step in normalized units")
     ap.add_argument("--pos-weight", type=float, default=3.0)
     ap.add_argument("--max-minutes", type=float, default=12.0)
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps (reproduces a run that the time cap stopped early)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--segnet", default=str(C.WORK_DIR / "segnet.pt"))
     ap.add_argument("--out", default=str(BUNDLED_DIR))
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     spe = math.ceil(n / args.batch_size)
     total = args.epochs * spe
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
     pos_weight = torch.tensor([args.pos_weight])
     step, stopped_early, hist = 0, False, []
     for epoch in range(args.epochs):
@@ -182,14 +184,15 @@ def main(argv=None) -> int:
             m = mask[:, 0].bool() & valid
             hist.append((loss.item(), float(wrong[valid].float().mean()),
                          float(wrong[m].float().mean()) if m.any() else 0.0))
-            if timer() > args.max_minutes * 60:
+            if timer() > args.max_minutes * 60 or (args.max_steps is not None and step >= args.max_steps):
                 stopped_early = True
                 break
         last = np.mean(hist[-spe:], 0)
         C.log.info("epoch %d: loss %.4f, segnet error rate %.3f (inside attacked patches %.3f), %.0f s",
                    epoch, *last, timer())
         if stopped_early:
-            C.log.info("time budget of %.1f min spent after %d/%d steps", args.max_minutes, step, total)
+            C.log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", step, total, args.max_minutes,
+                       args.max_steps)
             break
     train_time = timer()
     observer.eval()

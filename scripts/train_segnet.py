@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=4e-3)
     ap.add_argument("--max-minutes", type=float, default=10.0, help="stop early when this wall time is spent")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps (reproduces a run that the time cap stopped early)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     n = len(x_all)
     steps_per_epoch = math.ceil(n / args.batch_size)
     total = args.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
     step, stopped_early, losses = 0, False, []
     for epoch in range(args.epochs):
         model.train()
@@ -92,13 +94,14 @@ def main(argv=None) -> int:
             sched.step()
             step += 1
             losses.append(loss.item())
-            if timer() > args.max_minutes * 60:
+            if timer() > args.max_minutes * 60 or (args.max_steps is not None and step >= args.max_steps):
                 stopped_early = True
                 break
         C.log.info("epoch %d: loss %.4f, lr %.2e, %.0f s", epoch, sum(losses[-steps_per_epoch:]) /
                    len(losses[-steps_per_epoch:]), sched.get_last_lr()[0], timer())
         if stopped_early:
-            C.log.info("time budget of %.1f min spent after %d/%d steps", args.max_minutes, step, total)
+            C.log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", step, total, args.max_minutes,
+                       args.max_steps)
             break
     train_time = timer()
     val_miou, per_class, val_acc = evaluate(model, val)
