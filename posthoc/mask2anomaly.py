@@ -26,8 +26,6 @@ i.e. ``sigmoid(mask logit)`` is 1 inside and 0 outside.
 from __future__ import annotations
 
 import logging
-import sys
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -505,16 +503,3 @@ def mine_unknown_instances(
         remap[:M][unknown] = torch.arange(int(unknown.sum()), dtype=torch.int64, device=dev)
         out[b] = remap[torch.where(comp >= 0, comp, torch.full_like(comp, M))]
     return restore(out if batched else out[0], was_numpy)
-
-
-# ``posthoc.refine`` names both this module and the function above. Python's import system
-# binds the *module* to the package attribute once any name of it is imported, which would
-# shadow the lazily exported function. Making the module callable keeps the public
-# contract ``posthoc.refine(anomaly, mask_logits, class_logits, ...)`` whichever of the two
-# the attribute resolves to.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return refine(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
