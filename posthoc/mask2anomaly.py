@@ -43,6 +43,7 @@ from ._checks import (
     shape_str,
 )
 from ._tensor import as_float32, as_torch, restore
+from .assign import _check_size
 from .components import connected_components
 from .fusion import _check_finite, _to_device
 
@@ -147,18 +148,6 @@ def _check_prob(x: Any, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.floating)) or not 0.0 <= float(x) <= 1.0:
         raise ValueRangeError(f"{name} must be a number in [0,1]; got {x!r}")
     return float(x)
-
-
-def _check_size(size: Any, hw: tuple[int, int]) -> tuple[int, int]:
-    if size is None:
-        return hw
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueRangeError(f"size must be a pair (H,W) of positive ints or None; got {size!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueRangeError(f"size must be a pair (H,W) of positive ints or None; got {size!r}")
-    return h, w
 
 
 def _up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
