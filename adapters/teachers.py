@@ -419,7 +419,23 @@ def _class_names(names: Sequence[str] | None, k: int, what: str) -> list[str]:
     return names
 
 
-class OnnxTeacher(_ImageConfig, Teacher):
+class _NamedOutputs:
+    """``class_names`` / ``semantic_class_names`` of the generic teachers (held in ``_names``)."""
+
+    _names: list | None
+    kind: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._names or [])
+
+    @property
+    def semantic_class_names(self) -> list[str]:
+        """Class names of a semantic model (empty for kind="anomaly", or until first known)."""
+        return list(self._names or []) if self.kind == "semantic" else []
+
+
+class OnnxTeacher(_NamedOutputs, _ImageConfig, Teacher):
     """Any ONNX segmentation or anomaly model on onnxruntime.
 
     The model takes one image input (B,3,h,w) float (its name is discovered; pass
@@ -476,15 +492,6 @@ class OnnxTeacher(_ImageConfig, Teacher):
             self._names = ["anomaly"]
         self.device = self.runner.device
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._names or [])
-
-    @property
-    def semantic_class_names(self) -> list[str]:
-        """Class names of a semantic model (empty for kind="anomaly", or until first known)."""
-        return list(self._names or []) if self.kind == "semantic" else []
-
     def raw(self, images: Any) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Run the model; return ({output name: tensor at model resolution}, input (H,W))."""
         x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
@@ -505,7 +512,7 @@ class OnnxTeacher(_ImageConfig, Teacher):
             return TeacherOutput(resize_to(main.float(), hw), "semantic", names, features=feats)
 
 
-class TorchTeacher(_ImageConfig, Teacher):
+class TorchTeacher(_NamedOutputs, _ImageConfig, Teacher):
     """Any torch module as a teacher.
 
     Args:
@@ -546,15 +553,6 @@ class TorchTeacher(_ImageConfig, Teacher):
         self.output_name = output_name
         self.activation = activation
         self._names = list(class_names) if class_names is not None else (["anomaly"] if kind == "anomaly" else None)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self._names or [])
-
-    @property
-    def semantic_class_names(self) -> list[str]:
-        """Class names of a semantic model (empty for kind="anomaly", or until first known)."""
-        return list(self._names or []) if self.kind == "semantic" else []
 
     def raw(self, images: Any) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """Run the module; return ({name: tensor at model resolution}, input (H,W))."""
