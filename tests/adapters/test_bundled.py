@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-
 from posthoc.adapters import bundled
 from posthoc.bench import synthetic as syn
 
@@ -140,7 +139,7 @@ def test_segnet_beats_chance_on_generated_frames():
 
 def test_csl_proposals_cover_regions():
     """Soft assignment of the RPN's regions separates the road from the sky better than one region would."""
-    frs, meta = _frames(3, anomalies=False)
+    frs, _meta = _frames(3, anomalies=False)
     x = _normalize(np.stack([f.image for f in frs]), _manifest()["csl"]["meta"])
     r, v = _session("csl_rpn.onnx").run(None, {"image": x})
     lab = (r * v[..., None, None]).argmax(1)  # CSL Eq. 2 at the RPN's resolution
@@ -156,7 +155,7 @@ def test_csl_proposals_cover_regions():
 def test_observer_flags_anomalies_more_than_known_pixels():
     frs, meta = _frames(6)
     x = _normalize(np.stack([f.image for f in frs]), meta)
-    logits, feats = _session("segnet.onnx").run(None, {"image": x})
+    _logits, feats = _session("segnet.onnx").run(None, {"image": x})
     (logit,) = _session("observer.onnx").run(None, {"image": x, "features": feats})
     p = 1 / (1 + np.exp(-logit[:, 0]))
     sem = np.stack([f.semantic for f in frs])
