@@ -7,6 +7,7 @@ Examples::
     posthoc-bench laf --subset noknown --data-root ~/data/LostAndFound --teacher sml
     posthoc-bench speed ...                                   # kernel speed benchmark
     posthoc-bench metrics-speed ...                           # metric speed benchmark
+    posthoc-bench summary runs/x/results.json                 # one table across tracks
 
 Without ``--data-root`` (and without ``$POSTHOC_DATA_ROOT`` / ``$POSTHOC_SMIYC_ROOT``),
 ``smiyc`` runs on the synthetic world (generated on first use) and says so in the table
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("streethazards", "StreetHazards test"),
     ):
         _add_common(sub.add_parser(name, help=helptext))
+    ps = sub.add_parser("summary", help="one markdown table across the tracks of a run's results.json")
+    ps.add_argument("results", help="results.json of a posthoc-bench run (or its run folder)")
+    ps.add_argument("--metrics", default=None, help="comma list of metric keys (default ap,fpr95,siou_gt,f1_mean)")
+    ps.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("speed", help="kernel speed benchmark (posthoc.bench.speed; its own flags follow)", add_help=False)
     sub.add_parser("metrics-speed", help="metric speed benchmark (posthoc.bench.metrics_speed; its own flags follow)", add_help=False)
     return parser
@@ -119,6 +124,29 @@ def _delegate(command: str, rest: list[str]) -> int:
     return int(rc or 0)
 
 
+def _summary(args: argparse.Namespace) -> int:
+    import json
+
+    from .report import SummaryError, summarize_results
+
+    path = Path(args.results)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        results = json.loads(path.read_text())
+        print(summarize_results(results, metrics=_csv(args.metrics) if args.metrics else None), end="")
+    except FileNotFoundError:
+        print(f"posthoc-bench summary: error: no results file at {path} (expected a run's results.json)", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as e:
+        print(f"posthoc-bench summary: error: {path} is not valid JSON ({e})", file=sys.stderr)
+        return 2
+    except SummaryError as e:
+        print(f"posthoc-bench summary: error: {path}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``posthoc-bench``; returns the process exit code.
 
@@ -138,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _setup_logging(args.quiet)
+    if args.command == "summary":
+        return _summary(args)
 
     from .runner import BenchConfig, run_benchmark
 

@@ -29,6 +29,7 @@ __all__ = [
     "format_table",
     "plot_curves",
     "plot_overlay",
+    "summarize_results",
     "verdict",
 ]
 
@@ -216,3 +217,73 @@ def plot_overlay(
     dest = _savefig(fig, Path(dest))
     plt.close(fig)
     return dest
+
+
+#: metrics of the condensed cross-track summary: (key, header, lower is better)
+SUMMARY_COLUMNS: list[tuple[str, str, bool]] = [
+    ("ap", "AP", False),
+    ("fpr95", "FPR95", True),
+    ("siou_gt", "sIoU", False),
+    ("f1_mean", "mean F1", False),
+]
+
+
+class SummaryError(ValueError):
+    """A results.json is missing, corrupt, or not a posthoc-bench result."""
+
+
+def summarize_results(results: Mapping[str, Any], *, metrics: Sequence[str] | None = None) -> str:
+    """One markdown table over every evaluation (track) of a ``posthoc-bench`` run.
+
+    Rows are teacher x variant; for each evaluation (e.g. the anomaly and obstacle tracks)
+    the chosen metrics are columns, with the change against the teacher alone in brackets.
+    The metric mode and whether the run was on the synthetic world are stated above it.
+
+    Args:
+        results: the parsed ``results.json`` of a run.
+        metrics: keys of the metrics to show (default AP, FPR95, sIoU, mean F1).
+    """
+    cols = [c for c in SUMMARY_COLUMNS if metrics is None or c[0] in metrics]
+    if metrics is not None:
+        known = {c[0] for c in COLUMNS} | {c[0] for c in SUMMARY_COLUMNS}
+        unknown = [m for m in metrics if m not in known]
+        if unknown:
+            raise SummaryError(f"unknown metrics {unknown}; known: {', '.join(sorted(known))}")
+        cols = [c for c in COLUMNS + SUMMARY_COLUMNS if c[0] in metrics]
+        cols = list({c[0]: c for c in cols}.values())
+    evs = results.get("evaluations")
+    variants = results.get("variants")
+    if not isinstance(evs, list) or not evs or not isinstance(variants, Mapping):
+        raise SummaryError("not a posthoc-bench results.json: expected 'evaluations' (a non-empty list) and 'variants'")
+    teachers: list[str] = []
+    for ev in evs:
+        for t in ev.get("teachers", {}):
+            if t not in teachers:
+                teachers.append(t)
+    synthetic = any(ev.get("synthetic") for ev in evs)
+    lines = [
+        f"Metric mode: {results.get('metric_mode', '?')}; values in percent, (±x) = change against the teacher alone"
+        + ("; SYNTHETIC WORLD, not the real benchmark" if synthetic else ""),
+        "",
+    ]
+    head = ["teacher", "variant"]
+    for ev in evs:
+        name = ev.get("key", ev.get("dataset", "?"))
+        head += [f"{name} {h}" for _, h, _ in cols]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|---|---|" + "---:|" * (len(head) - 2))
+    for t in teachers:
+        for vkey, vname in variants.items():
+            cells = [t, str(vname)]
+            present = False
+            for ev in evs:
+                tv = ev.get("teachers", {}).get(t, {}).get("variants", {})
+                m, base = tv.get(vkey), tv.get("teacher")
+                present |= m is not None
+                for key, _, _ in cols:
+                    v = _num(m.get(key)) if m else None
+                    b = _num(base.get(key)) if (base and vkey != "teacher") else None
+                    cells.append(_fmt(v) + _fmt_delta(v, b))
+            if present:
+                lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

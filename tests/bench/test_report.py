@@ -74,3 +74,50 @@ def test_atomic_writes(tmp_path):
     with pytest.raises(TypeError, match="cannot write"):
         _io.write_json_atomic(tmp_path / "b.json", {"x": object()})
     assert len(_io.file_sha256(tmp_path / "m.npy")) == 64
+
+
+def _results(synthetic=True):
+    def m(ap, fpr):
+        return {"ap": ap, "fpr95": fpr, "siou_gt": 0.2, "f1_mean": 0.1, "auroc": 0.9, "ppv": 0.3}
+
+    ev = lambda key: {  # noqa: E731
+        "key": key,
+        "synthetic": synthetic,
+        "teachers": {"t": {"variants": {"teacher": m(0.10, 0.80), "csl2@sp": m(0.15, 0.70)}}},
+    }
+    return {"metric_mode": "smiyc", "variants": {"teacher": "alone", "csl2@sp": "+CSL2 [sp]"},
+            "evaluations": [ev("smiyc-anomaly"), ev("smiyc-obstacle")]}
+
+
+def test_summarize_results_one_table_across_tracks():
+    from posthoc.bench.report import summarize_results
+
+    md = summarize_results(_results())
+    assert "SYNTHETIC WORLD" in md and "Metric mode: smiyc" in md
+    head = next(line for line in md.splitlines() if line.startswith("| teacher"))
+    assert "smiyc-anomaly AP" in head and "smiyc-obstacle mean F1" in head
+    row = next(line for line in md.splitlines() if "+CSL2 [sp]" in line)
+    assert "15.0 (+5.0)" in row and "70.0 (-10.0)" in row
+    only = summarize_results(_results(False), metrics=["ap", "auroc"])
+    assert "AUROC" in only and "FPR95" not in only and "SYNTHETIC" not in only
+
+
+def test_summary_command_and_its_errors(tmp_path, capsys):
+    import json
+
+    from posthoc.bench import cli
+    from posthoc.bench.report import SummaryError, summarize_results
+
+    (tmp_path / "results.json").write_text(json.dumps(_results()))
+    assert cli.main(["summary", str(tmp_path)]) == 0
+    assert "+CSL2 [sp]" in capsys.readouterr().out
+    assert cli.main(["summary", str(tmp_path / "nope.json")]) == 2
+    assert "no results file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert cli.main(["summary", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"a": 1}))
+    assert cli.main(["summary", str(tmp_path / "other.json")]) == 2
+    assert "not a posthoc-bench results.json" in capsys.readouterr().err
+    with pytest.raises(SummaryError, match="unknown metrics"):
+        summarize_results(_results(), metrics=["nope"])
