@@ -18,10 +18,12 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import kernels
 from ._checks import (
+    DTypeError,
     NonFiniteError,
     OverlapError,
     PosthocError,
@@ -235,7 +237,9 @@ def _normalize(x: torch.Tensor, normalize: str, name: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def fuse(model_logits: Any, proposals: Any, *, normalize: str = "auto", backend: str = "auto") -> Any:
+def fuse(
+    model_logits: Any, proposals: Any, *, normalize: str = "auto", backend: str = "auto", out: Any = None
+) -> Any:
     """Structure-constrained fusion of per-pixel scores with region proposals (CSL Eq. 3).
 
     ``H_c(p) = mean_{q in R(p)} D_c(q) * D_c(p)`` where D is the normalized input and R(p)
@@ -254,10 +258,13 @@ def fuse(model_logits: Any, proposals: Any, *, normalize: str = "auto", backend:
         normalize: ``"auto"`` (softmax over C when C>1, as is when C==1), ``"softmax"``,
             ``"sigmoid"`` or ``"none"`` (input already probabilities in [0,1]).
         backend: kernel backend passed to :func:`posthoc.kernels.region_fuse`.
+        out: optional preallocated float32 result of the input's shape, kind (numpy/torch)
+            and device, C-contiguous; it may be ``model_logits`` itself (in place). In a loop
+            over frames it saves the page faults a fresh large output pays on every call.
 
     Returns:
         Fused scores with the input's shape, float32, values in [0,1]; numpy if
-        ``model_logits`` was numpy, else a tensor on its device.
+        ``model_logits`` was numpy, else a tensor on its device (``out`` when given).
 
     Raises:
         DTypeError: non-float scores, float labels, unsupported input types.
@@ -269,12 +276,13 @@ def fuse(model_logits: Any, proposals: Any, *, normalize: str = "auto", backend:
     """
     scores, was_numpy, shape = _scores_4d(model_logits, "model_logits", check=False)  # _normalize checks
     labels, n = _labels_for(proposals, scores, batched=len(shape) == 4, return_n=True)
+    out4 = None if out is None else _out_view(out, was_numpy, shape, scores)
     if normalize == "none" or (normalize == "auto" and scores.shape[1] == 1):
         # used as is: the [0,1] check is fused into the kernel's first pass (no extra read of D)
         try:
-            out = kernels.region_fuse(
+            res = kernels.region_fuse(
                 scores.contiguous(), labels.contiguous(), n, backend=backend,
-                value_range=(0.0, 1.0), name="model_logits",
+                value_range=(0.0, 1.0), name="model_logits", out=out4,
             )
         except NonFiniteError:
             raise
@@ -286,10 +294,29 @@ def fuse(model_logits: Any, proposals: Any, *, normalize: str = "auto", backend:
                 f"model_logits used as is (normalize={normalize!r}, C={C}) must be probabilities in [0,1]; "
                 f"{detail} (use {hint})"
             ) from None
-        return restore(out.reshape(shape), was_numpy)
-    probs = _normalize(scores, normalize, "model_logits")
-    out = kernels.region_fuse(probs.contiguous(), labels.contiguous(), n, backend=backend)
-    return restore(out.reshape(shape), was_numpy)
+    else:
+        probs = _normalize(scores, normalize, "model_logits")
+        res = kernels.region_fuse(probs.contiguous(), labels.contiguous(), n, backend=backend, out=out4)
+    if out is not None:
+        return out
+    return restore(res.reshape(shape), was_numpy)
+
+
+def _out_view(out: Any, was_numpy: bool, shape: tuple, scores: torch.Tensor) -> torch.Tensor:
+    """Check a caller's ``out=`` and return a (B,C,H,W) float32 tensor sharing its memory."""
+    kind = "a numpy array" if was_numpy else "a torch tensor"
+    if was_numpy != isinstance(out, np.ndarray) or not isinstance(out, (np.ndarray, torch.Tensor)):
+        raise DTypeError(f"out must be {kind} like model_logits; got {type(out).__name__}")
+    t = torch.from_numpy(out) if was_numpy else out
+    if t.dtype != torch.float32:
+        raise DTypeError(f"out must be float32; got {t.dtype}")
+    if tuple(t.shape) != tuple(shape):
+        raise ShapeError(f"out must have the shape of model_logits {shape_str(shape)}; got {shape_str(t.shape)}")
+    if not t.is_contiguous():
+        raise ShapeError("out must be C-contiguous (it is written in place)")
+    if t.device != scores.device:
+        raise DeviceError(f"out must be on the device of model_logits ({scores.device}); got {t.device}")
+    return t.view(scores.shape)
 
 
 def _values_and_labels(values: Any, labels: Any, vname: str):

@@ -315,3 +315,33 @@ def test_device_mismatch_is_a_clear_error(rng):
 
     with pytest.raises(DeviceError, match=r"proposals must be on the device of model_logits \(cpu\); got meta"):
         posthoc.fuse(x, lab)
+
+
+def test_fuse_out_writes_into_a_preallocated_result(rng):
+    d = rng.random((2, 1, 6, 7)).astype(np.float32)
+    lab = rng.integers(-1, 4, size=(2, 6, 7))
+    want = posthoc.fuse(d, lab)
+    buf = np.full_like(d, -5.0)
+    got = posthoc.fuse(d, lab, out=buf)
+    assert got is buf
+    np.testing.assert_array_equal(buf, want)
+    logits = torch.from_numpy(rng.normal(size=(1, 3, 6, 7)).astype(np.float32))
+    tbuf = torch.empty_like(logits)
+    assert posthoc.fuse(logits, torch.from_numpy(lab[:1]), out=tbuf) is tbuf
+    torch.testing.assert_close(tbuf, posthoc.fuse(logits, torch.from_numpy(lab[:1])))
+    inplace = d.copy()  # out may be the input itself
+    posthoc.fuse(inplace, lab, out=inplace)
+    np.testing.assert_array_equal(inplace, want)
+
+
+def test_fuse_out_errors(rng):
+    d = rng.random((1, 1, 4, 5)).astype(np.float32)
+    lab = np.zeros((1, 4, 5), np.int64)
+    with pytest.raises(DTypeError, match="out must be a numpy array like model_logits; got Tensor"):
+        posthoc.fuse(d, lab, out=torch.empty(1, 1, 4, 5))
+    with pytest.raises(DTypeError, match="out must be float32; got torch.float64"):
+        posthoc.fuse(d, lab, out=np.empty((1, 1, 4, 5)))
+    with pytest.raises(ShapeError, match=r"out must have the shape of model_logits \(1,1,4,5\); got \(1,1,5,4\)"):
+        posthoc.fuse(d, lab, out=np.empty((1, 1, 5, 4), np.float32))
+    with pytest.raises(ShapeError, match="C-contiguous"):
+        posthoc.fuse(d, lab, out=np.empty((1, 1, 5, 4), np.float32).transpose(0, 1, 3, 2))
