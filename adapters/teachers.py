@@ -592,21 +592,7 @@ def _bundled(name: str) -> dict:
     """``{role: Path, "meta": dict}`` of the bundled default for ``name`` (NoBundledWeightsError if none)."""
     from . import bundled
 
-    try:
-        return bundled.default_weights(name)
-    except TypeError:
-        # The skeleton's default_weights joins the "meta" *dict* onto BUNDLED_DIR before it checks the role
-        # (reported to the lead); resolve the same manifest entry here, with the same errors, until it is fixed.
-        entry = dict(bundled._manifest().get(name) or {})
-        out: dict = {"meta": entry.pop("meta", None) or {}}
-        for role, fname in entry.items():
-            p = bundled.BUNDLED_DIR / fname
-            if not p.exists():
-                raise bundled.NoBundledWeightsError(
-                    f"bundled file {p} for {name!r} is missing; reinstall posthoc"
-                ) from None
-            out[role] = p
-        return out
+    return bundled.default_weights(name)
 
 
 def _meta_kwargs(meta: Mapping | None) -> dict:
