@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from posthoc.adapters.bundled import BUNDLED_DIR
 from posthoc.bench import synthetic as syn
+from posthoc.bench._io import atomic_path, write_json_atomic
 from torch import nn
 
 log = logging.getLogger("posthoc.train")
@@ -172,42 +172,24 @@ def export_onnx(model: nn.Module, args: tuple, path: Path, input_names: list[str
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp:
         with torch.no_grad():
-            torch.onnx.export(model, args, tmp, input_names=input_names, output_names=output_names,
+            torch.onnx.export(model, args, str(tmp), input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes, opset_version=17, dynamo=False, do_constant_folding=True)
         import onnx
 
-        onnx.checker.check_model(onnx.load(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        onnx.checker.check_model(onnx.load(str(tmp)))
     return path
 
 
 def write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)
 
 
 def save_state(model: nn.Module, path: Path) -> None:
     """Save a torch checkpoint (state dict only; loaded back with weights_only=True)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=path.parent)
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def load_state(model: nn.Module, path: Path) -> nn.Module:
