@@ -36,3 +36,18 @@ def test_readme_commands_exist():
     assert "bench)" in run and "test)" in run and "posthoc-bench\" smiyc --teacher obsnet" in run
     for doc in re.findall(r"\]\((docs/[^)]+)\)", text):
         assert (root / doc).is_file(), doc
+
+
+def test_quoted_error_message_is_the_real_one():
+    import torch
+
+    import posthoc
+
+    text = README.read_text()
+    quoted = re.search(r"`ShapeError: (proposals must be [^`]+)`", text).group(1)
+    try:
+        posthoc.fuse(torch.zeros(2, 19, 512, 1024), torch.zeros(2, 256, 512, dtype=torch.long))
+    except posthoc.ShapeError as e:
+        assert str(e) == quoted
+    else:  # pragma: no cover
+        raise AssertionError("no error raised")
