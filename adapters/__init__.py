@@ -20,13 +20,13 @@ from .registry import (
 )
 
 __all__ = [
-    "Teacher",
     "ProposalSource",
-    "register_teacher",
-    "register_proposals",
-    "get_teacher",
-    "get_proposals",
-    "list_teachers",
-    "list_proposals",
+    "Teacher",
     "get_factory",
+    "get_proposals",
+    "get_teacher",
+    "list_proposals",
+    "list_teachers",
+    "register_proposals",
+    "register_teacher",
 ]

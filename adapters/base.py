@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Optional
+from typing import Any
 
 from posthoc.types import Proposals, TeacherOutput
 
-__all__ = ["Teacher", "ProposalSource"]
+__all__ = ["ProposalSource", "Teacher"]
 
 
 class Teacher(abc.ABC):
@@ -46,5 +46,5 @@ class ProposalSource(abc.ABC):
     uses_teacher_output: bool = True
 
     @abc.abstractmethod
-    def __call__(self, images: Any, teacher_output: Optional[TeacherOutput] = None) -> Proposals:  # pragma: no cover
+    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:  # pragma: no cover
         ...

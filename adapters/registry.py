@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 from posthoc._checks import PosthocError
 
@@ -16,17 +17,17 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "UnknownAdapterError",
-    "register_teacher",
-    "register_proposals",
-    "get_teacher",
-    "get_proposals",
-    "list_teachers",
-    "list_proposals",
     "get_factory",
+    "get_proposals",
+    "get_teacher",
+    "list_proposals",
+    "list_teachers",
+    "register_proposals",
+    "register_teacher",
 ]
 
-_TEACHERS: Dict[str, Callable[..., Any]] = {}
-_PROPOSALS: Dict[str, Callable[..., Any]] = {}
+_TEACHERS: dict[str, Callable[..., Any]] = {}
+_PROPOSALS: dict[str, Callable[..., Any]] = {}
 
 # Modules that register built-in adapters; imported on first lookup.
 _BUILTIN_MODULES = [
@@ -58,7 +59,7 @@ def _load_builtins() -> None:
                 raise
 
 
-def _register(table: Dict[str, Callable[..., Any]], kind: str, name: str):
+def _register(table: dict[str, Callable[..., Any]], kind: str, name: str):
     def deco(factory):
         if name in table and table[name] is not factory:
             raise ValueError(f"a {kind} named {name!r} is already registered")

@@ -44,7 +44,7 @@ _LAZY = {
 }
 _SUBMODULES = {"scores", "metrics", "kernels", "adapters", "bench"}
 
-__all__ = sorted(_LAZY) + sorted(_SUBMODULES)
+__all__ = [*sorted(_LAZY), *sorted(_SUBMODULES)]
 
 
 def __getattr__(name: str) -> Any:

@@ -7,28 +7,29 @@ names what was expected and what came, e.g.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
+    "DTypeError",
+    "MissingExtraError",
+    "NonFiniteError",
+    "OverlapError",
     "PosthocError",
     "ShapeError",
     "ValueRangeError",
-    "DTypeError",
-    "OverlapError",
-    "NonFiniteError",
-    "MissingExtraError",
-    "shape_str",
-    "check_tensor_type",
     "check_finite",
-    "check_ndim",
-    "check_same_hw",
-    "check_labels",
-    "check_range",
     "check_float",
     "check_int",
+    "check_labels",
+    "check_ndim",
+    "check_range",
+    "check_same_hw",
+    "check_tensor_type",
+    "shape_str",
 ]
 
 

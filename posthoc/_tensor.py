@@ -12,7 +12,7 @@ import torch
 
 from ._checks import check_tensor_type
 
-__all__ = ["as_torch", "restore", "as_float32"]
+__all__ = ["as_float32", "as_torch", "restore"]
 
 
 def as_torch(x: Any, name: str) -> tuple[torch.Tensor, bool]:

@@ -23,8 +23,8 @@ from ._tensor import as_torch, restore
 from .assign import hard_assign, soft_assign
 from .components import split_components
 from .fusion import _labels_for, fuse, region_class_logits
-from .offsets import offset_resample, offsets_from_proposals
 from .mask2anomaly import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refinement_mask
+from .offsets import offset_resample, offsets_from_proposals
 from .types import Proposals, TeacherOutput
 
 __all__ = ["Pipeline"]

@@ -5,8 +5,9 @@ fields on construction and hold numpy arrays or torch tensors as given.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -40,10 +41,10 @@ class Proposals:
     """
 
     labels: Any
-    region_scores: Optional[Any] = None
-    validity: Optional[Any] = None
-    class_logits: Optional[Any] = None
-    mask_logits: Optional[Any] = None
+    region_scores: Any | None = None
+    validity: Any | None = None
+    class_logits: Any | None = None
+    mask_logits: Any | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,8 +117,8 @@ class TeacherOutput:
     scores: Any
     kind: Literal["anomaly", "semantic"]
     class_names: Sequence[str]
-    features: Optional[dict] = None
-    logits: Optional[Any] = None
+    features: dict | None = None
+    logits: Any | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("anomaly", "semantic"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from posthoc._checks import PosthocError
 
-__all__ = ["BUNDLED_DIR", "default_weights", "bundled_names", "NoBundledWeightsError"]
+__all__ = ["BUNDLED_DIR", "NoBundledWeightsError", "bundled_names", "default_weights"]
 
 BUNDLED_DIR = Path(__file__).resolve().parent
 

@@ -80,7 +80,7 @@ def _results(synthetic=True):
     def m(ap, fpr):
         return {"ap": ap, "fpr95": fpr, "siou_gt": 0.2, "f1_mean": 0.1, "auroc": 0.9, "ppv": 0.3}
 
-    ev = lambda key: {  # noqa: E731
+    ev = lambda key: {
         "key": key,
         "synthetic": synthetic,
         "teachers": {"t": {"variants": {"teacher": m(0.10, 0.80), "csl2@sp": m(0.15, 0.70)}}},
