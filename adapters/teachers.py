@@ -361,6 +361,13 @@ def _pick_main(outs: dict, output_name: str | None, what: str, prefer: Sequence[
 # =============================================================================== generic teachers
 
 
+def _run_image(runner: Any, x: torch.Tensor) -> dict:
+    """Run a torch or ONNX runner on a prepared image batch; return its outputs by name."""
+    if isinstance(runner, _TorchRunner):
+        return runner.run(x)[1]
+    return runner.run({runner.image.name: x})
+
+
 class _ImageConfig:
     """Input preprocessing shared by the teachers: layout -> [0,1] float, resize, normalize."""
 
@@ -1398,10 +1405,7 @@ class DaCUPTeacher(_ImageConfig, Teacher):
     def __call__(self, images: Any) -> TeacherOutput:
         with torch.inference_mode():
             x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
-            if isinstance(self.runner, _TorchRunner):
-                _, outs = self.runner.run(x)
-            else:
-                outs = self.runner.run({self.runner.image.name: x})
+            outs = _run_image(self.runner, x)
             if self.output_name is None:
                 one = [n for n, v in outs.items() if v.ndim == 4 and v.shape[1] == 1]
                 name = _pick_main(outs, None, "DaCUP", prefer=("anomaly_score", "anomaly", "score", *one[:1]))
@@ -1497,10 +1501,7 @@ class ZegFormerTeacher(_ImageConfig, Teacher):
     def __call__(self, images: Any) -> TeacherOutput:
         with torch.inference_mode():
             x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
-            if isinstance(self.runner, _TorchRunner):
-                _, outs = self.runner.run(x)
-            else:
-                outs = self.runner.run({self.runner.image.name: x})
+            outs = _run_image(self.runner, x)
             c = len(self._names)
             if "pred_logits" in outs and "pred_masks" in outs:
                 cls, masks = outs["pred_logits"].float(), outs["pred_masks"].float()
