@@ -122,20 +122,26 @@ def _scores_4d(x: Any, name: str, check: bool = True) -> tuple[torch.Tensor, boo
 
 
 def _labels_for(
-    proposals: Any, scores: torch.Tensor, batched: bool, scores_name: str = "model_logits", return_n: bool = False
+    proposals: Any,
+    scores: torch.Tensor,
+    batched: bool,
+    scores_name: str = "model_logits",
+    return_n: bool = False,
+    arg_name: str = "proposals",
 ) -> Any:
     """Turn a label map, non-overlapping boolean masks or a Proposals into (B,H,W) int labels.
 
     ``scores`` is the (B,C,H,W) tensor the labels must match; ``batched`` says whether the
-    caller gave a batch axis (then labels must be (B,H,W) / masks (B,N,H,W)).
+    caller gave a batch axis (then labels must be (B,H,W) / masks (B,N,H,W)); ``arg_name`` is
+    the caller's name of the argument, used in error messages.
     """
     if isinstance(proposals, Proposals):
-        lab, was_np = as_torch(proposals.labels, "proposals.labels")
-        name = "proposals.labels"
+        name = f"{arg_name}.labels"
+        lab, was_np = as_torch(proposals.labels, name)
     else:
-        check_tensor_type(proposals, "proposals")
-        lab, was_np = as_torch(proposals, "proposals")
-        name = "proposals"
+        check_tensor_type(proposals, arg_name)
+        lab, was_np = as_torch(proposals, arg_name)
+        name = arg_name
     lab = _to_device(lab, was_np, scores, name, scores_name)
     B, _, H, W = scores.shape
     want_lab = f"(B,H,W)=({B},{H},{W})" if batched else f"(H,W)=({H},{W})"
@@ -321,7 +327,7 @@ def _out_view(out: Any, was_numpy: bool, shape: tuple, scores: torch.Tensor) -> 
 
 def _values_and_labels(values: Any, labels: Any, vname: str):
     vals, was_numpy, shape = _scores_4d(values, vname)
-    lab = _labels_for(labels, vals, batched=len(shape) == 4, scores_name=vname)
+    lab = _labels_for(labels, vals, batched=len(shape) == 4, scores_name=vname, arg_name="labels")
     return vals, lab, was_numpy, len(shape) == 4
 
 

@@ -345,3 +345,10 @@ def test_fuse_out_errors(rng):
         posthoc.fuse(d, lab, out=np.empty((1, 1, 5, 4), np.float32))
     with pytest.raises(ShapeError, match="C-contiguous"):
         posthoc.fuse(d, lab, out=np.empty((1, 1, 5, 4), np.float32).transpose(0, 1, 3, 2))
+
+
+def test_region_ops_name_their_labels_argument():
+    with pytest.raises(ShapeError, match=r"^labels must be \(B,H,W\)=\(1,8,8\) matching semantic_logits"):
+        posthoc.region_class_logits(np.zeros((1, 3, 8, 8), np.float32), np.zeros((1, 8, 7), np.int64))
+    with pytest.raises(ShapeError, match=r"^labels must be \(B,H,W\)=\(1,8,8\) matching values"):
+        posthoc.region_means(np.zeros((1, 3, 8, 8), np.float32), np.zeros((1, 8, 7), np.int64))
