@@ -21,14 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posthoc._checks import (
-    DTypeError,
-    ShapeError,
-    ValueRangeError,
-    check_finite,
-    check_tensor_type,
-    shape_str,
-)
+from posthoc.errors import DTypeError, ShapeError, ValueRangeError
+from posthoc.validation import check_finite, check_tensor_type, shape_str
 
 log = logging.getLogger(__name__)
 

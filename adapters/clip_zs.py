@@ -39,18 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posthoc._checks import (
-    DTypeError,
-    MissingExtraError,
-    ShapeError,
-    ValueRangeError,
-    check_finite,
-    check_labels,
-    check_range,
-    shape_str,
-)
-from posthoc._tensor import as_torch, restore
+from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
 from posthoc.types import Proposals
+from posthoc.validation import as_torch, check_finite, check_labels, check_range, restore, shape_str
 
 from ._image import check_mean_std, to_float_batch
 

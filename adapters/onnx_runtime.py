@@ -29,14 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from posthoc._checks import (
-    DTypeError,
-    MissingExtraError,
-    PosthocError,
-    ShapeError,
-    check_tensor_type,
-    shape_str,
-)
+from posthoc.errors import DTypeError, MissingExtraError, PosthocError, ShapeError
+from posthoc.validation import check_tensor_type, shape_str
 
 log = logging.getLogger(__name__)
 

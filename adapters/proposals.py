@@ -37,15 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posthoc._checks import (
-    DTypeError,
-    MissingExtraError,
-    ShapeError,
-    ValueRangeError,
-    check_finite,
-    shape_str,
-)
+from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
 from posthoc.types import Proposals, TeacherOutput
+from posthoc.validation import check_finite, shape_str
 
 from ._image import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize, parse_size, resize, to_float_batch
 from .base import ProposalSource
@@ -375,7 +369,7 @@ def proposals_from_mask_transformer(
         Proposals with region_scores, validity, class_logits and mask_logits filled (float32, CPU
         or the input's device).
     """
-    from posthoc._tensor import as_torch
+    from posthoc.validation import as_torch
 
     m, _ = as_torch(mask_logits, "mask_logits")
     c, _ = as_torch(class_logits, "class_logits")
@@ -631,7 +625,7 @@ class MeanShiftProposals(ProposalSource):
             raise ValueRangeError(
                 "the meanshift source needs per-pixel embeddings: pass features=(B,F,h,w), an embedder=, "
                 "or a teacher_output whose .features holds them")
-        from posthoc._tensor import as_torch
+        from posthoc.validation import as_torch
 
         f, _ = as_torch(f, "features")
         if f.ndim != 4 or f.shape[0] != x.shape[0]:

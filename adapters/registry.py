@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from posthoc._checks import PosthocError
+from posthoc.errors import PosthocError
 
 log = logging.getLogger(__name__)
 

@@ -69,16 +69,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from posthoc._checks import (
-    DTypeError,
-    MissingExtraError,
-    PosthocError,
-    ShapeError,
-    ValueRangeError,
-    check_finite,
-    shape_str,
-)
+from posthoc.errors import DTypeError, MissingExtraError, PosthocError, ShapeError, ValueRangeError
 from posthoc.types import TeacherOutput
+from posthoc.validation import check_finite, shape_str
 
 from ._image import (
     IMAGENET_MEAN,

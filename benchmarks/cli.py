@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from posthoc._checks import PosthocError
+from posthoc.errors import PosthocError
 
 __all__ = ["build_parser", "main"]
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posthoc._checks import PosthocError
+from posthoc.errors import PosthocError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from posthoc._checks import DTypeError, ShapeError, ValueRangeError, check_range, shape_str
+from posthoc.errors import DTypeError, ShapeError, ValueRangeError
+from posthoc.validation import check_range, shape_str
 
 from ._io import atomic_path
 

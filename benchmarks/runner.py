@@ -63,7 +63,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from posthoc._checks import PosthocError, ShapeError, check_range
+from posthoc.errors import PosthocError, ShapeError
+from posthoc.validation import check_range
 
 from . import datasets as ds
 from ._io import file_sha256, load_npy, save_npy_atomic, write_json_atomic, write_text_atomic

@@ -56,7 +56,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from posthoc._checks import PosthocError, ShapeError, ValueRangeError
+from posthoc.errors import PosthocError, ShapeError, ValueRangeError
 
 log = logging.getLogger(__name__)
 

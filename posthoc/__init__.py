@@ -34,15 +34,16 @@ _LAZY = {
     "PanopticQuality": "posthoc.metrics",
     "Proposals": "posthoc.types",
     "TeacherOutput": "posthoc.types",
-    "PosthocError": "posthoc._checks",
-    "ShapeError": "posthoc._checks",
-    "ValueRangeError": "posthoc._checks",
-    "DTypeError": "posthoc._checks",
-    "OverlapError": "posthoc._checks",
-    "NonFiniteError": "posthoc._checks",
-    "MissingExtraError": "posthoc._checks",
+    "PosthocError": "posthoc.errors",
+    "ShapeError": "posthoc.errors",
+    "ValueRangeError": "posthoc.errors",
+    "DTypeError": "posthoc.errors",
+    "OverlapError": "posthoc.errors",
+    "NonFiniteError": "posthoc.errors",
+    "MissingExtraError": "posthoc.errors",
+    "DeviceError": "posthoc.errors",
 }
-_SUBMODULES = {"scores", "metrics", "kernels", "adapters", "bench"}
+_SUBMODULES = {"scores", "metrics", "kernels", "adapters", "bench", "errors", "validation"}
 
 __all__ = [*sorted(_LAZY), *sorted(_SUBMODULES)]
 

@@ -15,15 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
-from ._checks import (
-    ShapeError,
-    ValueRangeError,
-    check_float,
-    check_ndim,
-    shape_str,
-)
-from ._tensor import as_float32, as_torch, restore
+from .errors import ShapeError, ValueRangeError
 from .fusion import _check_range, _to_device
+from .validation import as_float32, as_torch, check_float, check_ndim, restore, shape_str
 
 __all__ = ["hard_assign", "soft_assign"]
 

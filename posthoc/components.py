@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import ValueRangeError, check_int, check_labels, check_ndim
-from ._tensor import as_torch, restore
+from .errors import ValueRangeError
+from .validation import as_torch, check_int, check_labels, check_ndim, restore
 
 __all__ = ["connected_components", "split_components"]
 

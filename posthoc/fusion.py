@@ -22,23 +22,20 @@ import numpy as np
 import torch
 
 from . import kernels
-from ._checks import (
-    DTypeError,
-    NonFiniteError,
-    OverlapError,
-    PosthocError,
-    ShapeError,
-    ValueRangeError,
+from .errors import DeviceError, DTypeError, NonFiniteError, OverlapError, ShapeError, ValueRangeError
+from .types import Proposals
+from .validation import (
+    as_float32,
+    as_torch,
     check_finite,
     check_float,
     check_int,
     check_tensor_type,
+    restore,
     shape_str,
 )
-from ._tensor import as_float32, as_torch, restore
-from .types import Proposals
 
-__all__ = ["NO_OBJECT_LOGIT", "DeviceError", "fuse", "region_class_logits", "region_means"]
+__all__ = ["NO_OBJECT_LOGIT", "fuse", "region_class_logits", "region_means"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +43,6 @@ logger = logging.getLogger(__name__)
 NO_OBJECT_LOGIT = -1e4
 
 _NORMALIZE = ("auto", "softmax", "sigmoid", "none")
-
-
-class DeviceError(PosthocError, ValueError):
-    """Two torch inputs live on different devices."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -83,12 +76,12 @@ def _finite_range(x: torch.Tensor, name: str) -> tuple[float, float] | None:
 
 
 def _check_finite(x: torch.Tensor, name: str) -> None:
-    """Fast :func:`posthoc._checks.check_finite` (same error type and message)."""
+    """Fast :func:`posthoc.validation.check_finite` (same error type and message)."""
     _finite_range(x, name)
 
 
 def _check_range(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
-    """Fast :func:`posthoc._checks.check_range` (same error types and message)."""
+    """Fast :func:`posthoc.validation.check_range` (same error types and message)."""
     r = _finite_range(x, name)
     if r is not None and (r[0] < lo or r[1] > hi):
         raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]; got values in [{r[0]:g},{r[1]:g}]")
@@ -181,7 +174,7 @@ def _labels_for(
 
 
 def _check_labels_fast(lab: torch.Tensor, name: str) -> int:
-    """:func:`posthoc._checks.check_labels` in one ``aminmax`` pass; returns max label + 1."""
+    """:func:`posthoc.validation.check_labels` in one ``aminmax`` pass; returns max label + 1."""
     if lab.numel() == 0:
         return 0
     mn_t, mx_t = torch.aminmax(lab)

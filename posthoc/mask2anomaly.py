@@ -33,19 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import (
-    DTypeError,
-    ShapeError,
-    ValueRangeError,
-    check_float,
-    check_labels,
-    check_ndim,
-    shape_str,
-)
-from ._tensor import as_float32, as_torch, restore
 from .assign import _check_size
 from .components import connected_components
+from .errors import DTypeError, ShapeError, ValueRangeError
 from .fusion import _check_finite, _to_device
+from .validation import as_float32, as_torch, check_float, check_labels, check_ndim, restore, shape_str
 
 __all__ = ["CITYSCAPES_SUPPRESS_IDS", "mine_unknown_instances", "refine", "refinement_mask"]
 

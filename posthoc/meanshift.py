@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import PosthocError, ShapeError, ValueRangeError, check_finite, check_float, shape_str
-from ._tensor import as_torch, restore
+from .errors import PosthocError, ShapeError, ValueRangeError
+from .validation import as_torch, check_finite, check_float, restore, shape_str
 
 log = logging.getLogger(__name__)
 

@@ -26,17 +26,18 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from ._checks import (
-    ShapeError,
-    ValueRangeError,
+from .errors import ShapeError, ValueRangeError
+from .fusion import _check_finite, _check_range, _scores_4d, _to_device
+from .validation import (
+    as_float32,
+    as_torch,
     check_float,
     check_int,
     check_labels,
     check_ndim,
+    restore,
     shape_str,
 )
-from ._tensor import as_float32, as_torch, restore
-from .fusion import _check_finite, _check_range, _scores_4d, _to_device
 
 __all__ = ["offset_resample", "offsets_from_proposals"]
 

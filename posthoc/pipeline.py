@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import ShapeError, ValueRangeError, check_tensor_type, shape_str
-from ._tensor import as_torch, restore
 from .assign import hard_assign, soft_assign
 from .components import split_components
+from .errors import ShapeError, ValueRangeError
 from .fusion import _labels_for, fuse, region_class_logits
 from .mask2anomaly import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refinement_mask
 from .offsets import offset_resample, offsets_from_proposals
 from .types import Proposals, TeacherOutput
+from .validation import as_torch, check_tensor_type, restore, shape_str
 
 __all__ = ["Pipeline"]
 

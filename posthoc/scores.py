@@ -34,17 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import (
-    DTypeError,
-    ShapeError,
-    ValueRangeError,
-    check_float,
-    check_int,
-    check_ndim,
-    shape_str,
-)
-from ._tensor import as_float32, as_torch, restore
+from .errors import DTypeError, ShapeError, ValueRangeError
 from .fusion import _check_finite, _to_device
+from .validation import as_float32, as_torch, check_float, check_int, check_ndim, restore, shape_str
 
 __all__ = [
     "SMLStats",

@@ -11,16 +11,8 @@ from typing import Any, Literal
 
 import torch
 
-from ._checks import (
-    DTypeError,
-    ShapeError,
-    ValueRangeError,
-    check_finite,
-    check_labels,
-    check_range,
-    shape_str,
-)
-from ._tensor import as_torch
+from .errors import DTypeError, ShapeError, ValueRangeError
+from .validation import as_torch, check_finite, check_labels, check_range, shape_str
 
 __all__ = ["Proposals", "TeacherOutput"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from posthoc._checks import PosthocError
+from posthoc.errors import PosthocError
 
 __all__ = ["BUNDLED_DIR", "NoBundledWeightsError", "bundled_names", "default_weights"]
 

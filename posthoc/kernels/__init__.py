@@ -40,17 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import (
-    DTypeError,
-    MissingExtraError,
-    ShapeError,
-    ValueRangeError,
-    check_finite,
-    check_int,
-    check_tensor_type,
-    shape_str,
-)
-from .._tensor import as_float32, as_torch, restore
+from ..errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
+from ..validation import as_float32, as_torch, check_finite, check_int, check_tensor_type, restore, shape_str
 from ._torch import check_label_range, region_fuse_torch, region_sums_torch, weighted_argmax_torch
 
 __all__ = [
@@ -197,7 +188,7 @@ def _value_range(value_range: Any) -> tuple[float, float] | None:
 
 
 def _raise_values(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
-    """Slow path after a failed fused check: raise with the exact counts / range (messages of _checks)."""
+    """Slow path after a failed fused check: raise with the exact counts / range (messages of posthoc.validation)."""
     check_finite(x, name)
     mn, mx = (float(t) for t in torch.aminmax(x.reshape(-1)))
     if mn < lo or mx > hi:
@@ -219,7 +210,7 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
                  backend: str = "auto") -> None:
     """Raise unless every value of ``x`` is finite and lies in [lo, hi]; one pass, no temporaries.
 
-    The same test as ``posthoc._checks.check_range`` (and ``check_finite`` with the default
+    The same test as ``posthoc.validation.check_range`` (and ``check_finite`` with the default
     bounds) and the same messages, but on a CPU tensor it reads ``x`` once with a parallel
     compiled loop instead of allocating an ``isfinite`` mask and reducing three times.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import ValueRangeError
+from ..errors import ValueRangeError
 
 #: default bound on the number of elements of any temporary (2**24 float32 = 64 MiB)
 CHUNK_ELEMS = 1 << 24

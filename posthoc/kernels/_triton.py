@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._checks import ValueRangeError
+from ..errors import ValueRangeError
 from ._torch import mean_table, region_sums_torch
 
 #: pixels per program

@@ -13,15 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import (
-    DTypeError,
-    NonFiniteError,
-    PosthocError,
-    ShapeError,
-    ValueRangeError,
-    check_tensor_type,
-    shape_str,
-)
+from ..errors import DTypeError, NonFiniteError, PosthocError, ShapeError, ValueRangeError
+from ..validation import check_tensor_type, shape_str
 
 __all__ = [
     "EmptyMetricError",

@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .._checks import PosthocError, ValueRangeError
+from ..errors import PosthocError, ValueRangeError
 from ._common import (
     EmptyMetricError,
     check_binary_labels,

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .._checks import DTypeError, ValueRangeError
+from ..errors import DTypeError, ValueRangeError
 from .component import ComponentMetrics
 from .pixel import PixelMetrics
 

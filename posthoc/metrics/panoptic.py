@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import DTypeError, ShapeError, ValueRangeError, shape_str
+from ..errors import DTypeError, ShapeError, ValueRangeError
+from ..validation import shape_str
 from ._common import EmptyMetricError, as_batch, check_class_map, check_mergeable, to_numpy
 
 __all__ = ["PanopticQuality"]

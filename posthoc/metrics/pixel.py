@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import ValueRangeError
+from ..errors import ValueRangeError
 from ._common import (
     EmptyMetricError,
     check_binary_labels,

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import DTypeError, ShapeError, ValueRangeError, shape_str
+from ..errors import DTypeError, ShapeError, ValueRangeError
+from ..validation import shape_str
 from ._common import EmptyMetricError, check_class_map, check_mergeable, check_scores, to_numpy
 
 logger = logging.getLogger(__name__)

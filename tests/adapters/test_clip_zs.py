@@ -14,7 +14,7 @@ from posthoc.adapters.clip_zs import ClipRegionClassifier, paint_regions, seen_c
 from torch import nn
 
 from posthoc import Proposals
-from posthoc._checks import DTypeError, MissingExtraError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
 
 open_clip = pytest.importorskip("open_clip")
 

@@ -13,7 +13,7 @@ from posthoc.adapters.registry import UnknownAdapterError
 from torch import nn
 
 from posthoc import Proposals, TeacherOutput
-from posthoc._checks import DTypeError, MissingExtraError, NonFiniteError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, MissingExtraError, NonFiniteError, ShapeError, ValueRangeError
 
 ALL = {"sam", "mask_transformer", "superpixels", "meanshift", "onnx", "csl"}
 

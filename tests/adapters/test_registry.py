@@ -16,7 +16,7 @@ from posthoc.adapters import (
     registry,
 )
 
-from posthoc._checks import PosthocError
+from posthoc.errors import PosthocError
 
 TEACHERS = ["dacup", "daformer", "energy", "entropy", "maxlogit", "msp", "obsnet", "onnx", "sml", "torch", "zegformer"]
 

@@ -17,7 +17,7 @@ from posthoc.adapters import get_teacher
 from posthoc.adapters import onnx_runtime as O
 from posthoc.adapters import teachers as T
 
-from posthoc._checks import DTypeError, MissingExtraError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
 from posthoc.types import TeacherOutput
 
 K = 5

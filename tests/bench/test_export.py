@@ -7,7 +7,7 @@ import pytest
 import torch
 from posthoc.bench import export
 
-from posthoc._checks import DTypeError, NonFiniteError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
 
 
 def test_write_and_read_back(tmp_path, rng):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from posthoc.bench import synthetic as syn
 
-from posthoc._checks import ShapeError, ValueRangeError
+from posthoc.errors import ShapeError, ValueRangeError
 
 SMALL = (64, 128)
 

@@ -311,7 +311,7 @@ def test_cpu_equals_cuda(rng):
 def test_device_mismatch_is_a_clear_error(rng):
     x = torch.rand(1, 1, 3, 3)
     lab = torch.zeros(1, 3, 3, dtype=torch.int64, device="meta")
-    from posthoc.fusion import DeviceError
+    from posthoc.errors import DeviceError
 
     with pytest.raises(DeviceError, match=r"proposals must be on the device of model_logits \(cpu\); got meta"):
         posthoc.fuse(x, lab)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from posthoc import kernels as K
-from posthoc._checks import DTypeError, MissingExtraError, NonFiniteError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, MissingExtraError, NonFiniteError, ShapeError, ValueRangeError
 
 CPU_BACKENDS = [b for b in K.available_backends("cpu") if b != "triton"]
 HAS_TRITON = __import__("importlib.util").util.find_spec("triton") is not None
@@ -440,7 +440,7 @@ _TRITON_SCRIPT = textwrap.dedent(
     sys.path.insert(0, os.environ["KTEST_DIR"])
     from test_kernels import ref_fuse, ref_sums, ref_wargmax, blobs, rand_labels
     from posthoc import kernels as K
-    from posthoc._checks import ValueRangeError
+    from posthoc.errors import ValueRangeError
     rng = np.random.default_rng(0)
     res = {"backends": K.available_backends("cpu")}
     for i, (B, C, H, W, N, kind, dt) in enumerate([

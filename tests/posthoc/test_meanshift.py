@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from posthoc._checks import DTypeError, NonFiniteError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
 from posthoc.meanshift import SPHERE_BANDWIDTH, MeanShiftSphere, meanshift_points, meanshift_sphere
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from posthoc._checks import DTypeError, NonFiniteError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
 from posthoc.metrics import (
     SIOU_THRESHOLDS,
     ComponentMetrics,

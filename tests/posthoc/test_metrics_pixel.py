@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from posthoc._checks import DTypeError, NonFiniteError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
 from posthoc.metrics import EmptyMetricError, PixelMetrics
 from posthoc.metrics.pixel import smiyc_frame_bins, sorted_quantiles
 from tests.reference.metrics import smiyc_pixel_reference, threshold_sweep_reference

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from posthoc._checks import DTypeError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, ShapeError, ValueRangeError
 from posthoc.metrics import EmptyMetricError, OpenIoU, PanopticQuality, SemanticMetrics, open_set_prediction
 from tests.reference.metrics import panoptic_reference, semantic_iou_reference
 

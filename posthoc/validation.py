@@ -1,9 +1,10 @@
-"""Input checks shared by every public entry point.
+"""Input checks and numpy/torch plumbing shared by every public entry point.
 
-Convention (DESIGN.md, "Conventions" 4): user input is checked here, never with
-``assert``. Every error is a ``ValueError``/``TypeError`` subclass whose message
-names what was expected and what came, e.g.
-``labels must be (B,H,W) matching scores (2,19,512,1024); got (2,256,512)``.
+Convention (DESIGN.md, "Conventions" 1 and 4): user input is checked here, never with
+``assert``; every error is one of :mod:`posthoc.errors`, whose message names what was
+expected and what came. Functions take numpy arrays or torch tensors and return what
+they were given (:func:`as_torch` / :func:`restore`); a torch result stays on the input's
+device.
 """
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
+
 __all__ = [
-    "DTypeError",
-    "MissingExtraError",
-    "NonFiniteError",
-    "OverlapError",
-    "PosthocError",
-    "ShapeError",
-    "ValueRangeError",
+    "as_float32",
+    "as_torch",
     "check_finite",
     "check_float",
     "check_int",
@@ -29,36 +27,9 @@ __all__ = [
     "check_range",
     "check_same_hw",
     "check_tensor_type",
+    "restore",
     "shape_str",
 ]
-
-
-class PosthocError(Exception):
-    """Base class of every error posthoc raises on purpose."""
-
-
-class ShapeError(PosthocError, ValueError):
-    """An input has the wrong number of axes or a size that does not match."""
-
-
-class ValueRangeError(PosthocError, ValueError):
-    """An input holds values outside the domain the function is defined on."""
-
-
-class NonFiniteError(ValueRangeError):
-    """An input holds NaN or +-Inf."""
-
-
-class OverlapError(PosthocError, ValueError):
-    """Boolean proposal masks overlap where a partition was required."""
-
-
-class DTypeError(PosthocError, TypeError):
-    """An input has the wrong dtype or Python type."""
-
-
-class MissingExtraError(PosthocError, ImportError):
-    """An optional dependency is missing; the message names the extra to install."""
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -137,3 +108,25 @@ def check_range(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
     mn, mx = float(x.min()), float(x.max())
     if mn < lo or mx > hi:
         raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]; got values in [{mn:g},{mx:g}]")
+
+
+def as_torch(x: Any, name: str) -> tuple[torch.Tensor, bool]:
+    """Return ``(tensor, was_numpy)``. numpy input is wrapped without a copy where possible."""
+    check_tensor_type(x, name)
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.float16:
+            return torch.from_numpy(np.ascontiguousarray(x)), True
+        return torch.from_numpy(np.ascontiguousarray(x)), True
+    return x, False
+
+
+def as_float32(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16/float64 -> float32 (a new tensor); float32 passes through unchanged."""
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def restore(y: torch.Tensor, was_numpy: bool) -> Any:
+    """Give back numpy if the caller gave numpy, else the tensor (on its device)."""
+    if was_numpy:
+        return y.detach().cpu().numpy()
+    return y
