@@ -138,7 +138,7 @@ class CalibrationError(PosthocError, ValueError):
 
 def _atomic_write_json(path: Any, obj: dict) -> Path:
     """Write JSON to ``path`` atomically (temp file in the same folder, then os.replace)."""
-    from posthoc.bench._io import write_json_atomic
+    from posthoc.adapters.io import write_json_atomic
 
     return write_json_atomic(Path(path).expanduser(), obj, indent=1)
 

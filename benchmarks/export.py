@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from posthoc.adapters.io import atomic_path
 
 from posthoc.errors import DTypeError, ShapeError, ValueRangeError
 from posthoc.validation import check_range, shape_str
-
-from ._io import atomic_path
 
 log = logging.getLogger(__name__)
 

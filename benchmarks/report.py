@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from ._io import atomic_path
+from posthoc.adapters.io import atomic_path
 
 log = logging.getLogger(__name__)
 

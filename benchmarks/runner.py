@@ -62,12 +62,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from posthoc.adapters.io import file_sha256, load_npy, save_npy_atomic, write_json_atomic, write_text_atomic
 
 from posthoc.errors import PosthocError, ShapeError
 from posthoc.validation import check_range
 
 from . import datasets as ds
-from ._io import file_sha256, load_npy, save_npy_atomic, write_json_atomic, write_text_atomic
 from .export import write_submission_frame
 from .report import format_table, plot_curves, plot_overlay, verdict
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from posthoc.adapters.bundled import BUNDLED_DIR
+from posthoc.adapters.io import atomic_path, write_json_atomic
 from posthoc.bench import synthetic as syn
-from posthoc.bench._io import atomic_path, write_json_atomic
 from torch import nn
 
 log = logging.getLogger("posthoc.train")

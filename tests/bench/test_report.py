@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from posthoc.bench import _io, report
+from posthoc.adapters import io as _io
+from posthoc.bench import report
 
 
 def _m(ap, fpr, **kw):

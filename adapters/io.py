@@ -1,4 +1,7 @@
-"""Atomic file writes for the benchmark's result and cache files.
+"""Atomic file writes for results, caches, calibrations and trained models (``posthoc.adapters.io``).
+
+Used by the adapters (calibration JSON), the benchmark (results and cache) and the training
+scripts; it lives here, below the benchmark, so the adapters never import ``posthoc.bench``.
 
 Every file is written to a temporary file in the destination folder and moved into place
 with ``os.replace``, so a crash or Ctrl-C never leaves a half-written result behind, and a
