@@ -19,6 +19,7 @@ _LAZY = {
     "region_class_logits": "posthoc.fusion",
     "soft_assign": "posthoc.assign",
     "hard_assign": "posthoc.assign",
+    "assign_labels": "posthoc.assign",
     "split_components": "posthoc.components",
     "refinement_mask": "posthoc.mask2anomaly",
     "refine": "posthoc.mask2anomaly",

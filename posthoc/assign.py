@@ -19,7 +19,7 @@ from .errors import ShapeError, ValueRangeError
 from .fusion import _check_range, _to_device
 from .validation import as_float32, as_torch, check_float, check_ndim, restore, shape_str
 
-__all__ = ["hard_assign", "soft_assign"]
+__all__ = ["assign_labels", "hard_assign", "soft_assign"]
 
 logger = logging.getLogger(__name__)
 
@@ -340,3 +340,66 @@ def hard_assign(
     if not batched:
         lab = lab[0]
     return restore(lab, was_numpy)
+
+
+_MODES = ("soft", "hard")
+
+
+def assign_labels(
+    region_scores: Any,
+    validity: Any,
+    *,
+    size: Any = None,
+    mode: str = "soft",
+    mask_threshold: float = 0.5,
+    validity_threshold: float = 0.8,
+    split: bool = True,
+    connectivity: int = 8,
+    min_size: int = 0,
+    backend: str = "auto",
+) -> Any:
+    """Soft region proposals -> the final label map: assignment, then the mask split.
+
+    This is the one place where proposals become regions (DESIGN.md, data flow): proposal
+    sources call it to finish their :class:`posthoc.Proposals` (``labels_final=True``) and
+    :class:`posthoc.Pipeline` calls it for proposals whose labels are not final.
+
+    * ``mode="soft"``: :func:`soft_assign` (CSL scheme 2, Eq. 2): every pixel gets a region.
+    * ``mode="hard"``: :func:`hard_assign` (Mask2Former / EntitySeg baseline), -1 where no
+      kept mask covers a pixel.
+    * ``split``: :func:`posthoc.split_components` (CSL mask split at inference) with
+      ``connectivity`` and ``min_size``.
+
+    Args:
+        region_scores: (B,N,h,w) float probabilities in [0,1].
+        validity: (B,N) float probabilities in [0,1].
+        size: (H, W) of the label map (R is upsampled bilinearly); None = (h, w).
+        mode: ``"soft"`` or ``"hard"``.
+        mask_threshold, validity_threshold: :func:`hard_assign` thresholds.
+        split, connectivity, min_size: :func:`posthoc.split_components` settings.
+        backend: kernel backend of :func:`soft_assign`.
+
+    Returns:
+        (B,H,W) int64 labels, -1 = unassigned; numpy in -> numpy out.
+
+    Region 0 covers two separate pixels of a 1x5 image, so the split makes it two regions:
+
+    >>> import torch
+    >>> r0 = torch.tensor([0.9, 0.1, 0.9, 0.1, 0.1])
+    >>> R = torch.stack([r0, 1 - r0]).reshape(1, 2, 1, 5)
+    >>> assign_labels(R, torch.ones(1, 2), split=False).tolist()
+    [[[0, 1, 0, 1, 1]]]
+    >>> assign_labels(R, torch.ones(1, 2)).tolist()
+    [[[0, 1, 2, 3, 3]]]
+    """
+    from .components import split_components
+
+    if mode not in _MODES:
+        raise ValueRangeError(f"mode must be one of {_MODES}; got {mode!r}")
+    if mode == "soft":
+        labels = soft_assign(region_scores, validity, size=size, backend=backend)
+    else:
+        labels = hard_assign(region_scores, validity, mask_threshold, validity_threshold, size=size)
+    if split:
+        labels = split_components(labels, connectivity, min_size)
+    return labels

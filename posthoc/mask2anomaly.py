@@ -26,6 +26,7 @@ i.e. ``sigmoid(mask logit)`` is 1 inside and 0 outside.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,12 +40,61 @@ from .errors import DTypeError, ShapeError, ValueRangeError
 from .fusion import _check_finite, _to_device
 from .validation import as_float32, as_torch, check_float, check_labels, check_ndim, restore, shape_str
 
-__all__ = ["CITYSCAPES_SUPPRESS_IDS", "mine_unknown_instances", "refine", "refinement_mask"]
+__all__ = [
+    "CITYSCAPES_SUPPRESS_IDS",
+    "CITYSCAPES_SUPPRESS_NAMES",
+    "mine_unknown_instances",
+    "refine",
+    "refinement_mask",
+    "suppress_ids_from_names",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Cityscapes trainIds 2..10 (building .. sky): the official code's ``(labels < 11) & (labels > 1)``
 CITYSCAPES_SUPPRESS_IDS = tuple(range(2, 11))
+#: the Cityscapes names of those trainIds (building .. sky), for teachers with other class orders
+CITYSCAPES_SUPPRESS_NAMES = (
+    "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain", "sky",
+)
+
+
+def suppress_ids_from_names(
+    class_names: Sequence[str] | None, suppress_names: Sequence[str] = CITYSCAPES_SUPPRESS_NAMES
+) -> list[int] | None:
+    """Refinement "suppress" class ids for a teacher, found by name in its semantic class list.
+
+    The official code suppresses Cityscapes trainIds 2-10 (:data:`CITYSCAPES_SUPPRESS_IDS`);
+    a teacher whose classes come in another order names them. Matching ignores case and
+    surrounding spaces.
+
+    Args:
+        class_names: the teacher's K semantic class names, in logit order; None, an empty
+            list, or generic names ``class_<i>`` (a model that gives no names) mean "unknown".
+        suppress_names: the class names to suppress (default: the Cityscapes names of
+            trainIds 2-10).
+
+    Returns:
+        The ids (positions in ``class_names``) to suppress, possibly empty (a warning is
+        logged: refinement will then suppress nothing); None when the names are unknown,
+        in which case callers use :data:`CITYSCAPES_SUPPRESS_IDS`.
+
+    >>> suppress_ids_from_names(["road", "sidewalk", "building", "car", "sky"])
+    [2, 4]
+    >>> suppress_ids_from_names(["class_0", "class_1"]) is None
+    True
+    """
+    names = [str(n) for n in (class_names or [])]
+    if not names or all(re.fullmatch(r"class_\d+", n) for n in names):
+        return None
+    want = {str(n).strip().lower() for n in suppress_names}
+    ids = [i for i, n in enumerate(names) if n.strip().lower() in want]
+    if not ids:
+        logger.warning(
+            "refine: none of the teacher's classes %s is a suppress class %s; refinement will not suppress",
+            names, tuple(suppress_names),
+        )
+    return ids
 
 
 # ----------------------------------------------------------------------------- input handling
@@ -281,6 +331,7 @@ def refine(
     min_masks: int = 2,
     *,
     chunk_regions: int = 16,
+    return_mask: bool = False,
 ) -> Any:
     """Mask2Anomaly refinement: ``anomaly * (1 - R)`` with R from :func:`refinement_mask`.
 
@@ -292,9 +343,13 @@ def refine(
         class_logits: (B,N,K+1) float class logits (or (N,K+1) for (H,W) anomaly).
         suppress_ids, score_threshold, mask_threshold, min_masks, chunk_regions: see
             :func:`refinement_mask`.
+        return_mask: also return R, the refinement mask of :func:`refinement_mask`
+            ((B,1,H,W) float32 in {0,1}; (1,H,W) for unbatched input), as
+            :class:`posthoc.Pipeline` records it.
 
     Returns:
-        Refined anomaly, float32 with the shape of ``anomaly``; numpy in -> numpy out.
+        Refined anomaly, float32 with the shape of ``anomaly``; numpy in -> numpy out. With
+        ``return_mask``, the pair ``(refined, R)``.
     """
     a, was_numpy = as_torch(anomaly, "anomaly")
     check_float(a, "anomaly")
@@ -332,7 +387,10 @@ def refine(
     st, mt = _check_common(score_threshold, mask_threshold, min_masks, chunk_regions)
     r = _refinement_mask_4d(masks, cls, suppress_ids, st, mt, int(min_masks), hw, chunk_regions)
     out = a4 * (1.0 - r)
-    return restore(out.reshape(shape), was_numpy)
+    refined = restore(out.reshape(shape), was_numpy)
+    if return_mask:
+        return refined, restore(r if batched else r[0], was_numpy)
+    return refined
 
 
 # ----------------------------------------------------------------------------- unknown instances

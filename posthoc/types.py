@@ -30,6 +30,11 @@ class Proposals:
             "no object" (mask-transformer sources only).
         mask_logits: optional (B,N,h,w) mask logits, any range (mask-transformer sources).
         meta: free-form information about the source (name, settings).
+        labels_final: True when ``labels`` is the finished partition: the source already
+            assigned and split its soft proposals (with :func:`posthoc.assign_labels`) or
+            produced the regions itself (superpixels, mean-shift). :class:`posthoc.Pipeline`
+            then uses ``labels`` as they are and neither re-assigns nor re-splits them; with
+            False (a plain label map or masks) it assigns and splits as its settings say.
     """
 
     labels: Any
@@ -38,8 +43,11 @@ class Proposals:
     class_logits: Any | None = None
     mask_logits: Any | None = None
     meta: dict = field(default_factory=dict)
+    labels_final: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.labels_final, bool):
+            raise DTypeError(f"Proposals.labels_final must be a bool; got {type(self.labels_final).__name__}")
         lab, _ = as_torch(self.labels, "Proposals.labels")
         if lab.ndim != 3:
             raise ShapeError(f"Proposals.labels must be (B,H,W); got shape {shape_str(lab.shape)}")
