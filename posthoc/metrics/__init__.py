@@ -9,7 +9,8 @@ machines and the results combined exactly. See ``docs/metrics.md``.
 * :class:`ComponentMetrics` — sIoU_gt, PPV, F1 at sIoU 0.25..0.75 (official instancer);
   presets :meth:`ComponentMetrics.anomaly_track` / :meth:`ComponentMetrics.obstacle_track`;
   threshold from the pixel pass with :meth:`ComponentMetrics.from_pixel`.
-* :func:`evaluate_anomaly` — both passes over a list of frames or a frame factory.
+* :func:`evaluate_anomaly` — both passes over a list of frames or a frame factory;
+  :func:`evaluate_anomaly_maps` — the same for several maps of each frame at once.
 * :class:`SemanticMetrics` — IoU, mIoU, zero-shot mIoU(seen/unseen) and hIoU.
 * :class:`OpenIoU` — open-set IoU (known classes + unknown); :func:`open_set_prediction`.
 * :class:`PanopticQuality` — PQ/SQ/RQ with known classes and an unknown thing class.
@@ -17,14 +18,15 @@ machines and the results combined exactly. See ``docs/metrics.md``.
 from __future__ import annotations
 
 from ._common import EmptyMetricError
-from .component import SIOU_THRESHOLDS, ComponentMetrics, ThresholdNotSetError
-from .evaluate import evaluate_anomaly
+from .component import SIOU_THRESHOLDS, TRACK_PRESETS, ComponentMetrics, ThresholdNotSetError
+from .evaluate import evaluate_anomaly, evaluate_anomaly_maps
 from .panoptic import PanopticQuality
 from .pixel import PixelMetrics
 from .semantic import OpenIoU, SemanticMetrics, open_set_prediction
 
 __all__ = [
     "SIOU_THRESHOLDS",
+    "TRACK_PRESETS",
     "ComponentMetrics",
     "EmptyMetricError",
     "OpenIoU",
@@ -33,5 +35,6 @@ __all__ = [
     "SemanticMetrics",
     "ThresholdNotSetError",
     "evaluate_anomaly",
+    "evaluate_anomaly_maps",
     "open_set_prediction",
 ]

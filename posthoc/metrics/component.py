@@ -54,7 +54,7 @@ from ._common import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SIOU_THRESHOLDS", "ComponentMetrics", "ThresholdNotSetError", "frame_components"]
+__all__ = ["SIOU_THRESHOLDS", "TRACK_PRESETS", "ComponentMetrics", "ThresholdNotSetError", "frame_components"]
 
 #: the 11 sIoU / precision thresholds of the official code
 SIOU_THRESHOLDS = np.linspace(0.25, 0.75, 11, endpoint=True)
@@ -165,6 +165,11 @@ def frame_components(scores: np.ndarray, labels: np.ndarray, threshold: float, m
     }
 
 
+#: SMIYC component presets per track: (min_pred_size, min_gt_size) in pixels
+#: (RoadAnomaly21: 500 / 100; RoadObstacle21: 50 / 10), as the official evaluation sets them
+TRACK_PRESETS = {"anomaly": (500, 100), "obstacle": (50, 10)}
+
+
 class ComponentMetrics:
     """SMIYC component-level metrics: sIoU_gt, PPV and F1 at sIoU thresholds 0.25 ... 0.75.
 
@@ -200,12 +205,12 @@ class ComponentMetrics:
     @classmethod
     def anomaly_track(cls, threshold: float | None = None, ignore_index: int = 255) -> ComponentMetrics:
         """SMIYC RoadAnomaly21 settings: predicted components >= 500 px, GT components >= 100 px."""
-        return cls(threshold, min_pred_size=500, min_gt_size=100, ignore_index=ignore_index)
+        return cls(threshold, *TRACK_PRESETS["anomaly"], ignore_index=ignore_index)
 
     @classmethod
     def obstacle_track(cls, threshold: float | None = None, ignore_index: int = 255) -> ComponentMetrics:
         """SMIYC RoadObstacle21 settings: predicted components >= 50 px, GT components >= 10 px."""
-        return cls(threshold, min_pred_size=50, min_gt_size=10, ignore_index=ignore_index)
+        return cls(threshold, *TRACK_PRESETS["obstacle"], ignore_index=ignore_index)
 
     @classmethod
     def from_pixel(cls, pixel_metrics: Any, track: str = "anomaly", **kwargs: Any) -> ComponentMetrics:
@@ -217,7 +222,7 @@ class ComponentMetrics:
             track: ``"anomaly"`` (500/100) or ``"obstacle"`` (50/10); explicit
                 ``min_pred_size`` / ``min_gt_size`` keyword arguments override it.
         """
-        presets = {"anomaly": (500, 100), "obstacle": (50, 10)}
+        presets = TRACK_PRESETS
         if track not in presets:
             raise ValueRangeError(f"track must be one of {sorted(presets)}; got {track!r}")
         res = pixel_metrics if isinstance(pixel_metrics, dict) else pixel_metrics.compute(curve_points=2)

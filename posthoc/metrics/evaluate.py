@@ -7,16 +7,18 @@ are iterated twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import DTypeError, ValueRangeError
-from .component import ComponentMetrics
+from ._common import EmptyMetricError
+from .component import TRACK_PRESETS, ComponentMetrics
 from .pixel import PixelMetrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluate_anomaly"]
+__all__ = ["evaluate_anomaly", "evaluate_anomaly_maps"]
 
 Frames = Sequence[tuple[Any, Any]] | Callable[[], Iterable[tuple[Any, Any]]]
 
@@ -49,23 +51,101 @@ def evaluate_anomaly(frames: Frames, *, track: str = "anomaly", mode: str = "smi
     Returns:
         ``{"pixel": PixelMetrics.compute(), "component": ComponentMetrics.compute()}``.
     """
-    if track not in ("anomaly", "obstacle"):
+
+    def as_maps():
+        for scores, labels in _iterate(frames):
+            yield labels, {"scores": scores}
+
+    res = evaluate_anomaly_maps(as_maps, track=track, mode=mode, ignore_index=ignore_index, threshold=threshold,
+                                curve_points=curve_points)
+    return res["scores"]
+
+
+def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, Any]]]] | Sequence, *,
+                          track: str = "anomaly", mode: str = "smiyc", ignore_index: int = 255,
+                          threshold: float | None = None, curve_points: int | None = 4096,
+                          on_empty: str = "raise") -> dict[str, dict]:
+    """The SMIYC two-pass protocol for several score maps of the same frames at once.
+
+    This is the one implementation of the protocol: :func:`evaluate_anomaly` and the
+    benchmark both call it. Pass 1 fills one :class:`PixelMetrics` per map name; pass 2
+    thresholds each map at its own pixel best-F1 threshold (or ``threshold``) and fills one
+    :class:`ComponentMetrics` with the track preset (:data:`TRACK_PRESETS`). Each frame's
+    labels are read once per pass for all maps.
+
+    Args:
+        frames: a list/tuple of ``(labels, {name: scores})`` pairs, or a zero-argument
+            callable that returns a fresh iterable of them (called twice). Every frame must
+            give the same names.
+        track, mode, ignore_index, threshold, curve_points: as for :func:`evaluate_anomaly`.
+        on_empty: ``"raise"`` (default) lets :class:`EmptyMetricError` through when a map's
+            frames hold no positive or no negative pixel; ``"record"`` stores
+            ``{"pixel": {"error": message}, "component": None}`` for that map instead and
+            logs a warning (the benchmark's behaviour).
+
+    Returns:
+        ``{name: {"pixel": PixelMetrics.compute(curve_points), "component":
+        ComponentMetrics.compute() or None}}``; ``component`` is None when the pixel pass
+        gave no finite best-F1 threshold (and ``threshold`` is None).
+    """
+    if track not in TRACK_PRESETS:
         raise ValueRangeError(f"track must be 'anomaly' or 'obstacle'; got {track!r}")
-    pm = PixelMetrics(mode=mode, ignore_index=ignore_index)
-    for scores, labels in _iterate(frames):
-        pm.update(scores, labels)
-    pix = pm.compute(curve_points=curve_points)
-    if threshold is None:
-        cm = ComponentMetrics.from_pixel(pix, track=track, ignore_index=ignore_index)
-    else:
-        preset = ComponentMetrics.anomaly_track if track == "anomaly" else ComponentMetrics.obstacle_track
-        cm = preset(threshold, ignore_index=ignore_index)
-    for scores, labels in _iterate(frames):
-        cm.update(scores, labels)
-    if cm.n_frames != pm.n_frames:
-        raise ValueRangeError(
-            f"frames gave {pm.n_frames} frames in the first pass and {cm.n_frames} in the second; "
-            "pass a list or a callable that returns a fresh iterable"
+    if on_empty not in ("raise", "record"):
+        raise ValueRangeError(f"on_empty must be 'raise' or 'record'; got {on_empty!r}")
+
+    def passes():
+        if callable(frames):
+            return frames()
+        if isinstance(frames, (list, tuple)):
+            return frames
+        raise DTypeError(
+            "frames must be a list/tuple of (labels, {name: scores}) pairs or a callable returning a fresh iterable "
+            f"of them (they are read twice); got {type(frames).__name__}"
         )
-    logger.info("evaluate_anomaly: %d frames, threshold %.6g", cm.n_frames, cm.threshold)
-    return {"pixel": pix, "component": cm.compute()}
+
+    pix: dict[str, PixelMetrics] = {}
+    names: tuple | None = None
+    for labels, maps in passes():
+        if names is None:
+            names = tuple(maps)
+            pix = {k: PixelMetrics(mode=mode, ignore_index=ignore_index) for k in names}
+        elif tuple(maps) != names:
+            raise ValueRangeError(f"every frame must give the maps {list(names)}; got {list(maps)}")
+        for k in names:
+            pix[k].update(maps[k], labels)
+    if names is None:
+        raise EmptyMetricError("evaluate_anomaly: no frames were given")
+    out: dict[str, dict] = {}
+    comp: dict[str, ComponentMetrics | None] = {}
+    for k in names:
+        try:
+            r = pix[k].compute(curve_points=curve_points)
+        except EmptyMetricError as e:
+            if on_empty == "raise":
+                raise
+            logger.warning("%s: %s", k, e)
+            r = {"error": str(e)}
+        out[k] = {"pixel": r, "component": None}
+        if threshold is not None:
+            comp[k] = ComponentMetrics(threshold, *TRACK_PRESETS[track], ignore_index=ignore_index)
+        else:
+            thr = r.get("best_f1_threshold")
+            ok = thr is not None and math.isfinite(float(thr))
+            comp[k] = ComponentMetrics.from_pixel(r, track=track, ignore_index=ignore_index) if ok else None
+    active = [k for k in names if comp[k] is not None]
+    if active:
+        n_second = 0
+        for labels, maps in passes():
+            n_second += 1
+            for k in active:
+                comp[k].update(maps[k], labels)
+        for k in active:
+            cm = comp[k]
+            if cm.n_frames != pix[k].n_frames:
+                raise ValueRangeError(
+                    f"frames gave {pix[k].n_frames} frames in the first pass and {cm.n_frames} in the second; "
+                    "pass a list or a callable that returns a fresh iterable"
+                )
+            logger.info("evaluate_anomaly %s: %d frames, threshold %.6g", k, cm.n_frames, cm.threshold)
+            out[k]["component"] = cm.compute()
+    return out
