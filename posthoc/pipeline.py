@@ -1,12 +1,16 @@
 """``Pipeline``: holds settings and composes the functional core (DESIGN.md, data flow).
 
-    proposals ─▶ [soft_assign | hard_assign | labels] ─▶ split_components ─▶ fuse(D, labels)
-              ─▶ [refine] ─▶ [offset_resample with offsets_from_proposals]
-                           └▶ [mine_unknown_instances]
+    proposals ─▶ labels: as given when ``Proposals.labels_final``, else
+                 assign_labels (soft_assign | hard_assign, then split_components)
+              ─▶ [fuse(D, labels)] ─▶ [refine] ─▶ [offset_resample with offsets_from_proposals]
+                                    └▶ [mine_unknown_instances]
 
-The class only stores settings and calls the public functions; ``tests/posthoc/test_pipeline.py``
-shows that calling it equals calling the functions by hand. It accepts precomputed
-teacher outputs and proposals, so a benchmark never runs a model twice.
+This is the one chain: ``posthoc-bench`` builds every variant it reports with a
+``Pipeline`` and reads the stage outputs (``fused``, ``refined``, ``resampled``), so a
+benchmark number is what a user's call computes. The class only stores settings and
+calls the public functions; ``tests/posthoc/test_pipeline.py`` shows that calling it
+equals calling the functions by hand. It accepts precomputed teacher outputs and
+proposals, so a benchmark never runs a model twice.
 """
 from __future__ import annotations
 
@@ -18,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .assign import hard_assign, soft_assign
+from .assign import assign_labels
 from .components import split_components
 from .errors import ShapeError, ValueRangeError
 from .fusion import _labels_for, fuse, region_class_logits
-from .mask2anomaly import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refinement_mask
+from .mask2anomaly import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refine
 from .offsets import offset_resample, offsets_from_proposals
 from .types import Proposals, TeacherOutput
 from .validation import as_torch, check_tensor_type, restore, shape_str
@@ -43,10 +47,16 @@ class Pipeline:
         assign: how proposals become a label map: ``"soft"`` (:func:`posthoc.soft_assign`,
             CSL Eq. 2), ``"hard"`` (:func:`posthoc.hard_assign`), ``"labels"`` (use
             ``Proposals.labels`` as given) or ``"auto"`` (soft when the proposals carry
-            region scores and validity, else labels).
+            region scores and validity, else labels). Proposals with ``labels_final=True``
+            (what every built-in proposal source returns) are used as given whatever
+            this says: their source already assigned and split them.
         mask_threshold_hard, validity_threshold_hard: :func:`posthoc.hard_assign` thresholds.
-        split: run :func:`posthoc.split_components` (CSL mask split) before fusion.
+        split: run :func:`posthoc.split_components` (CSL mask split) on labels that are not
+            final.
         connectivity, min_size: :func:`posthoc.split_components` arguments.
+        fuse: apply CSL structure-constrained fusion (:func:`posthoc.fuse`, Eq. 3). With
+            False the later stages work on the teacher's scores directly (``"fused"`` is
+            then absent from the result).
         refine: apply Mask2Anomaly refinement (anomaly maps, C=1, only).
         suppress_ids, score_threshold, mask_threshold, min_masks: refinement arguments
             (:func:`posthoc.refinement_mask`; defaults = the official code).
@@ -66,6 +76,7 @@ class Pipeline:
     split: bool = True
     connectivity: int = 8
     min_size: int = 0
+    fuse: bool = True
     refine: bool = False
     suppress_ids: Sequence[int] = CITYSCAPES_SUPPRESS_IDS
     score_threshold: float = 0.95
@@ -116,7 +127,16 @@ class Pipeline:
             )
         return scores, semantic_logits
 
-    def _labels(self, prop: Proposals, hw: tuple[int, int]) -> Any:
+    def _labels(self, prop: Proposals, hw: tuple[int, int]) -> tuple[Any, bool]:
+        """(label map, whether it still needs the mask split)."""
+        if prop.labels_final:
+            lab_hw = tuple(int(s) for s in prop.labels.shape[-2:])
+            if lab_hw != hw:
+                raise ShapeError(
+                    f"final proposal labels must be (B,H,W) at the scores' resolution {hw}; got "
+                    f"{shape_str(prop.labels.shape)}"
+                )
+            return prop.labels, False
         has_soft = prop.region_scores is not None and prop.validity is not None
         mode = self.assign
         if mode == "auto":
@@ -125,13 +145,13 @@ class Pipeline:
             raise ValueRangeError(
                 f"Pipeline(assign={mode!r}) needs proposals with region_scores and validity; got none"
             )
-        if mode == "soft":
-            return soft_assign(prop.region_scores, prop.validity, size=hw, backend=self.backend)
-        if mode == "hard":
-            return hard_assign(
-                prop.region_scores, prop.validity, self.mask_threshold_hard, self.validity_threshold_hard, size=hw
-            )
-        return prop.labels
+        if mode == "labels":
+            return prop.labels, self.split
+        labels = assign_labels(
+            prop.region_scores, prop.validity, size=hw, mode=mode, mask_threshold=self.mask_threshold_hard,
+            validity_threshold=self.validity_threshold_hard, split=False, backend=self.backend,
+        )
+        return labels, self.split
 
     def _class_source(self, prop: Proposals, labels: Any, semantic_logits: Any, what: str) -> tuple[Any, Any]:
         """(masks, class_logits) for refinement/mining: the proposals' own, else derived."""
@@ -165,7 +185,7 @@ class Pipeline:
 
         Returns:
             dict with ``"labels"`` (assigned label map, (B,H,W) int64), ``"components"``
-            (after the split, if ``split``), ``"fused"`` (CSL Eq. 3, input shape, float32),
+            (after the split, if it ran), ``"fused"`` (CSL Eq. 3, input shape, float32; if ``fuse``),
             optionally ``"refinement_mask"`` (B,1,H,W) and ``"refined"``, ``"offsets"``
             (B,2,H,W), ``"confidence"`` (B,1,H,W) and ``"resampled"``,
             ``"unknown_instances"`` (B,H,W) int64, and ``"output"`` (the last score map).
@@ -184,13 +204,15 @@ class Pipeline:
                 else:
                     prop = Proposals(labels=proposals)
             out: dict = {}
-            labels = self._labels(prop, hw)
+            labels, needs_split = self._labels(prop, hw)
             out["labels"] = labels
-            if self.split:
+            if needs_split:
                 labels = split_components(labels, self.connectivity, self.min_size)
                 out["components"] = labels
-            current = fuse(scores, labels, normalize=self.normalize, backend=self.backend)
-            out["fused"] = current
+            current = scores
+            if self.fuse:
+                current = fuse(scores, labels, normalize=self.normalize, backend=self.backend)
+                out["fused"] = current
             if self.refine or self.mine:
                 anomaly_like = current.shape[1] == 1
                 if self.refine and not anomaly_like:
@@ -200,14 +222,10 @@ class Pipeline:
                     )
                 masks, cls = self._class_source(prop, labels, semantic_logits, "refine" if self.refine else "mine")
                 if self.refine:
-                    r = refinement_mask(
-                        masks, cls, self.suppress_ids, self.score_threshold, self.mask_threshold, self.min_masks,
-                        size=hw,
+                    refined, r = refine(
+                        current, masks, cls, self.suppress_ids, self.score_threshold, self.mask_threshold,
+                        self.min_masks, return_mask=True,
                     )
-                    rt, _ = as_torch(r, "r")
-                    ct, c_np = as_torch(current, "current")
-                    refined = ct * (1.0 - rt.to(ct.device))
-                    refined = refined.cpu().numpy() if c_np else refined
                     out["refinement_mask"] = r
                     out["refined"] = refined
                     current = refined
