@@ -17,7 +17,7 @@ import pytest
 import torch
 from posthoc.adapters import register_proposals, register_teacher
 from posthoc.adapters.base import ProposalSource, Teacher
-from posthoc.bench import cli, runner
+from posthoc.bench import cli, evaluations, fingerprint
 
 from posthoc.types import Proposals, TeacherOutput
 
@@ -113,14 +113,14 @@ def world(tmp_path, monkeypatch):
         calls.append((split, track, seed))
         return root / split / ("dataset_AnomalyTrack" if track == "anomaly" else "dataset_ObstacleTrack")
 
-    monkeypatch.setattr(runner, "_synthetic_track", fake_synthetic)
+    monkeypatch.setattr(evaluations, "_synthetic_track", fake_synthetic)
     _pin_code_version(monkeypatch)
     return root, calls
 
 
 def _pin_code_version(monkeypatch):
     """The cache key includes a hash of the source files; pin it (the checkout is shared and live)."""
-    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "pinned")
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "pinned")
 
 
 def _run(args, capsys=None):
@@ -365,16 +365,16 @@ def test_laf_command_on_a_tiny_cityscapes_layout(tmp_path, capsys, rng):
 
 def test_code_fingerprint_is_stable_and_keys_the_cache(world, tmp_path, capsys, monkeypatch):
     monkeypatch.undo()  # the real fingerprint
-    fp = runner._code_fingerprint()
-    assert len(fp) == 16 and fp == runner._code_fingerprint()
+    fp = fingerprint.code_fingerprint()
+    assert len(fp) == 16 and fp == fingerprint.code_fingerprint()
     root, _ = world  # re-pin below
-    monkeypatch.setattr(runner, "_synthetic_track", lambda split, track, seed: root / split / "dataset_AnomalyTrack")
+    monkeypatch.setattr(evaluations, "_synthetic_track", lambda split, track, seed: root / split / "dataset_AnomalyTrack")
     out = tmp_path / "r"
     args = ["smiyc", "--track", "anomaly", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--variants",
             "teacher,csl2", "--out", str(out), "--quiet", "--no-plots"]
-    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "v1")
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "v1")
     assert _run(args, capsys)[0] == 0
-    monkeypatch.setattr(runner, "_code_fingerprint", lambda: "v2")  # edited code: recompute
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda: "v2")  # edited code: recompute
     assert _run(args, capsys)[0] == 0
     t = json.loads((out / "results.json").read_text())["evaluations"][0]["teachers"]["_bench_fake"]
     assert t["frames_cached"] == 0

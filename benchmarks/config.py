@@ -1,0 +1,246 @@
+"""Settings of a ``posthoc-bench`` run: :class:`BenchConfig`, the teacher specs parsed from
+``--teacher``, and building registered adapters from their names."""
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from posthoc.errors import PosthocError
+
+from .fingerprint import hash_files, precomputed_fingerprint, weight_files
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DATASETS", "PRECOMPUTED", "VARIANTS", "BenchConfig", "BenchError", "TeacherSpec", "build_adapter",
+           "default_proposals", "teacher_specs"]
+
+VARIANTS = ("teacher", "csl2", "refine", "offsets")
+DATASETS = ("smiyc", "road-anomaly", "laf", "fishyscapes", "streethazards")
+#: ``--teacher DIR``: anomaly maps computed elsewhere (:class:`posthoc.bench.precomputed.PrecomputedScores`)
+PRECOMPUTED = "precomputed"
+
+
+class BenchError(PosthocError, ValueError):
+    """The benchmark cannot run with the given settings (message says why and what to change)."""
+
+
+@dataclass
+class BenchConfig:
+    """Settings of one ``posthoc-bench`` run (the CLI flags, one to one).
+
+    Attributes:
+        dataset: one of :data:`DATASETS`.
+        track: SMIYC track: ``"anomaly"``, ``"obstacle"`` or ``"both"``.
+        subset: data-set subset (SMIYC ``all|validation|test``; Fishyscapes ``laf|static``;
+            LostAndFound ``test|noknown``); None = the data set's default.
+        teachers: registry names, ``.onnx`` paths, or folders of precomputed maps
+            (:class:`PrecomputedScores`).
+        weights: weights for a single teacher: a path, or ``role=path,role=path``.
+        proposals: proposal-source names; None = :func:`default_proposals`.
+        data_root: data-set root; None = environment, or the synthetic world for smiyc.
+        split: synthetic-world split (``test`` / ``val``) or StreetHazards split.
+        device: device for teachers/proposals (None = the adapters' default).
+        batch_size: frames per teacher call (equal-size frames only).
+        limit: evaluate only the first N frames of each data set.
+        seed: seeds torch / numpy for the run.
+        world_seed: seed of the synthetic world (0 = the world the bundled teachers were
+            trained for).
+        out: run folder.
+        variants: subset of :data:`VARIANTS`, applied in that order.
+        export_smiyc: folder for official submission files (None = no export).
+        metric_mode: ``"smiyc"`` (official binning) or ``"exact"``.
+        plots: write PR/ROC and overlay PNGs.
+        overlays: number of frames with qualitative overlays per teacher and data set.
+        progress: show tqdm progress bars (stderr).
+    """
+
+    dataset: str = "smiyc"
+    track: str = "both"
+    subset: str | None = None
+    teachers: list = field(default_factory=lambda: ["obsnet"])
+    weights: str | None = None
+    proposals: list | None = None
+    data_root: str | None = None
+    split: str = "test"
+    device: str | None = None
+    batch_size: int = 2
+    limit: int | None = None
+    seed: int = 0
+    world_seed: int = 0
+    out: str | None = None
+    variants: list = field(default_factory=lambda: list(VARIANTS))
+    export_smiyc: str | None = None
+    metric_mode: str = "smiyc"
+    plots: bool = True
+    overlays: int = 3
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise BenchError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
+        if self.track not in ("anomaly", "obstacle", "both"):
+            raise BenchError(f"--track must be anomaly, obstacle or both; got {self.track!r}")
+        if not self.teachers:
+            raise BenchError("at least one --teacher is needed")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise BenchError(f"--variants must be a non-empty subset of {','.join(VARIANTS)}; got {','.join(self.variants) or '(empty)'}")
+        if self.batch_size < 1:
+            raise BenchError(f"--batch-size must be >= 1; got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise BenchError(f"--limit must be >= 1; got {self.limit}")
+        if self.metric_mode not in ("smiyc", "exact"):
+            raise BenchError(f"metric mode must be 'smiyc' or 'exact'; got {self.metric_mode!r}")
+        if self.weights and len(self.teachers) > 1:
+            raise BenchError(
+                f"--weights applies to a single --teacher; got {len(self.teachers)} teachers ({','.join(self.teachers)}). "
+                "Run them separately or pass each model as a .onnx path."
+            )
+        if self.overlays < 0:
+            raise BenchError(f"overlays must be >= 0; got {self.overlays}")
+
+
+
+def slug(s: str) -> str:
+    """A file-name-safe version of ``s``."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", s).strip("-") or "x"
+
+
+def default_proposals() -> list[str]:
+    """``["csl", "superpixels"]`` when the CSL region-proposal net is bundled, else ``["superpixels"]``."""
+    try:
+        from posthoc.adapters.bundled import bundled_names
+
+        names = bundled_names()
+    except Exception:  # a broken manifest must not hide the superpixel default
+        log.warning("could not read the bundled manifest; proposals default to superpixels", exc_info=True)
+        names = []
+    return ["csl", "superpixels"] if "csl" in names else ["superpixels"]
+
+
+def parse_weights(weights: str | None) -> Any:
+    """``path`` -> str; ``role=path,role=path`` -> dict; None -> None."""
+    if not weights:
+        return None
+    if "=" in weights:
+        out = {}
+        for part in weights.split(","):
+            if "=" not in part:
+                raise BenchError(f"--weights must be PATH or role=PATH,role=PATH; got {weights!r}")
+            role, p = part.split("=", 1)
+            out[role.strip()] = p.strip()
+        return out
+    return weights
+
+
+
+def _accepts(factory: Any, keyword: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: let the call decide
+        return True
+    return keyword in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def build_adapter(kind: str, name: str, /, *, device: Any = None, **kw: Any) -> Any:
+    """Build the teacher (``kind="teacher"``) or proposal source (``kind="proposals"``) registered as ``name``.
+
+    ``device`` is the CLI's ``--device``, documented as applying *where supported*: it is
+    passed to factories that take a ``device`` argument, and for the others (superpixels,
+    for example) a warning names the adapter that ignores it. Every other keyword is passed
+    as given (None means "the factory's default" and is not passed), so a keyword the
+    factory does not accept is an error, never silently dropped.
+
+    Raises:
+        BenchError: unknown name (the message lists the known ones), or a keyword the
+            adapter does not accept.
+    """
+    from posthoc import adapters
+
+    label = "teacher" if kind == "teacher" else "proposal source"
+    known = adapters.list_teachers() if kind == "teacher" else adapters.list_proposals()
+    if name not in known:
+        raise BenchError(f"unknown {label} {name!r}; known {label}s: {', '.join(known) or '(none)'}")
+    factory = adapters.get_factory(kind, name)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if device is not None:
+        if _accepts(factory, "device"):
+            kw["device"] = device
+        else:
+            log.warning("%s %r runs no model on a device; --device %s does not apply to it", label, name, device)
+    for k in kw:
+        if not _accepts(factory, k):
+            raise BenchError(f"{label} {name!r} does not take the setting {k!r} (from the command line); drop it")
+    getter = adapters.get_teacher if kind == "teacher" else adapters.get_proposals
+    return getter(name, **kw)
+
+
+@dataclass
+class TeacherSpec:
+    """One ``--teacher`` entry, resolved to a registry name, a display name and its weights."""
+
+    arg: str  # what the user typed
+    name: str  # registry name
+    display: str  # name in tables/folders
+    weights: Any  # passed to the factory
+    kw: dict  # further factory keywords
+
+    def files(self) -> dict:
+        if self.name == PRECOMPUTED:
+            return {}
+        return weight_files(self.name, self.weights)
+
+    def fingerprint(self) -> dict:
+        """What identifies the teacher's outputs: weight-file hashes, or for precomputed maps
+        the (name, size, mtime) of every score file."""
+        if self.name == PRECOMPUTED:
+            return precomputed_fingerprint(Path(self.weights))
+        return hash_files(self.files())
+
+
+def _onnx_out_channels(path: Path) -> int | None:
+    """Channel count of the first output of an ONNX model (None if dynamic or unreadable)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        return int(dims[1].dim_value) if len(dims) == 4 and dims[1].dim_value > 0 else None
+    except Exception as e:  # noqa: BLE001 - onnx raises assorted errors for bad files; the teacher reports them
+        log.debug("could not read the output shape of %s: %s", path, e)
+        return None
+
+
+def teacher_specs(cfg: BenchConfig) -> list[TeacherSpec]:
+    """Resolve ``cfg.teachers``: registry names, ``.onnx`` files (semantic models are scored
+    with MSP), or folders of precomputed maps."""
+    specs = []
+    for t in cfg.teachers:
+        t = t.strip()
+        if not t:
+            continue
+        if t.lower().endswith(".onnx"):
+            p = Path(t).expanduser()
+            if not p.is_file():
+                raise BenchError(f"--teacher {t}: ONNX file {p} does not exist")
+            channels = _onnx_out_channels(p)
+            if channels is not None and channels > 1:
+                # a semantic model: score it with MSP (a probability, no calibration needed)
+                log.info("%s outputs %d classes: benchmarking it as --teacher msp --weights %s", p.name, channels, p)
+                specs.append(TeacherSpec(arg=t, name="msp", display=f"{p.stem}-msp", weights=str(p), kw={}))
+            else:
+                specs.append(TeacherSpec(arg=t, name="onnx", display=p.stem, weights=str(p), kw={"kind": "anomaly"}))
+        elif Path(t).expanduser().is_dir():
+            p = Path(t).expanduser()
+            specs.append(TeacherSpec(arg=t, name=PRECOMPUTED, display=p.name, weights=str(p), kw={}))
+        else:
+            specs.append(TeacherSpec(arg=t, name=t, display=t, weights=parse_weights(cfg.weights), kw={}))
+    names = [s.display for s in specs]
+    if len(set(names)) != len(names):
+        raise BenchError(f"--teacher lists the same teacher twice: {','.join(names)}")
+    return specs
+
