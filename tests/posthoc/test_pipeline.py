@@ -129,3 +129,41 @@ def test_pipeline_resizes_low_res_semantic_logits(world):
     cls = posthoc.region_class_logits(up, out["components"])
     np.testing.assert_array_equal(out["refined"], posthoc.refine(out["fused"], out["components"], cls, range(2, 8),
                                                                  0.2, 0.5, 1))
+
+
+def test_pipeline_uses_final_labels_as_given(world):
+    """Proposals a source already assigned and split (labels_final) are neither re-assigned nor re-split."""
+    to, prop = world
+    lab = np.zeros(prop.labels.shape, np.int64)
+    lab[:, :, ::2] = 1  # region 1 is many separate columns: a split would change it
+    final = Proposals(labels=lab, region_scores=prop.region_scores, validity=prop.validity, labels_final=True)
+    out = Pipeline()(to, final)
+    np.testing.assert_array_equal(out["labels"], lab)
+    assert "components" not in out
+    np.testing.assert_array_equal(out["fused"], posthoc.fuse(to.scores, lab))
+    plain = Pipeline()(to, Proposals(labels=lab))  # not final: assigned as labels, then split
+    assert plain["components"].max() > 1
+
+
+def test_pipeline_final_labels_must_match_the_scores(world):
+    to, _ = world
+    bad = Proposals(labels=np.zeros((2, 8, 10), np.int64), labels_final=True)
+    with pytest.raises(ShapeError, match=r"final proposal labels must be \(B,H,W\) at the scores' resolution"):
+        Pipeline()(to, bad)
+
+
+def test_pipeline_without_fusion_refines_the_teacher_scores(world):
+    to, prop = world
+    pl = Pipeline(fuse=False, refine=True, suppress_ids=range(2, 8), score_threshold=0.2, min_masks=1)
+    out = pl(to, prop)
+    assert "fused" not in out
+    comps = out["components"]
+    cls = posthoc.region_class_logits(to.logits, comps)
+    np.testing.assert_array_equal(out["refined"], posthoc.refine(to.scores, comps, cls, range(2, 8), 0.2, 0.5, 1))
+
+
+def test_proposals_labels_final_must_be_bool():
+    from posthoc.errors import DTypeError
+
+    with pytest.raises(DTypeError, match="labels_final must be a bool; got int"):
+        Proposals(labels=np.zeros((1, 2, 2), np.int64), labels_final=1)
