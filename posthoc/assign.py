@@ -16,8 +16,17 @@ import torch.nn.functional as F
 
 from . import kernels
 from .errors import ShapeError, ValueRangeError
-from .fusion import _check_range, _to_device
-from .validation import as_float32, as_torch, check_float, check_ndim, restore, shape_str
+from .validation import (
+    as_float32,
+    as_torch,
+    check_float,
+    check_ndim,
+    check_range,
+    check_size,
+    restore,
+    shape_str,
+    to_device,
+)
 
 __all__ = ["assign_labels", "hard_assign", "soft_assign"]
 
@@ -35,7 +44,7 @@ def _check_inputs(region_scores: Any, validity: Any, *, check_scores: bool = Tru
     check_ndim(r, "region_scores", (3, 4), "(B,N,h,w) or (N,h,w)")
     batched = r.ndim == 4
     v, v_np = as_torch(validity, "validity")
-    v = _to_device(v, v_np, r, "validity", "region_scores")
+    v = to_device(v, v_np, r, "validity", "region_scores")
     check_float(v, "validity")
     want_v = "(B,N)" if batched else "(N,)"
     if v.ndim != (2 if batched else 1):
@@ -56,21 +65,9 @@ def _check_inputs(region_scores: Any, validity: Any, *, check_scores: bool = Tru
         )
     r4, v2 = as_float32(r4), as_float32(v2)
     if check_scores:
-        _check_range(r4, "region_scores", 0.0, 1.0)
-    _check_range(v2, "validity", 0.0, 1.0)
+        check_range(r4, "region_scores", 0.0, 1.0)
+    check_range(v2, "validity", 0.0, 1.0)
     return r4, v2, was_numpy, batched
-
-
-def _check_size(size: Any, hw: tuple[int, int]) -> tuple[int, int]:
-    if size is None:
-        return hw
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueRangeError(f"size must be a pair (H,W) of positive ints or None; got {size!r}") from None
-    if h <= 0 or w <= 0 or any(isinstance(s, bool) for s in size) or any(float(s) != int(s) for s in size):
-        raise ValueRangeError(f"size must be a pair (H,W) of positive ints or None; got {size!r}")
-    return h, w
 
 
 def _check_chunk(chunk_regions: Any) -> int:
@@ -258,7 +255,7 @@ def soft_assign(
     """
     r, v, was_numpy, batched = _check_inputs(region_scores, validity, check_scores=False)
     B, N, h, w = r.shape
-    H, W = _check_size(size, (h, w))
+    H, W = check_size(size, (h, w))
     chunk = _check_chunk(chunk_regions)
     if method not in ("auto", "pruned", "dense"):
         raise ValueRangeError(f"method must be 'auto', 'pruned' or 'dense'; got {method!r}")
@@ -274,7 +271,7 @@ def soft_assign(
             raise ShapeError(
                 f"region_scores must have a non-empty spatial size to be resized; got {shape_str(r.shape)}"
             )
-        _check_range(r, "region_scores", 0.0, 1.0)
+        check_range(r, "region_scores", 0.0, 1.0)
         grid = _Grid(h, w, H, W, r.device)
         if method == "dense":
             lab = _soft_assign_dense(r, v, grid, chunk, backend)
@@ -321,7 +318,7 @@ def hard_assign(
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0.0 <= float(t) <= 1.0):
             raise ValueRangeError(f"{name} must be a number in [0,1]; got {t!r}")
     B, N, h, w = r.shape
-    H, W = _check_size(size, (h, w))
+    H, W = check_size(size, (h, w))
     chunk = _check_chunk(chunk_regions)
     lab = torch.full((B, H, W), -1, dtype=torch.int64, device=r.device)
     best = torch.full((B, H, W), -1.0, dtype=torch.float32, device=r.device)

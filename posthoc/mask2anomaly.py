@@ -34,11 +34,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .assign import _check_size
 from .components import connected_components
 from .errors import DTypeError, ShapeError, ValueRangeError
-from .fusion import _check_finite, _to_device
-from .validation import as_float32, as_torch, check_float, check_labels, check_ndim, restore, shape_str
+from .validation import (
+    as_float32,
+    as_torch,
+    check_finite,
+    check_float,
+    check_labels,
+    check_ndim,
+    check_size,
+    restore,
+    shape_str,
+    to_device,
+)
 
 __all__ = [
     "CITYSCAPES_SUPPRESS_IDS",
@@ -118,7 +127,7 @@ def _class_logits(class_logits: Any, batched_hint: bool | None = None) -> tuple[
     check_ndim(c, "class_logits", (2, 3), "(B,N,K+1) or (N,K+1)")
     batched = c.ndim == 3
     c = as_float32(c if batched else c.unsqueeze(0))
-    _check_finite(c, "class_logits")
+    check_finite(c, "class_logits")
     if c.shape[-1] < 2:
         raise ShapeError(
             f"class_logits must be (B,N,K+1) with K >= 1 classes plus 'no object'; got {shape_str(c.shape)}"
@@ -128,7 +137,7 @@ def _class_logits(class_logits: Any, batched_hint: bool | None = None) -> tuple[
 
 def _masks(mask_logits: Any, cls: torch.Tensor, batched: bool) -> _Masks:
     m, m_np = as_torch(mask_logits, "mask_logits")
-    m = _to_device(m, m_np, cls, "mask_logits", "class_logits")
+    m = to_device(m, m_np, cls, "mask_logits", "class_logits")
     B, N = cls.shape[:2]
     if m.is_floating_point():
         want = f"(B,N,h,w) with B={B}, N={N}" if batched else f"(N,h,w) with N={N}"
@@ -144,7 +153,7 @@ def _masks(mask_logits: Any, cls: torch.Tensor, batched: bool) -> _Masks:
                 f"mask_logits must be {want}; got {shape_str(m.shape)} (mismatch in the region axis N)"
             )
         m4 = as_float32(m4)
-        _check_finite(m4, "mask_logits")
+        check_finite(m4, "mask_logits")
         return _Masks(m4, False, N)
     if m.dtype == torch.bool or m.is_complex():
         raise DTypeError(
@@ -222,10 +231,10 @@ def _weighted_max(
 def _output_size(masks: _Masks, size: Any) -> tuple[int, int]:
     if masks.is_labels:
         hw = masks.hw()
-        if size is not None and tuple(int(s) for s in size) != hw:
+        if size is not None and check_size(size, hw) != hw:
             raise ShapeError(f"a label map gives masks at its own size {shape_str(hw)}; got size={tuple(size)}")
         return hw
-    return _check_size(size, masks.hw())
+    return check_size(size, masks.hw())
 
 
 # ----------------------------------------------------------------------------- refinement
@@ -354,7 +363,7 @@ def refine(
     a, was_numpy = as_torch(anomaly, "anomaly")
     check_float(a, "anomaly")
     cls, _, batched = _class_logits(class_logits)
-    cls = _to_device(cls, isinstance(class_logits, np.ndarray), a, "class_logits", "anomaly")
+    cls = to_device(cls, isinstance(class_logits, np.ndarray), a, "class_logits", "anomaly")
     shape = tuple(a.shape)
     B = cls.shape[0]
     if batched:
@@ -376,7 +385,7 @@ def refine(
             f"got {shape_str(shape)} (mismatch in the batch axis (0))"
         )
     a4 = as_float32(a4)
-    _check_finite(a4, "anomaly")
+    check_finite(a4, "anomaly")
     masks = _masks(mask_logits, cls, batched)
     hw = (int(a4.shape[-2]), int(a4.shape[-1]))
     if masks.is_labels and masks.hw() != hw:

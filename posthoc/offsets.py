@@ -27,16 +27,19 @@ import scipy.ndimage as ndi
 import torch
 
 from .errors import ShapeError, ValueRangeError
-from .fusion import _check_finite, _check_range, _scores_4d, _to_device
 from .validation import (
     as_float32,
+    as_scores_4d,
     as_torch,
+    check_finite,
     check_float,
     check_int,
     check_labels,
     check_ndim,
+    check_range,
     restore,
     shape_str,
+    to_device,
 )
 
 __all__ = ["offset_resample", "offsets_from_proposals"]
@@ -97,11 +100,11 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
     """
     if units not in ("pixels", "normalized"):
         raise ValueRangeError(f"units must be 'pixels' or 'normalized'; got {units!r}")
-    s, was_numpy, shape = _scores_4d(scores, "scores")
+    s, was_numpy, shape = as_scores_4d(scores, "scores")
     batched = len(shape) == 4
     B, _, H, W = s.shape
     o, o_np = as_torch(offsets, "offsets")
-    o = _to_device(o, o_np, s, "offsets", "scores")
+    o = to_device(o, o_np, s, "offsets", "scores")
     check_float(o, "offsets")
     o4 = o if o.ndim == 4 else (o.unsqueeze(0) if (o.ndim == 3 and not batched) else None)
     want_o = f"(B,2,H,W)=({B},2,{H},{W})" if batched else f"(2,H,W)=(2,{H},{W})"
@@ -111,9 +114,9 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
         axis = "batch axis (0)" if o4.shape[0] != B else "spatial axes (H,W)"
         raise ShapeError(f"offsets must be {want_o} matching scores; got {shape_str(o.shape)} (mismatch in the {axis})")
     o4 = as_float32(o4)
-    _check_finite(o4, "offsets")
+    check_finite(o4, "offsets")
     f, f_np = as_torch(confidence, "confidence")
-    f = _to_device(f, f_np, s, "confidence", "scores")
+    f = to_device(f, f_np, s, "confidence", "scores")
     check_float(f, "confidence")
     want_f = f"(B,1,H,W)=({B},1,{H},{W})" if batched else f"(1,H,W) or (H,W)=({H},{W})"
     if batched:
@@ -126,7 +129,7 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
         axis = "batch axis (0)" if f4.shape[0] != B else "spatial axes (H,W)"
         raise ShapeError(f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})")
     f4 = as_float32(f4)
-    _check_range(f4, "confidence", 0.0, 1.0)
+    check_range(f4, "confidence", 0.0, 1.0)
     if s.numel() == 0:
         return restore(s.clone().reshape(shape), was_numpy)
     ox, oy = o4[:, 0], o4[:, 1]
@@ -239,13 +242,13 @@ def offsets_from_proposals(
 
     dev_map = None
     if teacher is not None:
-        t, _, tshape = _scores_4d(teacher, "teacher")
+        t, _, tshape = as_scores_4d(teacher, "teacher")
         if (len(tshape) == 4) != batched or t.shape[0] != B or t.shape[-2:] != (H, W):
             raise ShapeError(
                 f"teacher must be {'(B,C,H,W)' if batched else '(C,H,W) or (H,W)'} matching labels "
                 f"{shape_str(lab.shape)}; got {shape_str(tshape)}"
             )
-        _check_range(t, "teacher", 0.0, 1.0)
+        check_range(t, "teacher", 0.0, 1.0)
         # region means in float64 with bincount: exact enough and bit-reproducible (the result
         # feeds only this CPU-side confidence; the fast kernels may reorder float32 sums)
         t_np = t.detach().cpu().numpy().astype(np.float64)

@@ -35,8 +35,17 @@ import torch
 import torch.nn.functional as F
 
 from .errors import DTypeError, ShapeError, ValueRangeError
-from .fusion import _check_finite, _to_device
-from .validation import as_float32, as_torch, check_float, check_int, check_ndim, restore, shape_str
+from .validation import (
+    as_float32,
+    as_torch,
+    check_finite,
+    check_float,
+    check_int,
+    check_ndim,
+    restore,
+    shape_str,
+    to_device,
+)
 
 __all__ = [
     "SMLStats",
@@ -60,7 +69,7 @@ def _logits(x: Any, name: str = "logits") -> tuple[torch.Tensor, bool, bool]:
     check_ndim(t, name, (3, 4), "(B,K,H,W) or (K,H,W)")
     batched = t.ndim == 4
     t = as_float32(t)
-    _check_finite(t, name)
+    check_finite(t, name)
     if t.shape[-3] == 0:
         raise ShapeError(f"{name} must have at least one class (K >= 1); got shape {shape_str(t.shape)}")
     return (t if batched else t.unsqueeze(0)), was_numpy, batched
@@ -267,13 +276,13 @@ def standardized_max_logit(logits: Any, mean: Any, std: Any, *, anomaly: bool = 
     K = t.shape[1]
     mu, mu_np = as_torch(mean, "mean")
     sd, sd_np = as_torch(std, "std")
-    mu = _to_device(mu, mu_np, t, "mean", "logits")
-    sd = _to_device(sd, sd_np, t, "std", "logits")
+    mu = to_device(mu, mu_np, t, "mean", "logits")
+    sd = to_device(sd, sd_np, t, "std", "logits")
     for name, s in (("mean", mu), ("std", sd)):
         check_float(s, name)
         if s.ndim != 1 or s.shape[0] != K:
             raise ShapeError(f"{name} must be (K,)=({K},) matching logits {shape_str(t.shape)}; got {shape_str(s.shape)}")
-        _check_finite(s, name)
+        check_finite(s, name)
     if sd.numel() and float(sd.min()) <= 0:
         raise ValueRangeError(f"std must be > 0; got minimum {float(sd.min()):g}")
     mx, pred = t.max(dim=1)
@@ -330,7 +339,7 @@ def _image_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
     else:
         raise ShapeError(f"{name} must be (B,1,H,W), (B,H,W) or (H,W); got {t.ndim} axes with shape {shape_str(shape)}")
     t4 = as_float32(t4)
-    _check_finite(t4, name)
+    check_finite(t4, name)
     return t4, was_numpy, shape
 
 
@@ -360,7 +369,7 @@ def boundary_suppression(
     """
     x, was_numpy, shape = _image_4d(sml, "sml")
     pred, p_np = as_torch(predictions, "predictions")
-    pred = _to_device(pred, p_np, x, "predictions", "sml")
+    pred = to_device(pred, p_np, x, "predictions", "sml")
     check_int(pred, "predictions")
     want = shape_str((x.shape[0], x.shape[2], x.shape[3]))
     p3 = pred if pred.ndim == 3 else (pred.unsqueeze(0) if pred.ndim == 2 else None)

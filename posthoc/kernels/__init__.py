@@ -18,9 +18,14 @@ Backends:
   the CPU (no thread start-up, no numba import for tiny test inputs).
 
 Inputs may be numpy arrays or torch tensors; the result is of the same kind (on the input's
-device). The public ops (``posthoc.fuse`` ...) validate their input; the kernels only check
-shapes, dtypes and the label range (for free, while scanning the labels) so that a bad label
-never writes out of bounds. Inputs are never modified, except ``out`` (which may be ``probs``
+device). The public ops (``posthoc.fuse`` ...) validate their input with
+:mod:`posthoc.validation`; the kernels only check shapes, dtypes, devices and the label
+range, so that a bad label never writes out of bounds. The numba and triton backends check
+the labels for free while scanning them; the torch backend needs one extra read, which a
+caller that has already checked the labels (``posthoc.fuse`` with
+:func:`posthoc.validation.as_label_map`) skips with ``labels_checked=True``. Value checks
+(``value_range=``) are fused into the kernels' pass; their errors are worded by
+:func:`posthoc.validation.check_range`. Inputs are never modified, except ``out`` (which may be ``probs``
 itself for an in-place fusion).
 
 Threads: the numba path uses ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)``
@@ -41,8 +46,21 @@ import numpy as np
 import torch
 
 from ..errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
-from ..validation import as_float32, as_torch, check_finite, check_int, check_tensor_type, restore, shape_str
-from ._torch import check_label_range, region_fuse_torch, region_sums_torch, weighted_argmax_torch
+from ..validation import (
+    as_float32,
+    as_torch,
+    check_device,
+    check_float,
+    check_int,
+    check_label_range,
+    check_ndim,
+    check_range,
+    check_tensor_type,
+    range_error,
+    restore,
+    shape_str,
+)
+from ._torch import region_fuse_torch, region_sums_torch, weighted_argmax_torch
 
 __all__ = [
     "SMALL",
@@ -159,15 +177,12 @@ def _num_regions(num_regions: Any) -> int:
 
 
 def _check_scores_labels(x: torch.Tensor, xname: str, lab: torch.Tensor) -> None:
-    if x.ndim != 4:
-        raise ShapeError(f"{xname} must be (B,C,H,W); got {x.ndim} axes with shape {shape_str(x.shape)}")
-    if not x.is_floating_point():
-        raise DTypeError(f"{xname} must be a floating-point tensor; got dtype {x.dtype}")
+    check_ndim(x, xname, (4,), "(B,C,H,W)")
+    check_float(x, xname)
     want = (x.shape[0], x.shape[2], x.shape[3])
     if tuple(lab.shape) != want:
         raise ShapeError(f"labels must be (B,H,W) matching {xname} {shape_str(x.shape)}; got {shape_str(lab.shape)}")
-    if lab.device != x.device:
-        raise ValueRangeError(f"labels must be on the device of {xname} ({x.device}); got {lab.device}")
+    check_device(lab, "labels", x, xname)
 
 
 def _range_error(labels: torch.Tensor, n: int) -> ValueRangeError:
@@ -188,22 +203,15 @@ def _value_range(value_range: Any) -> tuple[float, float] | None:
 
 
 def _raise_values(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
-    """Slow path after a failed fused check: raise with the exact counts / range (messages of posthoc.validation)."""
-    check_finite(x, name)
-    mn, mx = (float(t) for t in torch.aminmax(x.reshape(-1)))
-    if mn < lo or mx > hi:
-        raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]; got values in [{mn:g},{mx:g}]")
-    raise ValueRangeError(f"{name} must lie in [{lo:g},{hi:g}]")  # pragma: no cover - defensive
+    """Slow path after a failed fused check: raise with the exact counts / range (posthoc.validation)."""
+    check_range(x, name, lo, hi)
+    raise range_error(name, lo, hi)  # pragma: no cover - defensive
 
 
 def _torch_values(x: torch.Tensor, name: str, vr: tuple[float, float] | None) -> None:
-    """The value check on the torch/triton paths: finiteness and range with torch reductions."""
-    if vr is None or x.numel() == 0:
-        return
-    check_finite(x, name)
-    mn, mx = (float(t) for t in torch.aminmax(x.reshape(-1)))
-    if mn < vr[0] or mx > vr[1]:
-        raise ValueRangeError(f"{name} must lie in [{vr[0]:g},{vr[1]:g}]; got values in [{mn:g},{mx:g}]")
+    """The value check on the torch/triton paths: :func:`posthoc.validation.check_range` (one pass)."""
+    if vr is not None:
+        check_range(x, name, *vr)
 
 
 def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), name: str = "x", *,
@@ -211,11 +219,11 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
     """Raise unless every value of ``x`` is finite and lies in [lo, hi]; one pass, no temporaries.
 
     The same test as ``posthoc.validation.check_range`` (and ``check_finite`` with the default
-    bounds) and the same messages, but on a CPU tensor it reads ``x`` once with a parallel
-    compiled loop instead of allocating an ``isfinite`` mask and reducing three times.
+    bounds) and the same messages; on a CPU tensor the numba backend reads ``x`` once with a
+    parallel compiled loop, and only a failure runs the (counting) check that words the error.
 
     Args:
-        x: float array/tensor of any shape.
+        x: float (or integer) array/tensor of any shape.
         lo, hi: inclusive bounds (default: only finiteness is checked).
         name: the name used in the error message.
         backend: "auto", "numba" or "torch".
@@ -227,10 +235,7 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
     t, _ = as_torch(x, name)
     vr = _value_range((lo, hi))
     if not t.is_floating_point() or t.numel() == 0:
-        if t.numel() and not t.is_floating_point():
-            mn, mx = (float(v) for v in torch.aminmax(t.reshape(-1)))
-            if mn < vr[0] or mx > vr[1]:
-                raise ValueRangeError(f"{name} must lie in [{vr[0]:g},{vr[1]:g}]; got values in [{mn:g},{mx:g}]")
+        check_range(t, name, *vr)
         return
     be = resolve_backend(backend if backend != "triton" else "torch", t.device, t.numel())
     if be == "numba":
@@ -277,7 +282,7 @@ def _numba_threads():
 
 
 def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "auto",
-                value_range: Any = None, name: str = "values"):
+                value_range: Any = None, name: str = "values", labels_checked: bool = False):
     """Per-region sums and pixel counts (the segment reduction shared by fusion and region means).
 
     Args:
@@ -289,12 +294,17 @@ def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "a
         value_range: optional (lo, hi): also check that every value is finite and in [lo, hi]
             (fused into the reduction pass on CPU, so it costs no extra read).
         name: how ``values`` is called in error messages.
+        labels_checked: the caller has already checked that every label lies in
+            [-1, num_regions) (e.g. with :func:`posthoc.validation.as_label_map`): the torch
+            backend then skips its own pass over the labels (numba and triton check them
+            for free while scanning and always do).
 
     Returns:
         sums (B,N,C) float32 and counts (B,N) int64, numpy if ``values`` was numpy.
 
     Raises:
         ShapeError, DTypeError: wrong layouts or dtypes.
+        DeviceError: labels on another device than ``values``.
         ValueRangeError: a label outside [-1, num_regions), or an unknown/unusable backend.
         NonFiniteError, ValueRangeError: with ``value_range``, non-finite or out-of-range values.
     """
@@ -321,12 +331,12 @@ def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "a
         if be == "triton":
             sums, counts = _triton_mod().region_sums_triton(x, lab, n)
         else:
-            sums, counts = region_sums_torch(x, lab, n)
+            sums, counts = region_sums_torch(x, lab, n, check=not labels_checked)
     return restore(sums, was_np), restore(counts, was_np)
 
 
 def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "auto", out: Any = None,
-                value_range: Any = None, name: str = "probs"):
+                value_range: Any = None, name: str = "probs", labels_checked: bool = False):
     """Structure-constrained fusion, CSL Eq. 3 (Zhang et al., AAAI 2024), on normalized scores.
 
     H[b,c,p] = (mean over q in region(p) of probs[b,c,q]) * probs[b,c,p]; pixels with label -1
@@ -347,12 +357,14 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
             in [lo, hi]. On CPU the test is fused into the first pass (no extra read); on
             failure nothing is written.
         name: how ``probs`` is called in error messages.
+        labels_checked: as in :func:`region_sums`.
 
     Returns:
         (B,C,H,W) float32 fused scores (``out`` when given), numpy if ``probs`` was numpy.
 
     Raises:
         ShapeError, DTypeError: wrong layouts or dtypes, or an ``out`` that does not match.
+        DeviceError: labels or ``out`` on another device than ``probs``.
         ValueRangeError: a label outside [-1, num_regions), or an unknown/unusable backend.
         NonFiniteError, ValueRangeError: with ``value_range``, non-finite or out-of-range scores.
     """
@@ -373,8 +385,7 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
             raise ShapeError(f"out must be (B,C,H,W) = {shape_str(x.shape)} like probs; got {shape_str(out_t.shape)}")
         if out_t.dtype != torch.float32:
             raise DTypeError(f"out must be float32; got {out_t.dtype}")
-        if out_t.device != x.device:
-            raise ValueRangeError(f"out must be on the device of probs ({x.device}); got {out_t.device}")
+        check_device(out_t, "out", x, "probs")
     x = as_float32(x.detach()).contiguous()
     lab = lab.contiguous()
     if be != "numba":
@@ -382,7 +393,7 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
     if be == "torch":
         if out_t is None and x.device.type == "cpu":
             out_t = _empty_cpu(tuple(x.shape), torch.float32)
-        res = region_fuse_torch(x, lab, n, out=out_t)
+        res = region_fuse_torch(x, lab, n, out=out_t, check=not labels_checked)
     else:
         if out_t is not None and out_t.is_contiguous():
             dst = out_t
@@ -434,22 +445,19 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto",
 
     Raises:
         ShapeError, DTypeError: wrong layouts or dtypes.
+        DeviceError: ``validity`` on another device than ``region_scores``.
         ValueRangeError: an unknown/unusable backend.
         NonFiniteError, ValueRangeError: with ``value_range``, non-finite or out-of-range scores.
     """
     r, was_np = as_torch(region_scores, name)
     v, _ = as_torch(validity, "validity")
-    if r.ndim != 4:
-        raise ShapeError(f"{name} must be (B,N,h,w); got {r.ndim} axes with shape {shape_str(r.shape)}")
-    if not r.is_floating_point():
-        raise DTypeError(f"{name} must be a floating-point tensor; got dtype {r.dtype}")
-    if not v.is_floating_point():
-        raise DTypeError(f"validity must be a floating-point tensor; got dtype {v.dtype}")
+    check_ndim(r, name, (4,), "(B,N,h,w)")
+    check_float(r, name)
+    check_float(v, "validity")
     if tuple(v.shape) != tuple(r.shape[:2]):
         raise ShapeError(f"validity must be (B,N) = {shape_str(r.shape[:2])} matching {name} "
                          f"{shape_str(r.shape)}; got {shape_str(v.shape)}")
-    if v.device != r.device:
-        raise ValueRangeError(f"validity must be on the device of {name} ({r.device}); got {v.device}")
+    check_device(v, "validity", r, name)
     vr = _value_range(value_range)
     be = resolve_backend(backend, r.device, r.numel())
     B, N, h, w = r.shape

@@ -19,23 +19,13 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ValueRangeError
+from ..validation import check_label_range
+
+__all__ = ["CHUNK_ELEMS", "check_label_range", "mean_table", "region_fuse_torch", "region_sums_torch",
+           "weighted_argmax_torch"]
 
 #: default bound on the number of elements of any temporary (2**24 float32 = 64 MiB)
 CHUNK_ELEMS = 1 << 24
-
-
-def check_label_range(labels: torch.Tensor, num_regions: int, name: str = "labels") -> None:
-    """Raise ValueRangeError unless every label lies in [-1, num_regions)."""
-    if labels.numel() == 0:
-        return
-    lo, hi = torch.aminmax(labels)
-    lo, hi = int(lo), int(hi)
-    if lo < -1 or hi >= num_regions:
-        raise ValueRangeError(
-            f"{name} must lie in [-1,{num_regions - 1}] (-1 = unassigned, num_regions={num_regions}); "
-            f"got values in [{lo},{hi}]"
-        )
 
 
 def _image_groups(B: int, per_image: int, chunk_elems: int):

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import ValueRangeError
+from ..validation import label_range_error
 from ._torch import mean_table, region_sums_torch
 
 #: pixels per program
@@ -122,18 +122,14 @@ def _sums_pass(x: torch.Tensor, lab: torch.Tensor, n: int):
     _sums_kernel[_grid(P, B)](x, lab, acc, cnt, mm, P, C, n, BLOCK=BLOCK)
     lo, hi = (int(t) for t in mm.tolist())
     if lo < -1 or hi >= n:
-        raise ValueRangeError(
-            f"labels must lie in [-1,{n - 1}] (-1 = unassigned, num_regions={n}); got values in [{lo},{hi}]"
-        )
+        raise label_range_error("labels", n, lo, hi)
     return acc, cnt
 
 
 def _empty_ok(lab: torch.Tensor, n: int) -> None:
     if n == 0 and lab.numel() and bool((lab != -1).any()):
         lo, hi = torch.aminmax(lab)
-        raise ValueRangeError(
-            f"labels must lie in [-1,-1] (-1 = unassigned, num_regions=0); got values in [{int(lo)},{int(hi)}]"
-        )
+        raise label_range_error("labels", 0, int(lo), int(hi))
 
 
 def region_sums_triton(x: torch.Tensor, lab: torch.Tensor, n: int):

@@ -149,7 +149,7 @@ def test_soft_assign_errors(rng):
         posthoc.soft_assign(r[0, 0], v)
     with pytest.raises(DTypeError, match="region_scores must be a floating-point tensor"):
         posthoc.soft_assign((r > 0.5), v)
-    with pytest.raises(ValueRangeError, match="size must be a pair"):
+    with pytest.raises(ShapeError, match="size must be a pair"):
         posthoc.soft_assign(r, v, size=(0, 3))
     with pytest.raises(ValueRangeError, match="chunk_regions must be a positive int"):
         posthoc.soft_assign(r, v, size=(8, 8), chunk_regions=0)
