@@ -68,10 +68,10 @@ def _timed(fn):
 def run(frames: list[tuple[np.ndarray, np.ndarray]], *, sklearn: bool = True) -> dict:
     """Time every accumulator (and pooled sklearn) on ``frames``; return the figures."""
     from posthoc.metrics import ComponentMetrics, PixelMetrics
-    from posthoc.metrics.pixel import _RADIX_MIN, _sort
+    from posthoc.metrics.pixel import RADIX_MIN, sort_scores
 
     # one-time cost, reported apart: compile (or load from numba's cache) the radix-sort kernel
-    _, warm = _timed(lambda: _sort(np.zeros(_RADIX_MIN, np.float32)))
+    _, warm = _timed(lambda: sort_scores(np.zeros(RADIX_MIN, np.float32)))
     n = len(frames)
     res: dict = {"warmup_seconds": warm, "frames": n, "height": int(frames[0][0].shape[0]), "width": int(frames[0][0].shape[1]),
                  "dtype": str(frames[0][0].dtype)}

@@ -65,12 +65,14 @@ from ._common import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "RADIX_MIN",
     "SMIYC_NUM_BINS",
     "PixelMetrics",
     "exact_curve",
     "reduce_curve",
     "smiyc_curve",
     "smiyc_frame_bins",
+    "sort_scores",
     "sorted_quantiles",
 ]
 
@@ -79,7 +81,9 @@ _MODES = ("smiyc", "exact")
 
 
 # --------------------------------------------------------------------------- sorted multisets
-_RADIX_MIN = 1 << 16  # below this np.sort is as fast and needs no compilation
+#: float32 arrays with at least this many values are sorted by :func:`sort_scores`'s numba
+#: radix sort; below it ``np.sort`` is as fast and needs no compilation
+RADIX_MIN = 1 << 16
 _radix_kernel = None
 
 
@@ -142,10 +146,19 @@ def _build_radix_kernel():
     return radix_sort_f32
 
 
-def _sort(x: np.ndarray) -> np.ndarray:
-    """Sorted copy of a 1-D finite float array (numba radix sort for large float32 arrays)."""
+def sort_scores(x: np.ndarray) -> np.ndarray:
+    """Sorted copy of a 1-D finite float array, equal to ``np.sort(x)``.
+
+    float32 arrays of at least :data:`RADIX_MIN` values use a numba LSD radix sort (3 passes
+    of 11 bits; compiled once and cached on disk, so the first call may take a while); other
+    arrays, or a machine where numba fails, use ``np.sort``. The exact pixel metrics sort
+    every frame's scores with it.
+
+    >>> sort_scores(np.array([0.5, -1.0, 0.25], np.float32)).tolist()
+    [-1.0, 0.25, 0.5]
+    """
     global _radix_kernel
-    if x.dtype == np.float32 and x.size >= _RADIX_MIN:
+    if x.dtype == np.float32 and x.size >= RADIX_MIN:
         if _radix_kernel is None:
             try:
                 kernel = _build_radix_kernel()
@@ -201,7 +214,7 @@ class _Sorted:
             h = _f16_histogram(x)
             nz = np.flatnonzero(h)
             return cls(_f16_from_keys(nz), h[nz])
-        return cls(_sort(x))
+        return cls(sort_scores(x))
 
     @classmethod
     def from_histogram(cls, h: np.ndarray) -> _Sorted:
@@ -436,7 +449,7 @@ class _ExactState:
             h = _f16_histogram(x)
             self.hist = h if self.hist is None else self.hist + h
         else:
-            self.runs.append(_sort(x))
+            self.runs.append(sort_scores(x))
 
     def merge(self, other: _ExactState) -> None:
         if other.hist is not None:
@@ -450,7 +463,7 @@ class _ExactState:
             if len(self.runs) > 1:
                 cat = np.concatenate(self.runs)
                 # float32: linear-time radix sort; else timsort, which merges the sorted runs
-                raw = _sort(cat) if cat.dtype == np.float32 else np.sort(cat, kind="stable")
+                raw = sort_scores(cat) if cat.dtype == np.float32 else np.sort(cat, kind="stable")
                 self.runs = [raw]  # keep the merged run: a second compute() is cheaper
             else:
                 raw = self.runs[0]

@@ -278,12 +278,12 @@ def test_errors(rng):
 
 
 def test_radix_sort_equals_numpy_sort(rng):
-    from posthoc.metrics.pixel import _RADIX_MIN, _sort
+    from posthoc.metrics.pixel import RADIX_MIN, sort_scores
 
-    x = (rng.standard_normal(_RADIX_MIN + 17) * 3).astype(np.float32)
+    x = (rng.standard_normal(RADIX_MIN + 17) * 3).astype(np.float32)
     x[:5] = [0.0, -0.0, np.float32(1e-40), -np.float32(1e-40), 3.4e38]  # zeros, subnormals, extremes
     x[5:100] = x[200]  # ties
-    got = _sort(x)
+    got = sort_scores(x)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, np.sort(x))
     assert x[1] == 0.0 and np.signbit(x[1])  # input untouched
