@@ -6,7 +6,11 @@ Every reader yields :class:`Frame` objects with
 * ``label``: (H,W) uint8 with 0 = in-distribution, 1 = anomaly, 255 = void, or ``None``
   for frames whose labels are hidden (the SMIYC test set),
 * ``id``: the frame id the official tools use (file stem without suffixes),
-* ``extras``: optional per-frame data (e.g. the synthetic world's in-distribution class map).
+* ``extras``: optional per-frame data,
+* ``classes``: (H,W) uint8 in-distribution class map (255 at anomaly/void) where the data
+  set has one (the synthetic world's ``labels_masks/<id>_labels_classes.png``), else ``None``.
+
+The synthetic world (:mod:`posthoc.bench.synthetic`) renders this same :class:`Frame` type.
 
 Folder layouts and label remaps follow the official code:
 
@@ -14,7 +18,8 @@ Folder layouts and label remaps follow the official code:
   ``dataset_AnomalyTrack/images/<id>.jpg`` and ``dataset_ObstacleTrack/images/<id>.webp``
   with ``labels_masks/<id>_labels_semantic.png`` (0 usual, 1 anomaly, 255 void; any other
   value is void, as in the official ``DatasetRA.get_frame``). Other image extensions
-  (png, jpg, webp) are accepted, which is how the synthetic world is stored.
+  (png, jpg, webp) are accepted, which is how the synthetic world is stored; its
+  ``labels_masks/<id>_labels_classes.png`` class maps are read into ``Frame.classes``.
 * LostAndFound (same file, ``DatasetLostAndFound``): Cityscapes layout
   ``leftImg8bit/<split>/<NN_scene>/<id>_leftImg8bit.{png,webp,jpg}`` and
   ``gtCoarse/<split>/<NN_scene>/<id>_gtCoarse_labelIds.png``; label ids 0 -> void,
@@ -103,31 +108,37 @@ class CorruptFileError(PosthocError, ValueError):
 
 @dataclass
 class Frame:
-    """One evaluation frame.
+    """One frame, as every reader yields it and as the synthetic world renders it.
 
     Attributes:
         image: (H,W,3) uint8 RGB.
         label: (H,W) uint8, 0 = in-distribution, 1 = anomaly, 255 = void; ``None`` when
             the data set hides its labels (SMIYC test frames).
-        id: frame id as used by the official tools (and by the submission files).
-        extras: optional data, e.g. ``"classes"``: (H,W) uint8 in-distribution class map
-            of the synthetic world (255 on anomaly/void).
+        id: frame id as used by the official tools (and by the submission files); for
+            the synthetic world the id it is stored under (``test_0007``), ``""`` for a
+            frame rendered in memory.
+        extras: optional per-frame data of a reader (``FrameRef.extra_paths``).
+        classes: (H,W) uint8 in-distribution class map (255 at anomaly and void), or
+            ``None`` when the data set has none. The synthetic world's class indices
+            are ``posthoc.bench.synthetic.CLASS_NAMES``.
     """
 
     image: np.ndarray
     label: np.ndarray | None
-    id: str
+    id: str = ""
     extras: dict = field(default_factory=dict)
+    classes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class FrameRef:
-    """Where one frame's files are; ``label_path`` is None for unlabeled frames."""
+    """Where one frame's files are; ``label_path`` / ``classes_path`` are None when absent."""
 
     id: str
     image_path: Path
     label_path: Path | None
-    extra_paths: tuple = ()  # ((name, Path), ...)
+    extra_paths: tuple = ()  # ((name, Path), ...) read into Frame.extras
+    classes_path: Path | None = None  # read into Frame.classes
 
 
 # --------------------------------------------------------------------------------------
@@ -264,7 +275,7 @@ class Dataset:
         return self.remap(raw)
 
     def load(self, ref: FrameRef, *, image: bool = True, label: bool = True) -> Frame:
-        """Read one frame (image and/or label)."""
+        """Read one frame (image and/or label; the class map and extras whenever present)."""
         img = read_image(ref.image_path) if image else None
         lab = None
         if label and ref.label_path is not None:
@@ -279,7 +290,10 @@ class Dataset:
         for name, p in ref.extra_paths:
             if Path(p).is_file():
                 extras[name] = read_label_png(p)
-        return Frame(image=img, label=lab, id=ref.id, extras=extras)
+        classes = None
+        if ref.classes_path is not None and Path(ref.classes_path).is_file():
+            classes = read_label_png(ref.classes_path)
+        return Frame(image=img, label=lab, id=ref.id, extras=extras, classes=classes)
 
     def __iter__(self) -> Iterator[Frame]:
         for ref in self.refs:
@@ -384,13 +398,13 @@ class SMIYCReader(Dataset):
                 raise DatasetLayoutError(f"frame id {fid!r} has two image files: {seen[fid]} and {p}")
             seen[fid] = p
             lab = lab_dir / f"{fid}_labels_semantic.png"
-            extra = lab_dir / f"{fid}_labels_classes.png"
+            cls = lab_dir / f"{fid}_labels_classes.png"
             refs.append(
                 FrameRef(
                     id=fid,
                     image_path=p,
                     label_path=lab if lab.is_file() else None,
-                    extra_paths=(("classes", extra),) if extra.is_file() else (),
+                    classes_path=cls if cls.is_file() else None,
                 )
             )
         if subset != "all":

@@ -71,6 +71,7 @@ def test_smiyc_obstacle_webp_and_subsets(tmp_path, rng):
     r = ds.SMIYCReader(tmp_path, "obstacle")
     assert r.name == "ObstacleTrack-all" and len(r) == 3
     assert r[0].image.shape == (12, 16, 3)
+    assert r[0].classes is None and r[0].id == r.ids[0]  # no class maps in this layout
     assert ds.SMIYCReader(tmp_path, "obstacle", subset="test").ids == ["curvy-street_0001"]
     assert ds.SMIYCReader(tmp_path, "obstacle", subset="validation").ids == ["validation_0003"]
 
@@ -86,7 +87,8 @@ def test_smiyc_png_image_pixels_roundtrip_and_extras(tmp_path, rng):
     r = ds.SMIYCReader(tmp_path, "anomaly", split="test")
     fr = next(iter(r))
     np.testing.assert_array_equal(fr.image, img)  # RGB order kept
-    np.testing.assert_array_equal(fr.extras["classes"], classes)
+    np.testing.assert_array_equal(fr.classes, classes)
+    assert fr.extras == {}
     # the track folder itself works too
     assert ds.SMIYCReader(tdir, "anomaly").ids == ["test_0000"]
 
