@@ -60,7 +60,7 @@ def load_frames(split: str, *, track: str = "anomaly", n_frames: int | None = No
     for _, fr in syn.iter_frames(d):
         imgs.append(cv2.resize(fr.image, (tw, th), interpolation=cv2.INTER_AREA))
         cls.append(cv2.resize(fr.classes, (tw, th), interpolation=cv2.INTER_NEAREST))
-        sem.append(cv2.resize(fr.semantic, (tw, th), interpolation=cv2.INTER_NEAREST))
+        sem.append(cv2.resize(fr.label, (tw, th), interpolation=cv2.INTER_NEAREST))
     return {"images": np.stack(imgs), "classes": np.stack(cls).astype(np.int64), "semantic": np.stack(sem),
             "dir": str(d)}
 

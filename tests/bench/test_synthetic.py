@@ -17,27 +17,36 @@ def _files(d):
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+def test_frame_is_the_readers_frame_type():
+    from posthoc.bench import datasets as ds
+
+    assert syn.Frame is ds.Frame
+    fr = syn.render_frame(3, SMALL)
+    assert isinstance(fr, ds.Frame)
+    assert fr.id == "" and fr.extras == {}  # rendered in memory: no file id
+
+
 def test_render_frame_shapes_and_domains():
     for track in ("anomaly", "obstacle"):
         fr = syn.render_frame(3, SMALL, track=track)
         assert fr.image.shape == (*SMALL, 3) and fr.image.dtype == np.uint8
-        assert fr.semantic.shape == SMALL and fr.semantic.dtype == np.uint8
+        assert fr.label.shape == SMALL and fr.label.dtype == np.uint8
         assert fr.classes.shape == SMALL and fr.classes.dtype == np.uint8
-        assert set(np.unique(fr.semantic)) <= {0, 1, 255}
+        assert set(np.unique(fr.label)) <= {0, 1, 255}
         cls = np.unique(fr.classes)
         assert set(cls[cls != 255]) <= set(range(len(syn.CLASS_NAMES)))
-        # anomalies are 255 in the class map, and every anomaly pixel is 1 in the semantic map
-        assert np.all(fr.classes[fr.semantic == 1] == 255)
+        # anomalies are 255 in the class map, and every anomaly pixel is 1 in the label map
+        assert np.all(fr.classes[fr.label == 1] == 255)
         # in-distribution pixels carry a class
-        assert np.all(fr.classes[fr.semantic == 0] != 255)
+        assert np.all(fr.classes[fr.label == 0] != 255)
 
 
 def test_render_is_deterministic_and_seed_dependent():
     a = syn.render_frame([0, 1, 2], (96, 160))
     b = syn.render_frame([0, 1, 2], (96, 160))
     c = syn.render_frame([0, 1, 3], (96, 160))
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+    for name in ("image", "label", "classes"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert not np.array_equal(a.image, c.image)
 
 
@@ -45,7 +54,7 @@ def test_any_size_and_train_frames_have_no_anomaly():
     for size in [(16, 16), (33, 71), (200, 120)]:
         fr = syn.render_frame(1, size, anomalies=False)
         assert fr.image.shape[:2] == size
-        assert not (fr.semantic == 1).any()
+        assert not (fr.label == 1).any()
 
 
 def test_anomalies_present_and_scene_has_variety():
@@ -53,7 +62,7 @@ def test_anomalies_present_and_scene_has_variety():
     classes_seen = set()
     for i in range(12):
         fr = syn.render_frame([5, i], (128, 256))
-        n_anom += int((fr.semantic == 1).any())
+        n_anom += int((fr.label == 1).any())
         classes_seen |= set(np.unique(fr.classes).tolist())
     assert n_anom >= 10  # nearly every test frame carries an anomaly
     # road, sidewalk, building, vegetation, sky, car, person all occur
@@ -64,12 +73,12 @@ def test_obstacles_lie_on_the_road():
     hits = 0
     for i in range(10):
         fr = syn.render_frame([7, i], (128, 256), track="obstacle")
-        obst = fr.semantic == 1
+        obst = fr.label == 1
         if not obst.any():
             continue
         hits += 1
         # the evaluation region is the road: everything in-distribution is road
-        assert np.all(fr.classes[fr.semantic == 0] == syn.ROAD)
+        assert np.all(fr.classes[fr.label == 0] == syn.ROAD)
         # the bottom row of each obstacle touches road pixels just below it
         n, lab = cv2.connectedComponents(obst.astype(np.uint8), connectivity=8)
         for k in range(1, n):
@@ -83,7 +92,7 @@ def test_obstacles_lie_on_the_road():
 
 def test_anomaly_track_void_is_the_hood():
     fr = syn.render_frame(11, (128, 256))
-    void = fr.semantic == 255
+    void = fr.label == 255
     if void.any():
         ys = np.nonzero(void)[0]
         assert ys.min() > 0.8 * 128  # only at the bottom of the frame
@@ -104,9 +113,11 @@ def test_ensure_world_layout_cache_and_determinism(tmp_path):
         assert sem.dtype == np.uint8 and set(np.unique(sem)) <= {0, 1, 255}
     # round trip matches the renderer
     fid, fr = next(syn.iter_frames(d))
+    assert fid == fr.id == "val_0000"
+    assert syn.load_frame(d, "val_0002").id == "val_0002"
     ref = syn.render_frame(syn._frame_seed(meta["config"], 0), SMALL, track="anomaly")
     np.testing.assert_array_equal(fr.image, ref.image)
-    np.testing.assert_array_equal(fr.semantic, ref.semantic)
+    np.testing.assert_array_equal(fr.label, ref.label)
     np.testing.assert_array_equal(fr.classes, ref.classes)
 
     before = _files(d)
