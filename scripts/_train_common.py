@@ -7,14 +7,24 @@ needs no path manipulation. See docs/training.md for the full recipe.
 Everything here is deterministic for a seed on CPU: the data come from
 :func:`posthoc.bench.synthetic.ensure_world` (train split, no anomalies), the shuffles
 from a seeded ``torch.Generator``, and the models run in float32 with two threads.
+
+What the scripts share lives here: the common command-line flags (:func:`base_parser`,
+:func:`training_parser`), data loading, the AdamW + one-cycle training loop
+(:func:`fit_one_cycle`), the network blocks, ONNX export and the training log
+(:func:`log_training`).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import math
 import os
 import random
+import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -46,23 +56,67 @@ def setup(seed: int, threads: int = 2) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+# ----------------------------------------------------------------------------- command line
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """The flags every script has: ``--seed``, ``--world-seed``, ``--threads``, ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(BUNDLED_DIR))
+    return ap
+
+
+def training_parser(doc: str, *, epochs: int, lr: float, max_minutes: float,
+                    batch_size: int = 16) -> argparse.ArgumentParser:
+    """:func:`base_parser` plus the flags of :func:`fit_one_cycle` and ``--n-train``; the defaults differ per model."""
+    ap = base_parser(doc)
+    ap.add_argument("--n-train", type=int, default=None, help="train frames (default: synthetic.DEFAULT)")
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--max-minutes", type=float, default=max_minutes, help="stop early when this wall time is spent")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps (reproduces a run that the time cap stopped early)")
+    return ap
+
+
+def start(args: argparse.Namespace) -> Timer:
+    """:func:`setup` with ``args.seed`` and ``args.threads``; returns a started :class:`Timer`."""
+    setup(args.seed, args.threads)
+    return Timer()
+
+
+# ----------------------------------------------------------------------------- data
+
+
 def load_frames(split: str, *, track: str = "anomaly", n_frames: int | None = None, seed: int = 0,
                 size=None, train_size=None) -> dict:
     """Load a split of the synthetic world, resized to the training resolution.
 
     Returns:
         dict with ``images`` (N,h,w,3) uint8 RGB, ``classes`` (N,h,w) int64 class index
-        (255 = void/anomaly, ignored by the losses), ``semantic`` (N,h,w) uint8 in {0,1,255}.
+        (255 = void/anomaly, ignored by the losses), ``label`` (N,h,w) uint8 in {0,1,255}
+        (``Frame.label``: 0 in-distribution, 1 anomaly, 255 void).
     """
     th, tw = train_size or syn.DEFAULT.train_size
     d = syn.ensure_world(split=split, track=track, n_frames=n_frames, size=size, seed=seed)
-    imgs, cls, sem = [], [], []
+    imgs, cls, lab = [], [], []
     for _, fr in syn.iter_frames(d):
         imgs.append(cv2.resize(fr.image, (tw, th), interpolation=cv2.INTER_AREA))
         cls.append(cv2.resize(fr.classes, (tw, th), interpolation=cv2.INTER_NEAREST))
-        sem.append(cv2.resize(fr.label, (tw, th), interpolation=cv2.INTER_NEAREST))
-    return {"images": np.stack(imgs), "classes": np.stack(cls).astype(np.int64), "semantic": np.stack(sem),
+        lab.append(cv2.resize(fr.label, (tw, th), interpolation=cv2.INTER_NEAREST))
+    return {"images": np.stack(imgs), "classes": np.stack(cls).astype(np.int64), "label": np.stack(lab),
             "dir": str(d)}
+
+
+def load_train_val(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The ``train`` split (``--n-train`` frames) and the ``val`` split of world ``--world-seed``."""
+    train = load_frames("train", n_frames=args.n_train, seed=args.world_seed)
+    val = load_frames("val", seed=args.world_seed)
+    return train, val
 
 
 def to_input(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -199,6 +253,26 @@ def load_state(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command a training record quotes, e.g. ``python scripts/train_segnet.py --seed 0``."""
+    return f"python scripts/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def log_training(name: str, script: str, argv: Sequence[str] | None, args: argparse.Namespace,
+                 model: nn.Module, fields: dict) -> None:
+    """Write the training record of a model into ``<args.out>/training_log.json``.
+
+    The record is ``command``, ``seed``, ``world_seed``, ``params``, then ``fields`` in
+    their order (typically starting with :meth:`FitResult.record`), then ``torch``.
+    """
+    update_log(name, {"command": command_line(script, argv), "seed": args.seed, "world_seed": args.world_seed,
+                      "params": n_params(model), **fields, "torch": torch.__version__}, args.out)
+
+
+def log_written(path: Path, timer: Timer) -> None:
+    log.info("wrote %s (%.0f KB) in %.0f s total", path, path.stat().st_size / 1024, timer())
+
+
 def update_log(name: str, record: dict, out_dir: Path = BUNDLED_DIR) -> None:
     """Merge a training record into <out_dir>/training_log.json (the numbers docs/training.md quotes)."""
     p = Path(out_dir) / "training_log.json"
@@ -213,6 +287,94 @@ class Timer:
 
     def __call__(self) -> float:
         return time.time() - self.t0
+
+
+# ----------------------------------------------------------------------------- training loop
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_one_cycle` did.
+
+    Attributes:
+        steps: optimiser steps taken; ``total``: steps planned (epochs x steps per epoch).
+        stopped_early: the time cap or ``--max-steps`` ended the run before ``total``.
+        hist: one tuple per step: the loss, then the values the step function reported.
+        seconds: wall time since the script's timer started, when training ended.
+        n: training samples; ``epochs``: epochs planned.
+    """
+
+    steps: int
+    total: int
+    stopped_early: bool
+    hist: list
+    seconds: float
+    n: int
+    epochs: int
+
+    def mean_last(self, k: int) -> np.ndarray:
+        """Per-column mean of the last ``k`` rows of ``hist``."""
+        return np.mean(self.hist[-k:], 0)
+
+    def record(self) -> dict:
+        """The training-log fields every script records, in their order."""
+        return {"train_frames": self.n, "steps": self.steps, "epochs_planned": self.epochs,
+                "stopped_early": self.stopped_early}
+
+
+StepFn = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, Sequence[float]]]
+
+
+def fit_one_cycle(model: nn.Module, step: StepFn, *, n: int, args: argparse.Namespace, timer: Timer,
+                  params: Iterable[torch.Tensor] | None = None, clip_grad_norm: float | None = None,
+                  train_mode: Callable[[], object] | None = None,
+                  log_epoch: Callable[[int, list, float], None] | None = None) -> FitResult:
+    """AdamW (weight decay 1e-4) with a one-cycle schedule over shuffled mini-batches.
+
+    Each epoch draws a permutation of the ``n`` samples from a ``torch.Generator`` seeded
+    with ``args.seed``; ``step(idx, g)`` gets each batch's indices and that generator (for
+    augmentation) and returns ``(loss, values)``, the values being floats to record next
+    to the loss. Training stops after ``args.epochs`` epochs, after ``args.max_steps``
+    steps, or once ``args.max_minutes`` of wall time (``timer``) is spent.
+
+    Args:
+        model: the net; ``model.train()`` is called at each epoch start unless
+            ``train_mode`` is given (e.g. to keep a frozen encoder in eval mode).
+        params: the parameters to optimise (default: all of ``model``'s).
+        clip_grad_norm: clip the gradient norm of ``model.parameters()`` to this value.
+        log_epoch: called after each epoch with (epoch, that epoch's ``hist`` rows, lr).
+        args: ``seed``, ``epochs``, ``batch_size``, ``lr``, ``max_minutes``, ``max_steps``.
+    """
+    params = list(model.parameters()) if params is None else list(params)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(args.seed)
+    spe = math.ceil(n / args.batch_size)
+    total = args.epochs * spe
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
+    steps, stopped_early, hist = 0, False, []
+    for epoch in range(args.epochs):
+        (train_mode or model.train)()
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, args.batch_size):
+            loss, values = step(perm[i:i + args.batch_size], g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            opt.step()
+            sched.step()
+            steps += 1
+            hist.append((loss.item(), *values))
+            if timer() > args.max_minutes * 60 or (args.max_steps is not None and steps >= args.max_steps):
+                stopped_early = True
+                break
+        if log_epoch is not None:
+            log_epoch(epoch, hist[-spe:], sched.get_last_lr()[0])
+        if stopped_early:
+            log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", steps, total, args.max_minutes,
+                     args.max_steps)
+            break
+    return FitResult(steps, total, stopped_early, hist, timer(), n, args.epochs)
 
 
 @torch.no_grad()

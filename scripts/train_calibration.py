@@ -23,15 +23,12 @@ Usage (from the repository root)::
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import _train_common as C
 import numpy as np
 import torch
 from posthoc.adapters import get_teacher
-from posthoc.adapters.bundled import BUNDLED_DIR
 from posthoc.bench import synthetic as syn
 
 
@@ -79,23 +76,18 @@ def frames(n: int, batch: int, seed: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = C.base_parser(__doc__)
     ap.add_argument("--frames", type=int, default=200, help="train frames used for statistics and calibration")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
-    C.setup(args.seed, args.threads)
-    timer = C.Timer()
+    timer = C.start(args)
     out = Path(args.out)
     seg = out / "segnet.onnx"
     if not seg.is_file():
         raise SystemExit(f"{seg} not found: run scripts/train_segnet.py first")
     data = frames(args.frames, args.batch, args.world_seed)
     weights = {"model": str(seg), "meta": segnet_meta()}
-    record = {"command": "python scripts/train_calibration.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record = {"command": C.command_line("train_calibration.py", argv),
               "frames": sum(len(b) for b in data), "split": "train", "torch": torch.__version__}
 
     sml = get_teacher("sml", weights=weights)

@@ -29,9 +29,6 @@ Usage (from the repository root)::
 """
 from __future__ import annotations
 
-import argparse
-import math
-import sys
 from pathlib import Path
 
 import _train_common as C
@@ -39,7 +36,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from posthoc.adapters.bundled import BUNDLED_DIR
 from posthoc.bench import synthetic as syn
 from scipy.optimize import linear_sum_assignment
 from torch import nn
@@ -236,19 +232,9 @@ def evaluate(model, images: np.ndarray, targets: np.ndarray, batch_size: int = 1
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--n-train", type=int, default=None)
+    ap = C.training_parser(__doc__, epochs=8, lr=2e-3, max_minutes=12.0)
     ap.add_argument("--num-queries", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-region-px", type=int, default=6, help="smaller GT components (at h/2 x w/2) are ignored")
-    ap.add_argument("--max-minutes", type=float, default=12.0)
-    ap.add_argument("--max-steps", type=int, default=None,
-                    help="stop after this many steps (reproduces a run that the time cap stopped early)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init-segnet", default=str(C.WORK_DIR / "segnet.pt"),
                     help="initialize encoder and pixel decoder from this SegNet checkpoint ('' = random init)")
     ap.add_argument("--freeze-encoder", type=int, default=1,
@@ -256,13 +242,10 @@ def main(argv=None) -> int:
     ap.add_argument("--copy-paste", type=int, default=0,
                     help="1: add a class-agnostic copy-paste copy of every train frame (tried on val, not "
                          "adopted for the bundled model; see docs/training.md)")
-    ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
-    C.setup(args.seed, args.threads)
-    timer = C.Timer()
+    timer = C.start(args)
     h, w = syn.DEFAULT.train_size
-    train = C.load_frames("train", n_frames=args.n_train, seed=args.world_seed)
-    val = C.load_frames("val", seed=args.world_seed)
+    train, val = C.load_train_val(args)
     tsize = (h // 2, w // 2)
     if args.copy_paste:
         pi, pc = copy_paste(train["images"], train["classes"], args.seed + 1)
@@ -301,67 +284,47 @@ def main(argv=None) -> int:
         feats = [[torch.cat([b[j] for b in feats[fl]]) for j in range(4)] for fl in (0, 1)]
         C.log.info("encoder features precomputed (%.0f s)", timer())
     C.log.info("RPN: %d parameters, %d queries", C.n_params(model), args.num_queries)
-    opt = torch.optim.AdamW([p_ for p_ in model.parameters() if p_.requires_grad], lr=args.lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(args.seed)
-    n = len(x_all)
-    spe = math.ceil(n / args.batch_size)
-    total = args.epochs * spe
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
-    step, stopped_early, hist = 0, False, []
-    for epoch in range(args.epochs):
+
+    def train_mode():
         model.train()
         if feats is not None:
             model.enc.eval()
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            if feats is None:
-                x, y = C.augment(x_all[idx], y_train[idx], g)
-                masks, valid = model.forward_logits(x)
-            else:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                f = [torch.where(flip.view(-1, 1, 1, 1), feats[1][j][idx], feats[0][j][idx]) for j in range(4)]
-                y = torch.where(flip.view(-1, 1, 1), y_train[idx].flip(-1), y_train[idx])
-                masks, valid = model.head_logits(*f)
-            loss, parts = match_and_loss(masks, valid, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            hist.append((loss.item(), *parts))
-            if timer() > args.max_minutes * 60 or (args.max_steps is not None and step >= args.max_steps):
-                stopped_early = True
-                break
-        last = np.mean(hist[-spe:], 0)
-        C.log.info("epoch %d: loss %.3f (bce %.3f dice %.3f validity %.3f), %.0f s", epoch, *last, timer())
-        if stopped_early:
-            C.log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", step, total, args.max_minutes,
-                       args.max_steps)
-            break
-    train_time = timer()
+
+    def step(idx, g):
+        if feats is None:
+            x, y = C.augment(x_all[idx], y_train[idx], g)
+            masks, valid = model.forward_logits(x)
+        else:
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            f = [torch.where(flip.view(-1, 1, 1, 1), feats[1][j][idx], feats[0][j][idx]) for j in range(4)]
+            y = torch.where(flip.view(-1, 1, 1), y_train[idx].flip(-1), y_train[idx])
+            masks, valid = model.head_logits(*f)
+        return match_and_loss(masks, valid, y)
+
+    def log_epoch(epoch, rows, lr):
+        C.log.info("epoch %d: loss %.3f (bce %.3f dice %.3f validity %.3f), %.0f s", epoch, *np.mean(rows, 0), timer())
+
+    fit = C.fit_one_cycle(model, step, n=len(x_all), args=args, timer=timer,
+                          params=[p_ for p_ in model.parameters() if p_.requires_grad], clip_grad_norm=1.0,
+                          train_mode=train_mode, log_epoch=log_epoch)
     ev = evaluate(model, val["images"], y_val)
     C.log.info("val: %s", ev)
     C.save_state(model, C.WORK_DIR / "csl_rpn.pt")
     out = C.export_onnx(model, (torch.zeros(1, 3, h, w),), Path(args.out) / "csl_rpn.onnx", ["image"],
                         ["region_scores", "validity"],
                         {"image": {0: "B"}, "region_scores": {0: "B"}, "validity": {0: "B"}})
-    last = np.mean(hist[-20:], 0)
-    C.update_log("csl_rpn", {
-        "command": "python scripts/train_csl_rpn.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "world_seed": args.world_seed, "params": C.n_params(model),
-        "num_queries": args.num_queries, "train_frames": n, "steps": step, "epochs_planned": args.epochs,
-        "stopped_early": stopped_early, "train_seconds": round(train_time, 1),
+    last = fit.mean_last(20)
+    C.log_training("csl_rpn", "train_csl_rpn.py", argv, args, model, {
+        "num_queries": args.num_queries, **fit.record(), "train_seconds": round(fit.seconds, 1),
         "final_train_loss": {"total": round(float(last[0]), 4), "bce": round(float(last[1]), 4),
                              "dice": round(float(last[2]), 4), "validity": round(float(last[3]), 4)},
         "val_mean_best_iou_of_gt_regions": round(ev["mean_best_iou"], 4),
         "val_regions_used_per_frame": round(ev["regions_used"], 2),
         "init_segnet": bool(args.init_segnet), "freeze_encoder": bool(args.freeze_encoder),
         "copy_paste": bool(args.copy_paste),
-        "input_size": [h, w], "output_size": list(tsize), "torch": torch.__version__,
-    }, args.out)
-    C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())
+        "input_size": [h, w], "output_size": list(tsize),
+    })
+    C.log_written(out, timer)
     return 0
 
 

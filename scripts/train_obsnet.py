@@ -30,16 +30,12 @@ Usage (from the repository root, after scripts/train_segnet.py)::
 """
 from __future__ import annotations
 
-import argparse
-import math
-import sys
 from pathlib import Path
 
 import _train_common as C
 import numpy as np
 import torch
 import torch.nn.functional as F
-from posthoc.adapters.bundled import BUNDLED_DIR
 from posthoc.bench import synthetic as syn
 from skimage.draw import random_shapes
 from torch import nn
@@ -99,7 +95,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 @torch.no_grad()
 def evaluate(segnet, observer, data, batch_size=16) -> dict:
     """Val split: AP of the observer / of 1-MSP for anomaly pixels, and AP for segnet errors."""
-    obs, msp, err, sem = [], [], [], []
+    obs, msp, err, lab = [], [], [], []
     for s in range(0, len(data["images"]), batch_size):
         x = C.to_input(data["images"][s:s + batch_size])
         logits, feats = segnet(x)
@@ -109,13 +105,13 @@ def evaluate(segnet, observer, data, batch_size=16) -> dict:
         obs.append(p.numpy().ravel())
         msp.append((1 - prob.max(1).values).numpy().ravel())
         err.append(((logits.argmax(1) != y) & (y != 255)).numpy().ravel())
-        sem.append(data["semantic"][s:s + batch_size].ravel())
-    obs, msp, err, sem = map(np.concatenate, (obs, msp, err, sem))
-    valid = sem != 255
-    known = valid & (sem == 0)
+        lab.append(data["label"][s:s + batch_size].ravel())
+    obs, msp, err, lab = map(np.concatenate, (obs, msp, err, lab))
+    valid = lab != 255
+    known = valid & (lab == 0)
     return {
-        "anomaly_ap_observer": average_precision(obs[valid], sem[valid] == 1),
-        "anomaly_ap_msp": average_precision(msp[valid], sem[valid] == 1),
+        "anomaly_ap_observer": average_precision(obs[valid], lab[valid] == 1),
+        "anomaly_ap_msp": average_precision(msp[valid], lab[valid] == 1),
         "error_ap_observer_on_known": average_precision(obs[known], err[known]),
         "error_ap_msp_on_known": average_precision(msp[known], err[known]),
         "segnet_error_rate_on_known": float(err[known].mean()),
@@ -123,29 +119,16 @@ def evaluate(segnet, observer, data, batch_size=16) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--n-train", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap = C.training_parser(__doc__, epochs=2, lr=2e-3, max_minutes=12.0)
     ap.add_argument("--epsilon", type=float, default=0.05, help="FGSM step in normalized units")
     ap.add_argument("--pos-weight", type=float, default=3.0)
-    ap.add_argument("--max-minutes", type=float, default=12.0)
-    ap.add_argument("--max-steps", type=int, default=None,
-                    help="stop after this many steps (reproduces a run that the time cap stopped early)")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--segnet", default=str(C.WORK_DIR / "segnet.pt"))
-    ap.add_argument("--out", default=str(BUNDLED_DIR))
     args = ap.parse_args(argv)
-    C.setup(args.seed, args.threads)
-    timer = C.Timer()
+    timer = C.start(args)
     segnet = C.load_state(C.SegNet(), args.segnet).eval()
     for p in segnet.parameters():
         p.requires_grad_(False)
-    train = C.load_frames("train", n_frames=args.n_train, seed=args.world_seed)
-    val = C.load_frames("val", seed=args.world_seed)
+    train, val = C.load_train_val(args)
     x_all = C.to_input(train["images"])
     y_all = torch.as_tensor(train["classes"])
     n = len(x_all)
@@ -153,48 +136,28 @@ def main(argv=None) -> int:
 
     observer = Observer().init_from(segnet)
     C.log.info("Observer: %d parameters; %d train frames (%.0f s)", C.n_params(observer), n, timer())
-    opt = torch.optim.AdamW(observer.parameters(), lr=args.lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    spe = math.ceil(n / args.batch_size)
-    total = args.epochs * spe
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
     pos_weight = torch.tensor([args.pos_weight])
-    step, stopped_early, hist = 0, False, []
-    for epoch in range(args.epochs):
-        observer.train()
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n, args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            x, y = C.augment(x_all[idx], y_all[idx], g)
-            mask = random_patch_mask(len(idx), h, w, rng)
-            x = laa(segnet, x, y, mask, args.epsilon, g)
-            with torch.no_grad():
-                logits, feats = segnet(x)
-                wrong = logits.argmax(1) != y
-                valid = y != 255
-                target = wrong.float()
-            out = observer(x, feats)[:, 0]
-            loss = F.binary_cross_entropy_with_logits(out[valid], target[valid], pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            m = mask[:, 0].bool() & valid
-            hist.append((loss.item(), float(wrong[valid].float().mean()),
-                         float(wrong[m].float().mean()) if m.any() else 0.0))
-            if timer() > args.max_minutes * 60 or (args.max_steps is not None and step >= args.max_steps):
-                stopped_early = True
-                break
-        last = np.mean(hist[-spe:], 0)
+
+    def step(idx, g):
+        x, y = C.augment(x_all[idx], y_all[idx], g)
+        mask = random_patch_mask(len(idx), h, w, rng)
+        x = laa(segnet, x, y, mask, args.epsilon, g)
+        with torch.no_grad():
+            logits, feats = segnet(x)
+            wrong = logits.argmax(1) != y
+            valid = y != 255
+            target = wrong.float()
+        out = observer(x, feats)[:, 0]
+        loss = F.binary_cross_entropy_with_logits(out[valid], target[valid], pos_weight=pos_weight)
+        m = mask[:, 0].bool() & valid
+        return loss, (float(wrong[valid].float().mean()), float(wrong[m].float().mean()) if m.any() else 0.0)
+
+    def log_epoch(epoch, rows, lr):
         C.log.info("epoch %d: loss %.4f, segnet error rate %.3f (inside attacked patches %.3f), %.0f s",
-                   epoch, *last, timer())
-        if stopped_early:
-            C.log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", step, total, args.max_minutes,
-                       args.max_steps)
-            break
-    train_time = timer()
+                   epoch, *np.mean(rows, 0), timer())
+
+    fit = C.fit_one_cycle(observer, step, n=n, args=args, timer=timer, log_epoch=log_epoch)
     observer.eval()
     ev = evaluate(segnet, observer, val)
     C.log.info("val: %s", ev)
@@ -204,19 +167,17 @@ def main(argv=None) -> int:
                         Path(args.out) / "observer.onnx", ["image", "features"], ["logit"],
                         {"image": {0: "B", 2: "h", 3: "w"}, "features": {0: "B", 2: "h2", 3: "w2"},
                          "logit": {0: "B", 2: "h", 3: "w"}})
-    last = np.mean(hist[-20:], 0)
-    C.update_log("obsnet", {
-        "command": "python scripts/train_obsnet.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "seed": args.seed, "world_seed": args.world_seed, "params": C.n_params(observer),
-        "train_frames": n, "steps": step, "epochs_planned": args.epochs, "stopped_early": stopped_early,
-        "epsilon": args.epsilon, "pos_weight": args.pos_weight, "train_seconds": round(train_time, 1),
+    last = fit.mean_last(20)
+    C.log_training("obsnet", "train_obsnet.py", argv, args, observer, {
+        **fit.record(), "epsilon": args.epsilon, "pos_weight": args.pos_weight,
+        "train_seconds": round(fit.seconds, 1),
         "final_train_loss": round(float(last[0]), 4),
         "segnet_error_rate_under_laa": round(float(last[1]), 4),
         "segnet_error_rate_inside_patches": round(float(last[2]), 4),
         "val": {k: round(v, 4) for k, v in ev.items()},
-        "input_size": [th, tw], "torch": torch.__version__,
-    }, args.out)
-    C.log.info("wrote %s (%.0f KB) in %.0f s total", out, out.stat().st_size / 1024, timer())
+        "input_size": [th, tw],
+    })
+    C.log_written(out, timer)
     return 0
 
 
