@@ -252,6 +252,16 @@ def soft_assign(
 
     Raises:
         DTypeError, ShapeError, NonFiniteError, ValueRangeError: bad input (see message).
+
+    Two regions on a 1x3 image; region 1 is twice as valid, so it wins where its score is
+    at least half of region 0's:
+
+    >>> import torch
+    >>> R = torch.tensor([[[0.9, 0.6, 0.2]], [[0.1, 0.5, 0.8]]])  # (N,h,w)
+    >>> soft_assign(R, torch.tensor([0.5, 1.0])).tolist()
+    [[0, 1, 1]]
+    >>> soft_assign(R, torch.tensor([0.5, 1.0]), size=(2, 6)).tolist()
+    [[0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]]
     """
     r, v, was_numpy, batched = _check_inputs(region_scores, validity, check_scores=False)
     B, N, h, w = r.shape
@@ -312,6 +322,17 @@ def hard_assign(
 
     Returns:
         (B,H,W) int64 labels in {-1, 0, ..., N-1} ((H,W) for unbatched input).
+
+    With the default validity threshold (0.8) only region 1 is kept; with 0.4 both are,
+    and region 1 (more valid) is painted last where its mask (R > 0.5) is on:
+
+    >>> import torch
+    >>> R = torch.tensor([[[0.9, 0.6, 0.2]], [[0.1, 0.5, 0.8]]])  # (N,h,w)
+    >>> V = torch.tensor([0.5, 1.0])
+    >>> hard_assign(R, V).tolist()
+    [[-1, -1, 1]]
+    >>> hard_assign(R, V, validity_threshold=0.4).tolist()
+    [[0, 0, 1]]
     """
     r, v, was_numpy, batched = _check_inputs(region_scores, validity)
     for name, t in (("mask_threshold", mask_threshold), ("validity_threshold", validity_threshold)):

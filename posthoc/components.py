@@ -163,6 +163,15 @@ def split_components(labels: Any, connectivity: int = 8, min_size: int = 0) -> A
     Returns:
         (B,H,W) (or (H,W)) int64 component ids, -1 where the input is -1 or a component
         was dropped; numpy in -> numpy out, torch stays on its device (computed on CPU).
+
+    >>> import torch
+    >>> split_components(torch.tensor([[0, 1, 0]])).tolist()  # region 0 is two blobs
+    [[0, 1, 2]]
+    >>> lab = torch.tensor([[0, 1], [1, 0]])  # diagonal neighbours
+    >>> split_components(lab).tolist(), split_components(lab, connectivity=4).tolist()
+    ([[0, 1], [1, 0]], [[0, 1], [2, 3]])
+    >>> split_components(torch.tensor([[0, 0, 1, 0]]), min_size=2).tolist()
+    [[0, 0, -1, -1]]
     """
     lab, was_numpy = as_torch(labels, "labels")
     check_int(lab, "labels")

@@ -132,6 +132,14 @@ def fuse(
         ValueRangeError: labels below -1, scores outside [0,1] with ``normalize="none"``
             (or ``"auto"`` with C==1), unknown ``normalize``.
         OverlapError: overlapping boolean masks (use :func:`posthoc.soft_assign`).
+
+    An anomaly probability (C=1) on a 1x4 image: region 0 has mean 0.75, region 1 mean
+    0.25, and the unassigned pixel keeps its score:
+
+    >>> import torch
+    >>> D = torch.tensor([[[0.5, 1.0, 0.25, 0.75]]])  # (C,H,W)
+    >>> fuse(D, torch.tensor([[0, 0, 1, -1]])).tolist()
+    [[[0.375, 0.75, 0.0625, 0.75]]]
     """
     scores, was_numpy, shape = as_scores_4d(model_logits, "model_logits", check=False)  # checked below
     labels, n = as_label_map(
@@ -207,6 +215,12 @@ def region_means(
     Returns:
         means (B,N,C) float32 — (N,C) for unbatched input — with 0 for regions that hold no
         pixel; plus counts (B,N) int64 (or (N,)) when ``return_counts``.
+
+    >>> import torch
+    >>> means, counts = region_means(torch.tensor([[1.0, 2.0, 4.0, 8.0]]), torch.tensor([[0, 0, 1, -1]]),
+    ...                              num_regions=3, return_counts=True)
+    >>> means.tolist(), counts.tolist()
+    ([[1.5], [4.0], [0.0]], [2, 1, 0])
     """
     sums, counts, was_numpy, batched = _region_sums(values, labels, "values", num_regions, backend)
     means = sums / counts.clamp_min(1).unsqueeze(-1).to(sums.dtype)
@@ -249,6 +263,13 @@ def region_class_logits(
 
     Returns:
         (B,N,K+1) float32 logits ((N,K+1) for unbatched input), same kind/device as input.
+
+    Two classes on a 1x3 image; region 2 holds no pixel and is "no object":
+
+    >>> import torch
+    >>> L = torch.tensor([[[2.0, 0.0, 4.0]], [[0.0, 2.0, -4.0]]])  # (K,H,W)
+    >>> region_class_logits(L, torch.tensor([[0, 0, 1]]), num_regions=3).tolist()
+    [[1.0, 1.0, -10000.0], [4.0, -4.0, -10000.0], [-10000.0, -10000.0, 0.0]]
     """
     sums, counts, was_numpy, batched = _region_sums(semantic_logits, labels, "semantic_logits", num_regions, backend)
     means = sums / counts.clamp_min(1).unsqueeze(-1).to(sums.dtype)

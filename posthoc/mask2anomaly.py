@@ -320,6 +320,14 @@ def refinement_mask(
     Returns:
         (B,1,H,W) (or (1,H,W)) float32 mask with values in {0,1}; same kind/device as
         ``class_logits``.
+
+    Three hard masks (a label map) on a 1x4 image, K=3 classes plus "no object": masks 0
+    and 1 are confidently class 2 (suppressed), mask 2 is class 0 (not suppressed):
+
+    >>> import torch
+    >>> cls = torch.tensor([[0.0, 0.0, 10.0, 0.0], [0.0, 0.0, 10.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
+    >>> refinement_mask(torch.tensor([[0, 1, 2, -1]]), cls, suppress_ids=[2]).tolist()
+    [[[1.0, 1.0, 0.0, 0.0]]]
     """
     cls, was_numpy, batched = _class_logits(class_logits)
     masks = _masks(mask_logits, cls, batched)
@@ -359,6 +367,14 @@ def refine(
     Returns:
         Refined anomaly, float32 with the shape of ``anomaly``; numpy in -> numpy out. With
         ``return_mask``, the pair ``(refined, R)``.
+
+    The masks of :func:`refinement_mask`'s example suppress the anomaly on pixels 0 and 1:
+
+    >>> import torch
+    >>> cls = torch.tensor([[0.0, 0.0, 10.0, 0.0], [0.0, 0.0, 10.0, 0.0], [10.0, 0.0, 0.0, 0.0]])
+    >>> a = torch.tensor([[0.5, 0.25, 0.75, 1.0]])
+    >>> refine(a, torch.tensor([[0, 1, 2, -1]]), cls, suppress_ids=[2]).tolist()
+    [[0.0, 0.0, 0.75, 1.0]]
     """
     a, was_numpy = as_torch(anomaly, "anomaly")
     check_float(a, "anomaly")
@@ -466,6 +482,18 @@ def mine_unknown_instances(
     Returns:
         (B,H,W) (or (H,W)) int64 instance ids 0..M-1 per image in raster order of their
         first pixel, -1 elsewhere; same kind/device as ``class_logits``.
+
+    Mask 0 is confidently class 0; mask 1 is unsure (top known probability 0.47, so B is
+    0.53 there) and uncovered pixels have B = 1. The uncertain component (pixels 2-5)
+    overlaps mask 1, whose stuff entropy (class 0) exceeds its thing entropy (class 1):
+
+    >>> import torch
+    >>> cls = torch.tensor([[8.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # (N,K+1), K=3
+    >>> lab = torch.tensor([[0, 0, 1, 1, -1, -1]])
+    >>> mine_unknown_instances(lab, cls, stuff_ids=[0], thing_ids=[1]).tolist()
+    [[-1, -1, 0, 0, 0, 0]]
+    >>> mine_unknown_instances(lab, cls, stuff_ids=[1], thing_ids=[0]).tolist()
+    [[-1, -1, -1, -1, -1, -1]]
     """
     cls, was_numpy, batched = _class_logits(class_logits)
     masks = _masks(mask_logits, cls, batched)

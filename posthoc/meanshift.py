@@ -371,6 +371,14 @@ def meanshift_sphere(
     Raises:
         ShapeError: features is not 4-D. DTypeError: not floating point.
         NonFiniteError: NaN/Inf in features. ValueRangeError: bad settings.
+
+    Four 2-D embeddings on a 1x4 image: three point along x, one along y:
+
+    >>> import torch
+    >>> f = torch.tensor([[[[1.0, 0.9, 0.95, 0.0]], [[0.0, 0.1, 0.05, 1.0]]]])  # (B,F,h,w)
+    >>> labels, modes = meanshift_sphere(f, return_modes=True)
+    >>> labels.tolist(), tuple(modes[0].shape)
+    ([[[0, 0, 0, 1]]], (2, 2))
     """
     f, was_np = as_torch(features, "features")
     if f.ndim != 4:

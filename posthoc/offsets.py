@@ -97,6 +97,18 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
 
     Returns:
         Float32 with the shape of ``scores``; numpy in -> numpy out, torch on its device.
+
+    On a 1x4 image, pixel 0 reads one pixel to the right, pixel 1 half a pixel, and pixel
+    3 has zero confidence:
+
+    >>> import torch
+    >>> S = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    >>> o = torch.zeros(2, 1, 4)
+    >>> o[0] = torch.tensor([1.0, 0.5, 0.0, 0.0])  # x offsets
+    >>> offset_resample(S, o, torch.tensor([[1.0, 1.0, 1.0, 0.0]])).tolist()
+    [[1.0, 1.5, 2.0, 3.0]]
+    >>> torch.equal(offset_resample(S, torch.zeros(2, 1, 4), torch.ones(1, 4)), S)  # exact identity
+    True
     """
     if units not in ("pixels", "normalized"):
         raise ValueRangeError(f"units must be 'pixels' or 'normalized'; got {units!r}")
@@ -223,6 +235,15 @@ def offsets_from_proposals(
         ``(offsets, confidence)``: (B,2,H,W) float32 offsets in pixels (channel 0 = x,
         1 = y) and (B,1,H,W) float32 confidence in [0,1] ((2,H,W)/(1,H,W) unbatched);
         numpy in -> numpy out, torch on the labels' device (computed on CPU).
+
+    Two regions side by side on a 1x12 image: the pixels at the boundary (5 and 6) point
+    ``max_offset`` pixels into their own region, with confidence 1:
+
+    >>> import torch
+    >>> lab = torch.tensor([[0] * 6 + [1] * 6])
+    >>> off, conf = offsets_from_proposals(lab, max_offset=2.0, smooth=0.0)
+    >>> off[0, 0, 3:9].tolist(), conf[0, 0, 5:7].tolist()
+    ([-0.0, -1.0, -2.0, 2.0, 1.0, 0.0], [1.0, 1.0])
     """
     lab, was_numpy = as_torch(labels, "labels")
     check_int(lab, "labels")

@@ -90,6 +90,9 @@ def msp(logits: Any) -> Any:
 
     Returns:
         (B,1,H,W) (or (1,H,W)) float32 in [0, 1-1/K], higher = more anomalous.
+
+    >>> msp(torch.zeros(4, 1, 2)).tolist()  # (K,H,W): equal logits give the maximum, 1 - 1/K
+    [[[0.75, 0.75]]]
     """
     t, was_numpy, batched = _logits(logits)
     return _out(1.0 - torch.softmax(t, dim=1).amax(dim=1, keepdim=True), was_numpy, batched)

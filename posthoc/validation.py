@@ -67,7 +67,7 @@ def finite_range(x: torch.Tensor, name: str) -> tuple[float, float] | None:
     >>> finite_range(torch.tensor([1.0, float("nan")]), "x")
     Traceback (most recent call last):
     ...
-    posthoc.errors.NonFiniteError: x must be finite; got 1 NaN and 0 Inf values in a tensor of shape (2,)
+    posthoc.errors.NonFiniteError: x must be finite; got 1 NaN and 0 Inf values in a tensor of shape (2)
     """
     if not x.is_floating_point() or x.numel() == 0:
         return None

@@ -555,11 +555,13 @@ class PixelMetrics:
         ignore_index: label value of void pixels (255 in SMIYC).
         num_bins: bins per frame in ``smiyc`` mode (768 as the official ``PixBinaryClass``).
 
-    Example:
-        >>> pm = PixelMetrics(mode="smiyc")
-        >>> for scores, labels in frames:      # (H,W) or (B,H,W) each
-        ...     pm.update(scores, labels)
-        >>> res = pm.compute()                  # res["ap"], res["fpr95"], ...
+    Example (two frames, (H,W) or (B,H,W) each; 255 is void):
+        >>> pm = PixelMetrics(mode="exact")
+        >>> pm.update(np.array([[0.9, 0.8, 0.3, 0.1]], np.float32), np.array([[1, 0, 1, 0]], np.uint8))
+        >>> pm.update(np.array([[0.7, 0.2]], np.float32), np.array([[1, 255]], np.uint8))
+        >>> res = pm.compute()
+        >>> round(res["ap"], 4), round(res["auroc"], 4), res["fpr95"], res["n_pixels_pos"]
+        (0.8056, 0.6667, 0.5, 3)
     """
 
     def __init__(self, mode: str = "smiyc", ignore_index: int = 255, num_bins: int = SMIYC_NUM_BINS) -> None:

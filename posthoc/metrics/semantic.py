@@ -87,6 +87,15 @@ class SemanticMetrics:
         seen: optional ids of the seen classes of a zero-shot split; every other class is
             unseen. Enables ``miou_seen``, ``miou_unseen`` and ``hiou``.
         class_names: optional K names, echoed in ``compute()`` as ``iou_per_class``.
+
+    One 1x4 frame with two classes; the last pixel is void (255):
+
+    >>> import numpy as np
+    >>> m = SemanticMetrics(num_classes=2)
+    >>> m.update(np.array([[0, 0, 1, 1]]), np.array([[0, 1, 1, 255]]))
+    >>> r = m.compute()
+    >>> r["iou"], r["miou"], r["n_pixels"]
+    ([0.5, 0.5], 0.5, 3)
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255, seen: Sequence[int] | None = None,
