@@ -203,7 +203,7 @@ class ClipRegionClassifier:
                 log.warning("ClipRegionClassifier(%r) has random weights (pretrained=None); its predictions are "
                             "meaningless until you pass a checkpoint", model_name)
             else:
-                from .teachers import load_state_dict
+                from .checkpoints import load_state_dict
 
                 sd = load_state_dict(pretrained)
                 sd = {k.removeprefix("module."): v for k, v in sd.items()}

@@ -43,8 +43,8 @@ from posthoc.validation import check_finite, shape_str
 
 from ._image import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize, parse_size, resize, to_float_batch
 from .base import ProposalSource
+from .checkpoints import UnsafeCheckpointError, load_state_dict  # one safe loader for every adapter
 from .registry import register_proposals
-from .teachers import UnsafeCheckpointError, load_state_dict  # one safe loader for every adapter
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,14 @@
 """Name -> factory registry for teachers and proposal sources (DESIGN.md, Conventions 5).
 
-Factories are registered with a decorator in modules that are imported lazily the
-first time a name is looked up, so a missing optional package only matters for
-the adapter that needs it.
+Built-in adapters are listed here as ``name -> "module:factory"`` and imported only when
+that name is looked up, so ``get_teacher("obsnet")`` imports the ObsNet module and what it
+needs, nothing else, and a missing optional package only matters for the adapter that
+needs it. Third-party code registers its own with the decorators.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,12 +31,31 @@ __all__ = [
 _TEACHERS: dict[str, Callable[..., Any]] = {}
 _PROPOSALS: dict[str, Callable[..., Any]] = {}
 
-# Modules that register built-in adapters; imported on first lookup.
-_BUILTIN_MODULES = [
-    "posthoc.adapters.teachers",
-    "posthoc.adapters.proposals",
-]
-_loaded = False
+_T = "posthoc.adapters.teachers."
+_P = "posthoc.adapters.proposals:"
+#: built-in teachers: name -> "module:factory", imported on first lookup
+BUILTIN_TEACHERS = {
+    "onnx": _T + "generic:onnx_teacher",
+    "torch": _T + "generic:torch_teacher",
+    "msp": _T + "scores:msp_teacher",
+    "maxlogit": _T + "scores:maxlogit_teacher",
+    "entropy": _T + "scores:entropy_teacher",
+    "energy": _T + "scores:energy_teacher",
+    "sml": _T + "sml:SMLTeacher",
+    "obsnet": _T + "obsnet:ObsNetTeacher",
+    "dacup": _T + "dacup:DaCUPTeacher",
+    "zegformer": _T + "zegformer:ZegFormerTeacher",
+    "daformer": _T + "daformer:DAFormerTeacher",
+}
+#: built-in proposal sources: name -> "module:factory"
+BUILTIN_PROPOSALS = {
+    "sam": _P + "SamProposals",
+    "mask_transformer": _P + "MaskTransformerProposals",
+    "superpixels": _P + "SuperpixelProposals",
+    "meanshift": _P + "MeanShiftProposals",
+    "onnx": _P + "OnnxProposals",
+    "csl": _P + "csl_proposals",
+}
 
 
 class UnknownAdapterError(PosthocError, KeyError):
@@ -44,19 +65,24 @@ class UnknownAdapterError(PosthocError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def _resolve(table: dict, builtins: dict, name: str) -> Callable[..., Any] | None:
+    """The factory registered as ``name``, importing its built-in module on first use."""
+    if name in table:
+        return table[name]
+    if name not in builtins:
+        return None
+    module, attr = builtins[name].split(":")
+    factory = getattr(importlib.import_module(module), attr)
+    table.setdefault(name, factory)
+    return table[name]
+
+
 def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # the module itself is missing (not an optional dependency)
-            if e.name == mod:
-                log.debug("built-in adapter module %s not present", mod)
-            else:
-                raise
+    """Import every built-in adapter (for code that wants the whole table at once)."""
+    for name in BUILTIN_TEACHERS:
+        _resolve(_TEACHERS, BUILTIN_TEACHERS, name)
+    for name in BUILTIN_PROPOSALS:
+        _resolve(_PROPOSALS, BUILTIN_PROPOSALS, name)
 
 
 def _register(table: dict[str, Callable[..., Any]], kind: str, name: str):
@@ -83,22 +109,12 @@ def register_proposals(name: str):
     return _register(_PROPOSALS, "proposal source", name)
 
 
-def _get(table, kind: str, name: str, kw: dict):
-    _load_builtins()
-    if name not in table:
-        known = ", ".join(sorted(table)) or "(none)"
-        raise UnknownAdapterError(f"unknown {kind} {name!r}; known {kind}s: {known}")
-    return table[name](**kw)
-
-
-def get_teacher(name: str, **kw) -> Any:
-    """Build the teacher registered as ``name`` with keyword settings ``kw``."""
-    return _get(_TEACHERS, "teacher", name, kw)
-
-
-def get_proposals(name: str, **kw) -> Any:
-    """Build the proposal source registered as ``name``."""
-    return _get(_PROPOSALS, "proposal source", name, kw)
+def _tables(kind: str) -> tuple[dict, dict, str]:
+    if kind == "teacher":
+        return _TEACHERS, BUILTIN_TEACHERS, "teacher"
+    if kind == "proposals":
+        return _PROPOSALS, BUILTIN_PROPOSALS, "proposal source"
+    raise ValueError(f"kind must be 'teacher' or 'proposals'; got {kind!r}")
 
 
 def get_factory(kind: str, name: str) -> Callable[..., Any]:
@@ -108,21 +124,45 @@ def get_factory(kind: str, name: str) -> Callable[..., Any]:
         kind: ``"teacher"`` or ``"proposals"``.
         name: the registered name.
     """
-    _load_builtins()
-    if kind not in ("teacher", "proposals"):
-        raise ValueError(f"kind must be 'teacher' or 'proposals'; got {kind!r}")
-    table, label = (_TEACHERS, "teacher") if kind == "teacher" else (_PROPOSALS, "proposal source")
-    if name not in table:
-        known = ", ".join(sorted(table)) or "(none)"
+    table, builtins, label = _tables(kind)
+    factory = _resolve(table, builtins, name)
+    if factory is None:
+        known = ", ".join(sorted(set(table) | set(builtins))) or "(none)"
         raise UnknownAdapterError(f"unknown {label} {name!r}; known {label}s: {known}")
-    return table[name]
+    return factory
+
+
+def _build(kind: str, name: str, kw: dict) -> Any:
+    factory = get_factory(kind, name)
+    try:
+        return factory(**kw)
+    except TypeError as e:
+        # a keyword the factory does not take: name the adapter and what it accepts
+        if "unexpected keyword argument" not in str(e):
+            raise
+        try:
+            params = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+        except (TypeError, ValueError):
+            params = []
+        label = "teacher" if kind == "teacher" else "proposal source"
+        raise TypeError(f"{label} {name!r}: {e}; it accepts {params}") from e
+
+
+def get_teacher(name: str, **kw) -> Any:
+    """Build the teacher registered as ``name`` with keyword settings ``kw``."""
+    return _build("teacher", name, kw)
+
+
+def get_proposals(name: str, **kw) -> Any:
+    """Build the proposal source registered as ``name``."""
+    return _build("proposals", name, kw)
 
 
 def list_teachers() -> list[str]:
-    _load_builtins()
-    return sorted(_TEACHERS)
+    """Registered teacher names (built-ins are listed without importing them)."""
+    return sorted(set(_TEACHERS) | set(BUILTIN_TEACHERS))
 
 
 def list_proposals() -> list[str]:
-    _load_builtins()
-    return sorted(_PROPOSALS)
+    """Registered proposal-source names (built-ins are listed without importing them)."""
+    return sorted(set(_PROPOSALS) | set(BUILTIN_PROPOSALS))

@@ -158,6 +158,6 @@ def test_observer_flags_anomalies_more_than_known_pixels():
     _logits, feats = _session("segnet.onnx").run(None, {"image": x})
     (logit,) = _session("observer.onnx").run(None, {"image": x, "features": feats})
     p = 1 / (1 + np.exp(-logit[:, 0]))
-    sem = np.stack([f.semantic for f in frs])
+    sem = np.stack([f.label for f in frs])
     assert (sem == 1).any()
     assert p[sem == 1].mean() > p[sem == 0].mean() + 0.05

@@ -101,3 +101,18 @@ def test_get_factory_returns_the_registered_factory_without_building_it():
         get_factory("teacher", "nope")
     with pytest.raises(ValueError, match="kind must be 'teacher' or 'proposals'"):
         get_factory("model", "obsnet")
+
+
+def test_lookup_imports_only_the_named_teachers_module():
+    code = (
+        "import sys; from posthoc.adapters import get_factory, list_teachers; names = list_teachers(); "
+        "get_factory('teacher', 'obsnet'); "
+        "print(sorted(m for m in sys.modules if m.startswith('posthoc.adapters.teachers.') or m.endswith('clip_zs')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(out) == ["posthoc.adapters.teachers._common", "posthoc.adapters.teachers.obsnet"]
+
+
+def test_unknown_keyword_names_the_adapter_and_its_settings():
+    with pytest.raises(TypeError, match=r"proposal source 'superpixels': .*bogus.*; it accepts \['method'"):
+        get_proposals("superpixels", bogus=1)

@@ -441,9 +441,11 @@ def test_sml_fit_save_load_roundtrip(tmp_path, models, images):
         t4(images)
     from collections import namedtuple
 
-    Frame = namedtuple("Frame", "image semantic classes")  # the synthetic world's frame record
+    Frame = namedtuple("Frame", "image label classes")  # the shape of posthoc.bench.datasets.Frame
     frame = Frame(images[1], np.zeros((20, 24), np.uint8), np.zeros((20, 24), np.uint8))
-    t4.fit_calibration([(images[0], np.zeros((20, 24), np.uint8)), {"image": images[1]}, frame])  # single frames
+    t4.fit_calibration([(images[0], np.zeros((20, 24), np.uint8)), images[1], frame])  # single frames
+    with pytest.raises(TypeError, match="frame with .image and .label"):
+        t4.fit_calibration([{"image": images[1]}])
     torch.testing.assert_close(t4.mean, t.mean)
     assert t4.calibration.fit["mode"] == "quantile"
     d["mean"] = d["mean"][:2]
@@ -558,7 +560,7 @@ def test_zegformer_class_maps_with_seen_calibration(images, tmp_path):
     torch.testing.assert_close(diff[:, :3], torch.full_like(diff[:, :3], 0.1))
     torch.testing.assert_close(diff[:, 3:], torch.zeros_like(diff[:, 3:]))
     # the class maps are sum_q softmax(cls)[q,c] * sigmoid(mask_q)
-    x = T.normalize(T.to_float_batch(images), T.MMSEG_MEAN, T.MMSEG_STD)
+    x = I.normalize(I.to_float_batch(images), T.MMSEG_MEAN, T.MMSEG_STD)
     with torch.no_grad():
         o = m(x)
         mk = torch.nn.functional.interpolate(o["pred_masks"], size=(20, 24), mode="bilinear", align_corners=False)
