@@ -17,9 +17,10 @@ images ((B,H,W,3) uint8 or (B,3,H,W) float in [0,1]) and, optionally, the teache
 ============== ====================================================================
 
 Soft sources (sam, mask_transformer, onnx, csl) fill ``region_scores`` (B,N,h,w) in [0,1]
-and ``validity`` (B,N) in [0,1], and set ``labels = split_components(soft_assign(R, V,
-size=(H,W)))`` (CSL scheme 2, Eq. 2 and mask split): every pixel gets a region. Hard
-sources (superpixels, meanshift) give labels only.
+and ``validity`` (B,N) in [0,1], and set ``labels = posthoc.assign_labels(R, V,
+size=(H,W))`` (CSL scheme 2, Eq. 2 and mask split): every pixel gets a region. Hard
+sources (superpixels, meanshift) give labels only. Every built-in source returns
+``labels_final=True``: :class:`posthoc.Pipeline` uses these labels as they are.
 
 Heavy optional packages (segment_anything, onnxruntime) are imported inside the
 functions that need them; a missing one raises :class:`posthoc.MissingExtraError`
@@ -112,7 +113,8 @@ def proposals_from_soft(
 ) -> Proposals:
     """Build Proposals from soft region scores (CSL scheme 2).
 
-    ``labels = split_components(soft_assign(R, V, size=size), connectivity=8, min_size)``:
+    ``labels = posthoc.assign_labels(R, V, size=size, connectivity=8, min_size=min_size)``
+    (soft assignment, then the mask split; ``Proposals.labels_final`` is True):
     every pixel goes to ``argmax_n R_n(p) * V_n`` (CSL Eq. 2, R upsampled bilinearly to
     ``size``), then each region is split into its 8-connected components (CSL mask split).
 
@@ -128,8 +130,7 @@ def proposals_from_soft(
     Returns:
         :class:`posthoc.Proposals` with labels (B,H,W) int64.
     """
-    from posthoc.assign import soft_assign
-    from posthoc.components import split_components
+    from posthoc.assign import assign_labels
 
     _check_soft(region_scores, validity, (meta or {}).get("source", "proposal"))
     region_scores = region_scores.clamp(0.0, 1.0)  # new tensors: the caller's are never modified
@@ -139,10 +140,9 @@ def proposals_from_soft(
     if N == 0:
         labels = torch.full((B, H, W), -1, dtype=torch.int64, device=region_scores.device)
     else:
-        labels = split_components(soft_assign(region_scores, validity, size=(H, W)), connectivity=8,
-                                  min_size=int(min_size))
+        labels = assign_labels(region_scores, validity, size=(H, W), connectivity=8, min_size=int(min_size))
     return Proposals(labels=labels, region_scores=region_scores, validity=validity, class_logits=class_logits,
-                     mask_logits=mask_logits, meta=dict(meta or {}))
+                     mask_logits=mask_logits, meta=dict(meta or {}), labels_final=True)
 
 
 def _pad_stack(items: Sequence[torch.Tensor], tail: tuple, fill: float = 0.0) -> torch.Tensor:
@@ -555,7 +555,7 @@ class SuperpixelProposals(ProposalSource):
         meta = {"source": "superpixels", "method": self.method, "n_segments": self.n_segments,
                 "compactness": self.compactness, "sigma": self.sigma, "scale": self.scale,
                 "min_size": self.min_size, "max_side": self.max_side}
-        return Proposals(labels=torch.from_numpy(labels), meta=meta)
+        return Proposals(labels=torch.from_numpy(labels), meta=meta, labels_final=True)
 
 
 # ----------------------------------------------------------------------------- mean-shift
@@ -645,7 +645,8 @@ class MeanShiftProposals(ProposalSource):
             from posthoc.components import split_components
 
             lab = split_components(lab, connectivity=8, min_size=self.min_size)
-        return Proposals(labels=lab, meta={"source": "meanshift", **self.clusterer.kw, "split": self.split})
+        return Proposals(labels=lab, meta={"source": "meanshift", **self.clusterer.kw, "split": self.split},
+                         labels_final=True)
 
 
 # ----------------------------------------------------------------------------- ONNX region proposals

@@ -524,3 +524,20 @@ def test_wrap_onnx_sam_example_runs(tmp_path, capsys):
     assert fused.shape == (1, 32, 48) and labels.shape == (32, 48) and labels.min() >= 0
     assert (tmp_path / "out" / "frame_fused.png").is_file()
     assert 0.0 <= fused.min() and fused.max() <= 1.0
+
+
+def test_builtin_sources_return_final_labels_that_pipeline_keeps():
+    import posthoc
+    from posthoc.adapters import get_proposals
+    from posthoc.adapters.proposals import proposals_from_soft
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (1, 32, 48, 3), dtype=np.uint8)
+    sp = get_proposals("superpixels", n_segments=12)(img)
+    assert sp.labels_final
+    R = torch.rand(1, 4, 8, 12)
+    soft = proposals_from_soft(R, torch.rand(1, 4), (32, 48))
+    assert soft.labels_final
+    torch.testing.assert_close(soft.labels, posthoc.assign_labels(R.clamp(0, 1), soft.validity, size=(32, 48)))
+    out = posthoc.Pipeline()(torch.rand(1, 1, 32, 48), soft)
+    assert "components" not in out and torch.equal(out["labels"], soft.labels)
