@@ -228,7 +228,7 @@ def _check_feed(x: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
         raise ShapeError(
             f"ONNX input {spec.name!r} must have {spec.rank} axes {spec.describe()}; got shape {shape_str(x.shape)}"
         )
-    for ax, (want, got) in enumerate(zip(spec.shape, x.shape)):
+    for ax, (want, got) in enumerate(zip(spec.shape, x.shape, strict=False)):
         if want is not None and want != got:
             raise ShapeError(
                 f"ONNX input {spec.name!r} has a fixed size {want} on axis {ax} {spec.describe()}; "
@@ -302,7 +302,7 @@ def run_session(
     except Exception as e:
         shapes = {n: shape_str(t.shape) for n, t in tensors.items()}
         raise OnnxModelError(f"onnxruntime failed to run the model on inputs {shapes}: {type(e).__name__}: {e}") from e
-    return {n: torch.from_numpy(np.asarray(r)) for n, r in zip(names, result)}
+    return {n: torch.from_numpy(np.asarray(r)) for n, r in zip(names, result, strict=False)}
 
 
 def _ortvalue_to_torch(value: Any, dev: torch.device) -> torch.Tensor:
@@ -350,4 +350,4 @@ def _run_bound(session: Any, tensors: dict, names: list, dev: torch.device) -> d
     session.run_with_iobinding(binding)
     binding.synchronize_outputs()
     values = binding.get_outputs()
-    return {n: _ortvalue_to_torch(v, dev) for n, v in zip(names, values)}
+    return {n: _ortvalue_to_torch(v, dev) for n, v in zip(names, values, strict=False)}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from posthoc.adapters.io import load_npy, save_npy_atomic, write_json_atomic
 
 from .config import slug

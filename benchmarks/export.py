@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from posthoc.adapters.io import atomic_path
 
+from posthoc.adapters.io import atomic_path
 from posthoc.errors import DTypeError, ShapeError, ValueRangeError
 from posthoc.validation import check_range, shape_str
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from posthoc.adapters.io import file_sha256
-
 from posthoc.errors import PosthocError
 
 log = logging.getLogger(__name__)
@@ -108,9 +107,8 @@ def code_fingerprint() -> str:
     modules that compute maps (:data:`_MAP_MODULES`).
     Docs, tests and metric code do not invalidate a cache; model files are hashed separately.
     """
-    import posthoc.adapters
-
     import posthoc
+    import posthoc.adapters
 
     roots = [
         (Path(posthoc.__file__).resolve().parent, "posthoc"),

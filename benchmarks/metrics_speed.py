@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from posthoc.adapters.io import write_json_atomic
 
 __all__ = ["main", "make_frames", "run"]

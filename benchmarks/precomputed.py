@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from posthoc.adapters.io import load_npy
 
+from posthoc.adapters.io import load_npy
 from posthoc.errors import ShapeError
 from posthoc.validation import check_range
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from posthoc.adapters.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from posthoc.adapters.io import write_json_atomic, write_text_atomic
 
 from . import evaluations as evaluations_mod

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from posthoc.adapters.io import load_npy
 
+from posthoc.adapters.io import load_npy
 from posthoc.errors import ShapeError
 from posthoc.metrics import TRACK_PRESETS, evaluate_anomaly_maps
 

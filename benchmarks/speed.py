@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from posthoc.adapters.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)

@@ -75,7 +75,7 @@ def suppress_choice(teacher: Any) -> tuple[list[int] | None, str]:
     """Refinement's suppress ids for ``teacher`` and how they were chosen (for results.json)."""
     try:
         names = list(getattr(teacher, "semantic_class_names", None) or [])
-    except Exception:  # noqa: BLE001 - a property of a third-party teacher may raise anything
+    except Exception:
         names = []
     ids = suppress_ids_from_names(names)
     if ids is None:

@@ -22,11 +22,11 @@ import logging
 import sys
 
 import torch
+
+import posthoc
 from posthoc.adapters import get_proposals, get_teacher
 from posthoc.bench.datasets import SMIYCReader
 from posthoc.bench.export import method_slug, write_submission_frame
-
-import posthoc
 
 
 def main() -> int:

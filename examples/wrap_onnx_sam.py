@@ -78,7 +78,7 @@ def _load_images(paths: list[str], n: int) -> tuple[np.ndarray, list[str]]:
         if files:
             print(f"[example] no --image given: using {len(files)} synthetic-world frames from {folder}")
             return _load_images([str(f) for f in files], n)
-    except Exception as e:  # noqa: BLE001 - the synthetic world is optional here
+    except Exception as e:
         print(f"[example] synthetic world not available ({type(e).__name__}: {e}); drawing a test image")
     rng = np.random.default_rng(0)
     img = np.full((1, 256, 512, 3), 90, np.uint8)
@@ -103,9 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/wrap_onnx_sam", help="output folder")
     args = ap.parse_args(argv)
 
-    from posthoc.adapters import get_proposals, get_teacher
-
     import posthoc
+    from posthoc.adapters import get_proposals, get_teacher
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

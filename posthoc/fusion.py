@@ -46,23 +46,6 @@ _NORMALIZE = ("auto", "softmax", "sigmoid", "none")
 # ----------------------------------------------------------------------------- helpers
 
 
-def _labels_for(
-    proposals: Any,
-    scores: torch.Tensor,
-    batched: bool,
-    scores_name: str = "model_logits",
-    return_n: bool = False,
-    arg_name: str = "proposals",
-) -> Any:
-    """:func:`posthoc.validation.as_label_map` with fuse's argument names as defaults.
-
-    Kept for :mod:`posthoc.pipeline`, which imports it from here.
-    """
-    return as_label_map(
-        proposals, scores, batched, scores_name=scores_name, return_n=return_n, arg_name=arg_name
-    )
-
-
 def _used_as_is_error(normalize: str, C: int, detail: str) -> ValueRangeError:
     """The error for scores used as is (no normalization) that are not probabilities."""
     hint = "normalize='sigmoid' for logits" if C == 1 else "normalize='softmax' for logits"

@@ -153,7 +153,7 @@ def _merge(modes: torch.Tensor, counts: torch.Tensor, bandwidth: float) -> torch
     c = counts.cpu().numpy()
     # sklearn keys a dict by the center tuple (duplicates collapse), then sorts by (count, tuple) descending
     uniq: dict = {}
-    for row, n in zip(map(tuple, m64), c):
+    for row, n in zip(map(tuple, m64), c, strict=False):
         uniq[row] = int(n)
     items = sorted(uniq.items(), key=lambda t: (t[1], t[0]), reverse=True)
     centers = np.asarray([t[0] for t in items], dtype=np.float64)

@@ -25,11 +25,11 @@ import torch
 from .assign import assign_labels
 from .components import split_components
 from .errors import ShapeError, ValueRangeError
-from .fusion import _labels_for, fuse, region_class_logits
+from .fusion import fuse, region_class_logits
 from .mask2anomaly import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refine
 from .offsets import offset_resample, offsets_from_proposals
 from .types import Proposals, TeacherOutput
-from .validation import as_torch, check_tensor_type, restore, shape_str
+from .validation import as_label_map, as_torch, check_tensor_type, restore, shape_str
 
 __all__ = ["Pipeline"]
 
@@ -199,7 +199,7 @@ class Pipeline:
                 check_tensor_type(proposals, "proposals")
                 t, _ = as_torch(proposals, "proposals")
                 if t.dtype == torch.bool:  # non-overlapping boolean masks -> label map (overlap checked)
-                    lab = _labels_for(proposals, as_torch(scores, "scores")[0], batched=True)
+                    lab = as_label_map(proposals, as_torch(scores, "scores")[0], batched=True, arg_name="proposals")
                     prop = Proposals(labels=restore(lab, isinstance(proposals, np.ndarray)))
                 else:
                     prop = Proposals(labels=proposals)

@@ -31,10 +31,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from posthoc.adapters.bundled import BUNDLED_DIR
 from posthoc.adapters.io import atomic_path, write_json_atomic
 from posthoc.bench import synthetic as syn
-from torch import nn
 
 log = logging.getLogger("posthoc.train")
 

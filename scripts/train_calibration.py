@@ -28,6 +28,7 @@ from pathlib import Path
 import _train_common as C
 import numpy as np
 import torch
+
 from posthoc.adapters import get_teacher
 from posthoc.bench import synthetic as syn
 

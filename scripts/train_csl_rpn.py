@@ -36,9 +36,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from posthoc.bench import synthetic as syn
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+
+from posthoc.bench import synthetic as syn
 
 
 class QueryLayer(nn.Module):

@@ -36,9 +36,10 @@ import _train_common as C
 import numpy as np
 import torch
 import torch.nn.functional as F
-from posthoc.bench import synthetic as syn
 from skimage.draw import random_shapes
 from torch import nn
+
+from posthoc.bench import synthetic as syn
 
 
 class Observer(nn.Module):

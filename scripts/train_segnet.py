@@ -22,6 +22,7 @@ from pathlib import Path
 import _train_common as C
 import torch
 import torch.nn.functional as F
+
 from posthoc.bench import synthetic as syn
 
 
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     fit = C.fit_one_cycle(model, step, n=len(x_all), args=args, timer=timer, log_epoch=log_epoch)
     val_miou, per_class, val_acc = evaluate(model, val)
     C.log.info("val mIoU %.4f, pixel acc %.4f; per class %s", val_miou, val_acc,
-               dict(zip(syn.CLASS_NAMES, per_class)))
+               dict(zip(syn.CLASS_NAMES, per_class, strict=False)))
 
     C.save_state(model, C.WORK_DIR / "segnet.pt")
     h, w = syn.DEFAULT.train_size
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         **fit.record(), "train_seconds": round(fit.seconds, 1),
         "final_train_loss": round(sum(losses) / len(losses), 4),
         "val_miou": round(val_miou, 4), "val_pixel_acc": round(val_acc, 4),
-        "val_iou_per_class": dict(zip(syn.CLASS_NAMES, per_class)),
+        "val_iou_per_class": dict(zip(syn.CLASS_NAMES, per_class, strict=False)),
         "input_size": [h, w],
     })
     C.log_written(out, timer)

@@ -48,7 +48,7 @@ def _as_dict(out: Any, names: Sequence[str] | None, what: str) -> dict[str, torc
             names = ["logits", "features"] if len(tens) == 2 else [f"output{i}" for i in range(len(tens))]
         if len(names) < len(tens):
             raise ShapeError(f"{what} returned {len(tens)} tensors; output_names names only {len(names)}")
-        return dict(zip(names, tens))
+        return dict(zip(names, tens, strict=False))
     raise DTypeError(f"{what} must return a tensor, a dict or a tuple of tensors; got {type(out).__name__}")
 
 

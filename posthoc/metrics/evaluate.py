@@ -134,9 +134,7 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             comp[k] = ComponentMetrics.from_pixel(r, track=track, ignore_index=ignore_index) if ok else None
     active = [k for k in names if comp[k] is not None]
     if active:
-        n_second = 0
         for labels, maps in passes():
-            n_second += 1
             for k in active:
                 comp[k].update(maps[k], labels)
         for k in active:

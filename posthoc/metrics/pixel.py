@@ -164,7 +164,7 @@ def sort_scores(x: np.ndarray) -> np.ndarray:
                 kernel = _build_radix_kernel()
                 kernel(np.zeros(4, np.float32))  # compile (or load from the on-disk cache) now
                 _radix_kernel = kernel
-            except Exception as e:  # noqa: BLE001 - any numba failure: numpy's sort gives the same result
+            except Exception as e:
                 logger.info("numba radix sort unavailable (%s: %s); using np.sort", type(e).__name__, e)
                 _radix_kernel = False
         if _radix_kernel is not False:

@@ -166,7 +166,7 @@ class SemanticMetrics:
             "n_frames": int(self.n_frames),
         }
         if self.class_names is not None:
-            res["iou_per_class"] = dict(zip(self.class_names, iou.tolist()))
+            res["iou_per_class"] = dict(zip(self.class_names, iou.tolist(), strict=False))
         if self.seen is not None:
             mask = np.zeros(self.num_classes, bool)
             mask[self.seen] = True

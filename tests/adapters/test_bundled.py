@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+
 from posthoc.adapters import bundled
 from posthoc.bench import synthetic as syn
 

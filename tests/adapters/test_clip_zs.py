@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from posthoc.adapters import clip_zs
-from posthoc.adapters.clip_zs import ClipRegionClassifier, paint_regions, seen_calibrate, zegformer_ensemble
 from torch import nn
 
 from posthoc import Proposals
+from posthoc.adapters import clip_zs
+from posthoc.adapters.clip_zs import ClipRegionClassifier, paint_regions, seen_calibrate, zegformer_ensemble
 from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
 
 open_clip = pytest.importorskip("open_clip")

@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from posthoc import Proposals, TeacherOutput
 from posthoc.adapters import get_proposals, list_proposals
 from posthoc.adapters import proposals as P
 from posthoc.adapters.onnx_runtime import ModelFileNotFoundError, OnnxModelError
 from posthoc.adapters.registry import UnknownAdapterError
-from torch import nn
-
-from posthoc import Proposals, TeacherOutput
 from posthoc.errors import DTypeError, MissingExtraError, NonFiniteError, ShapeError, ValueRangeError
 
 ALL = {"sam", "mask_transformer", "superpixels", "meanshift", "onnx", "csl"}
@@ -205,7 +205,7 @@ def test_mask_transformer_callable_dict_and_onnx(tmp_path):
     img = np.random.default_rng(0).integers(0, 255, (2, 16, 20, 3), dtype=np.uint8)
     p_t = get_proposals("mask_transformer", model=net)(img)
     p_d = get_proposals("mask_transformer",
-                        model=lambda x: dict(zip(("pred_masks", "pred_logits"), net(x))))(img)
+                        model=lambda x: dict(zip(("pred_masks", "pred_logits"), net(x), strict=False)))(img)
     torch.testing.assert_close(p_t.region_scores, p_d.region_scores)
     path = tmp_path / "m2f.onnx"
     torch.onnx.export(net, (torch.zeros(1, 3, 16, 20),), str(path), input_names=["image"],
@@ -434,7 +434,7 @@ def test_sam_scores_are_the_predictor_logits(tiny_sam):
     lh, lw = logits.shape[-2:]
     ref = torch.as_tensor(low)[:, :lh, :lw]
     matched = [int(torch.argmin(((ref - lg) ** 2).flatten(1).sum(1))) for lg in logits]
-    for lg, j in zip(logits, matched):
+    for lg, j in zip(logits, matched, strict=False):
         torch.testing.assert_close(lg, ref[j], atol=1e-4, rtol=1e-4)
     stab = calculate_stability_score(torch.as_tensor(masks), 0.0, 1.0)
     want = torch.as_tensor(iou).clamp(0, 1) * stab

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from posthoc.adapters import (
     Teacher,
     get_proposals,
@@ -15,7 +16,6 @@ from posthoc.adapters import (
     register_teacher,
     registry,
 )
-
 from posthoc.errors import PosthocError
 
 TEACHERS = ["dacup", "daformer", "energy", "entropy", "maxlogit", "msp", "obsnet", "onnx", "sml", "torch", "zegformer"]

@@ -12,11 +12,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from posthoc.adapters import _image as I
 from posthoc.adapters import get_teacher
 from posthoc.adapters import onnx_runtime as O
 from posthoc.adapters import teachers as T
-
 from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
 from posthoc.types import TeacherOutput
 

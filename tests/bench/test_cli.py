@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+
 from posthoc.adapters import register_proposals, register_teacher
 from posthoc.adapters.base import ProposalSource, Teacher
 from posthoc.bench import cli, evaluations, fingerprint
-
 from posthoc.types import Proposals, TeacherOutput
 
 H, W = 64, 96

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from posthoc.bench import export
 
+from posthoc.bench import export
 from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
 
 

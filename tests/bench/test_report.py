@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+
 from posthoc.adapters import io as _io
 from posthoc.bench import report
 

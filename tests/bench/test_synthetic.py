@@ -6,8 +6,8 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from posthoc.bench import synthetic as syn
 
+from posthoc.bench import synthetic as syn
 from posthoc.errors import ShapeError, ValueRangeError
 
 SMALL = (64, 128)
@@ -149,7 +149,7 @@ def test_ensure_world_concurrent_writers(tmp_path):
     def job():
         try:
             out.append(syn.ensure_world(tmp_path, split="test", track="anomaly", n_frames=2, size=SMALL))
-        except Exception as e:  # noqa: BLE001 - any failure is reported below
+        except Exception as e:
             errors.append(e)
 
     ts = [threading.Thread(target=job) for _ in range(3)]

@@ -179,7 +179,7 @@ def test_pq_matches_reference_and_merges(rng):
     np.testing.assert_array_equal(pq.fn, fn)
     assert tp.sum() > 0 and fp.sum() > 0 and fn.sum() > 0
     a, b = PanopticQuality(3, [1, 2], 3), PanopticQuality(3, [1, 2], 3)
-    a.update(*[np.stack(x) for x in zip(*frames[:2])])
+    a.update(*[np.stack(x) for x in zip(*frames[:2], strict=False)])
     for f in frames[2:]:
         b.update(*f)
     a.merge(b)

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+
 from posthoc.bench import metrics_speed
 
 

@@ -87,12 +87,10 @@ def test_as_label_map_and_masks():
         V.as_label_map(torch.zeros(2, 4, 5, dtype=torch.int64, device="meta"), scores, batched=True)
     prop = posthoc.Proposals(labels=np.zeros((2, 4, 5), np.int64))
     assert V.as_label_map(prop, scores, batched=True).shape == (2, 4, 5)
-    # the name pipeline imports from fusion keeps working, with fuse's argument names
-    from posthoc.fusion import _labels_for, masks_to_labels
+    # masks_to_labels used to live in fusion and is still importable from there
+    from posthoc.fusion import masks_to_labels
 
     assert masks_to_labels is V.masks_to_labels
-    with pytest.raises(ShapeError, match=r"^proposals must be \(B,H,W\)=\(2,4,5\) matching model_logits"):
-        _labels_for(torch.zeros(2, 4, 6, dtype=torch.int64), scores, batched=True)
 
 
 def test_to_device_and_check_size():
