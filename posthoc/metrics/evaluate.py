@@ -23,13 +23,14 @@ __all__ = ["evaluate_anomaly", "evaluate_anomaly_maps"]
 Frames = Sequence[tuple[Any, Any]] | Callable[[], Iterable[tuple[Any, Any]]]
 
 
-def _iterate(frames: Frames) -> Iterable[tuple[Any, Any]]:
+def _iterate(frames: Frames, pairs: str = "(scores, labels)") -> Iterable[tuple[Any, Any]]:
+    """One pass over ``frames``: a list/tuple, or a callable that returns a fresh iterable."""
     if callable(frames):
         return frames()
     if isinstance(frames, (list, tuple)):
         return frames
     raise DTypeError(
-        "frames must be a list/tuple of (scores, labels) pairs or a callable returning a fresh iterable of them "
+        f"frames must be a list/tuple of {pairs} pairs or a callable returning a fresh iterable of them "
         f"(they are read twice); got {type(frames).__name__}"
     )
 
@@ -94,14 +95,7 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
         raise ValueRangeError(f"on_empty must be 'raise' or 'record'; got {on_empty!r}")
 
     def passes():
-        if callable(frames):
-            return frames()
-        if isinstance(frames, (list, tuple)):
-            return frames
-        raise DTypeError(
-            "frames must be a list/tuple of (labels, {name: scores}) pairs or a callable returning a fresh iterable "
-            f"of them (they are read twice); got {type(frames).__name__}"
-        )
+        return _iterate(frames, "(labels, {name: scores})")
 
     pix: dict[str, PixelMetrics] = {}
     names: tuple | None = None
