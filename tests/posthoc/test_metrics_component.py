@@ -198,3 +198,26 @@ def test_errors(rng):
         ComponentMetrics(float("nan"))
     with pytest.raises(ValueRangeError, match="track"):
         ComponentMetrics.from_pixel({"best_f1_threshold": 0.5}, track="lane")
+
+
+def test_evaluate_anomaly_maps_equals_one_call_per_map(rng):
+    from posthoc.metrics import evaluate_anomaly_maps
+
+    frames = [_random_frame(rng) for _ in range(6)]
+    other = [(np.clip(s[::-1, ::-1].copy() * 0.9 + 0.05, 0, 1), lab) for s, lab in frames]
+    res = evaluate_anomaly_maps([(lab, {"a": s, "b": o}) for (s, lab), (o, _) in zip(frames, other, strict=True)],
+                                track="obstacle")
+    for key, fr in (("a", frames), ("b", other)):
+        one = evaluate_anomaly(fr, track="obstacle")
+        assert res[key]["pixel"]["ap"] == one["pixel"]["ap"]
+        for k in KEYS:
+            assert _close(res[key]["component"][k], one["component"][k])
+    with pytest.raises(ValueRangeError, match=r"every frame must give the maps \['a'\]; got \['b'\]"):
+        evaluate_anomaly_maps([(frames[0][1], {"a": frames[0][0]}), (frames[1][1], {"b": frames[1][0]})])
+    with pytest.raises(ValueRangeError, match="on_empty must be 'raise' or 'record'"):
+        evaluate_anomaly_maps([], on_empty="skip")
+    void = np.full((8, 8), 255, np.uint8)
+    with pytest.raises(EmptyMetricError):
+        evaluate_anomaly_maps([(void, {"a": np.zeros((8, 8), np.float32)})])
+    rec = evaluate_anomaly_maps([(void, {"a": np.zeros((8, 8), np.float32)})], on_empty="record")
+    assert "error" in rec["a"]["pixel"] and rec["a"]["component"] is None
