@@ -93,11 +93,26 @@ _LAZY = {
 
 __all__ = [*sorted(_LAZY)]  # noqa: PLE0604 - the lazily re-exported names
 
+#: names the single-module ``teachers.py`` also exposed (its imports of the image helpers and the
+#: base class); still importable from here, not part of ``__all__``
+_COMPAT = {
+    "IMAGENET_MEAN": ".._image",
+    "IMAGENET_STD": ".._image",
+    "check_mean_std": ".._image",
+    "normalize": ".._image",
+    "parse_size": ".._image",
+    "resize": ".._image",
+    "resize_to": ".._image",
+    "to_float_batch": ".._image",
+    "Teacher": "..base",
+    "register_teacher": "..registry",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name] if _LAZY[name].startswith("..") else "." + _LAZY[name],
-                                                __name__), name)
+    where = _LAZY.get(name) or _COMPAT.get(name)
+    if where is not None:
+        value = getattr(importlib.import_module(where if where.startswith("..") else "." + where, __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
