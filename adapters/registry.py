@@ -137,15 +137,27 @@ def _build(kind: str, name: str, kw: dict) -> Any:
     try:
         return factory(**kw)
     except TypeError as e:
-        # a keyword the factory does not take: name the adapter and what it accepts
-        if "unexpected keyword argument" not in str(e):
+        # a keyword the factory (or the class it forwards **kw to) does not take: name the adapter.
+        # Only errors raised while binding the call are rewrapped, not a TypeError from deeper inside.
+        depth, tb = 0, e.__traceback__
+        while tb is not None:
+            depth, tb = depth + 1, tb.tb_next
+        if "unexpected keyword argument" not in str(e) or depth > 3:
             raise
-        try:
-            params = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
-        except (TypeError, ValueError):
-            params = []
         label = "teacher" if kind == "teacher" else "proposal source"
-        raise TypeError(f"{label} {name!r}: {e}; it accepts {params}") from e
+        raise TypeError(f"{label} {name!r}: {e}; {_accepted(factory)}") from e
+
+
+def _accepted(factory: Callable[..., Any]) -> str:
+    """The settings a factory takes, as words for an error message."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return "see its documentation for the settings it takes"
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"]
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return f"it takes {named} and the settings of the class it builds (see its documentation)"
+    return f"it accepts {named}"
 
 
 def get_teacher(name: str, **kw) -> Any:
