@@ -162,7 +162,8 @@ def normalize(
         x = x.flip(1)  # a new tensor: safe to overwrite below
         inplace = True
     gain = torch.tensor([float(pixel_scale) / v for v in s], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    bias = torch.tensor([-a / b for a, b in zip(m, s, strict=False)], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    bias = torch.tensor([-a / b for a, b in zip(m, s, strict=False)], dtype=torch.float32,
+                        device=x.device).view(1, 3, 1, 1)
     if inplace:
         return x.mul_(gain).add_(bias)
     return torch.addcmul(bias, x, gain)

@@ -176,7 +176,9 @@ class ClipRegionClassifier:
             raise ValueRangeError(f"class names must be unique across seen and unseen; duplicated: {dup}")
         templates = [str(t) for t in templates]
         if not templates or any(t.count("{}") != 1 for t in templates):
-            raise ValueRangeError(f"templates must be a non-empty list of strings with exactly one '{{}}'; got {templates}")
+            raise ValueRangeError(
+                f"templates must be a non-empty list of strings with exactly one '{{}}'; got {templates}"
+            )
         if style not in _STYLES:
             raise ValueRangeError(f"style must be one of {_STYLES}; got {style!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -295,8 +297,8 @@ class ClipRegionClassifier:
         lab = proposals.labels if isinstance(proposals, Proposals) else proposals
         lab, _ = as_torch(lab, "proposals.labels")
         if lab.ndim != 3 or lab.shape[0] != x.shape[0] or tuple(lab.shape[-2:]) != tuple(x.shape[-2:]):
-            raise ShapeError(f"proposal labels must be (B,H,W) matching the images {shape_str((x.shape[0], *x.shape[-2:]))}; "
-                             f"got {shape_str(lab.shape)}")
+            raise ShapeError(f"proposal labels must be (B,H,W) matching the images "
+                             f"{shape_str((x.shape[0], *x.shape[-2:]))}; got {shape_str(lab.shape)}")
         N = check_labels(lab, "proposals.labels")
         lab = lab.to(self.device).long()
         B, C = x.shape[0], len(self.class_names)
@@ -337,7 +339,9 @@ def _seen_tensor(seen: Any, C: int, device) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(seen) if not isinstance(seen, torch.Tensor) else seen, device=device)
     if t.dtype == torch.bool:
         if t.ndim != 1 or t.numel() != C:
-            raise ShapeError(f"seen must be a (C,)=({C},) bool mask or a list of class indices; got shape {shape_str(t.shape)}")
+            raise ShapeError(
+                f"seen must be a (C,)=({C},) bool mask or a list of class indices; got shape {shape_str(t.shape)}"
+            )
         return t
     if t.is_floating_point():
         raise DTypeError(f"seen must be a bool mask or integer class indices; got dtype {t.dtype}")

@@ -286,7 +286,8 @@ class SamProposals(ProposalSource):
             if checkpoint is None:
                 raise ValueRangeError(
                     "the 'sam' proposal source needs weights: pass checkpoint='sam_vit_b_01ec64.pth' (the official "
-                    "SAM checkpoint for model_type) or model=<a segment_anything Sam module>; no SAM weights are bundled"
+                    "SAM checkpoint for model_type) or model=<a segment_anything Sam module>; "
+                    "no SAM weights are bundled"
                 )
             model = sa.sam_model_registry[model_type](checkpoint=None)
             sd = load_state_dict(checkpoint)
@@ -304,7 +305,8 @@ class SamProposals(ProposalSource):
         self.settings = {"points_per_side": points_per_side, "points_per_batch": points_per_batch,
                              "pred_iou_thresh": float(pred_iou_thresh),
                              "stability_score_thresh": float(stability_score_thresh),
-                             "stability_score_offset": float(stability_score_offset), "box_nms_thresh": float(box_nms_thresh)}
+                             "stability_score_offset": float(stability_score_offset),
+                             "box_nms_thresh": float(box_nms_thresh)}
         self.generator = _sam_generator_class()(self.model, output_mode="binary_mask", **self.settings)
 
     @torch.inference_mode()
@@ -691,7 +693,9 @@ class OnnxProposals(ProposalSource):
         wpath, meta = _weights_entry(weights, "model", self.source_name)
         path = path if path is not None else wpath
         if path is None:
-            raise ValueRangeError(f"the {self.source_name!r} proposal source needs an ONNX file: pass path= or weights=")
+            raise ValueRangeError(
+                f"the {self.source_name!r} proposal source needs an ONNX file: pass path= or weights="
+            )
         for n, a in (("scores_activation", scores_activation), ("validity_activation", validity_activation)):
             if a not in (None, "sigmoid"):
                 raise ValueRangeError(f"{n} must be None or 'sigmoid'; got {a!r}")
@@ -704,11 +708,14 @@ class OnnxProposals(ProposalSource):
         if input_name is None:
             if len(ins) != 1:
                 raise ValueRangeError(
-                    f"ONNX model {str(path)!r} has {len(ins)} inputs {[s.name for s in ins]}; choose one with input_name=")
+                    f"ONNX model {str(path)!r} has {len(ins)} inputs {[s.name for s in ins]}; "
+                    "choose one with input_name=")
             input_name = ins[0].name
         spec = next((s for s in ins if s.name == input_name), None)
         if spec is None:
-            raise ValueRangeError(f"ONNX model {str(path)!r} has no input {input_name!r}; inputs: {[s.name for s in ins]}")
+            raise ValueRangeError(
+                f"ONNX model {str(path)!r} has no input {input_name!r}; inputs: {[s.name for s in ins]}"
+            )
         if spec.rank != 4 or spec.shape[1] not in (None, 3):
             raise ShapeError(f"ONNX input must be an image (B,3,h,w); the model declares {spec.describe()}")
         for k in (scores_name, validity_name):

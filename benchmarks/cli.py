@@ -51,20 +51,35 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
     p.add_argument(
         "--proposals",
         default=None,
-        help="proposal sources, comma-separated (default: csl,superpixels when the CSL net is bundled, else superpixels)",
+        help="proposal sources, comma-separated (default: csl,superpixels when the CSL net is bundled, "
+        "else superpixels)",
     )
-    p.add_argument("--data-root", default=None, help="data-set root (default: $POSTHOC_DATA_ROOT or the per-data-set variable)")
-    p.add_argument("--split", default=split_default, help=f"split (synthetic world: train/val/test; default {split_default})")
-    p.add_argument("--subset", default=None, help="official subset (smiyc: all|validation|test; laf: test|noknown|train; fishyscapes: laf|static)")
+    p.add_argument(
+        "--data-root", default=None, help="data-set root (default: $POSTHOC_DATA_ROOT or the per-data-set variable)"
+    )
+    p.add_argument(
+        "--split", default=split_default, help=f"split (synthetic world: train/val/test; default {split_default})"
+    )
+    p.add_argument(
+        "--subset",
+        default=None,
+        help="official subset (smiyc: all|validation|test; laf: test|noknown|train; fishyscapes: laf|static)",
+    )
     p.add_argument("--device", default=None, help="device for teachers and proposals, e.g. cpu or cuda:0")
     p.add_argument("--batch-size", type=int, default=2, help="frames per teacher call (default 2)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (default 0)")
-    p.add_argument("--out", default=None, help="run folder (default runs/<timestamp>); rerun with the same folder to resume")
+    p.add_argument(
+        "--out", default=None, help="run folder (default runs/<timestamp>); rerun with the same folder to resume"
+    )
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)} (default: all)")
-    p.add_argument("--metric-mode", default="smiyc", choices=("smiyc", "exact"), help="pixel-metric mode (default smiyc)")
-    p.add_argument("--export-smiyc", default=None, metavar="DIR", help="also write official SMIYC submission files to DIR")
+    p.add_argument(
+        "--metric-mode", default="smiyc", choices=("smiyc", "exact"), help="pixel-metric mode (default smiyc)"
+    )
+    p.add_argument(
+        "--export-smiyc", default=None, metavar="DIR", help="also write official SMIYC submission files to DIR"
+    )
     p.add_argument("--overlays", type=int, default=3, help="qualitative overlays per teacher and data set (default 3)")
     p.add_argument("--no-plots", action="store_true", help="skip PR/ROC curves and overlays")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only on stderr")
@@ -73,7 +88,8 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posthoc-bench",
-        description="Benchmark a teacher alone and with posthoc (CSL2 fusion, refinement, offsets) on road-anomaly data sets.",
+        description="Benchmark a teacher alone and with posthoc (CSL2 fusion, refinement, offsets) "
+        "on road-anomaly data sets.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("smiyc", help="SegmentMeIfYouCan anomaly/obstacle tracks (synthetic world without --data-root)")
@@ -91,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--metrics", default=None, help="comma list of metric keys (default ap,fpr95,siou_gt,f1_mean)")
     ps.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("speed", help="kernel speed benchmark (posthoc.bench.speed; its own flags follow)", add_help=False)
-    sub.add_parser("metrics-speed", help="metric speed benchmark (posthoc.bench.metrics_speed; its own flags follow)", add_help=False)
+    sub.add_parser(
+        "metrics-speed",
+        help="metric speed benchmark (posthoc.bench.metrics_speed; its own flags follow)",
+        add_help=False,
+    )
     return parser
 
 
@@ -136,7 +156,9 @@ def _summary(args: argparse.Namespace) -> int:
         results = json.loads(path.read_text())
         print(summarize_results(results, metrics=_csv(args.metrics) if args.metrics else None), end="")
     except FileNotFoundError:
-        print(f"posthoc-bench summary: error: no results file at {path} (expected a run's results.json)", file=sys.stderr)
+        print(
+            f"posthoc-bench summary: error: no results file at {path} (expected a run's results.json)", file=sys.stderr
+        )
         return 2
     except json.JSONDecodeError as e:
         print(f"posthoc-bench summary: error: {path} is not valid JSON ({e})", file=sys.stderr)

@@ -88,7 +88,10 @@ class BenchConfig:
             raise BenchError("at least one --teacher is needed")
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
-            raise BenchError(f"--variants must be a non-empty subset of {','.join(VARIANTS)}; got {','.join(self.variants) or '(empty)'}")
+            raise BenchError(
+                f"--variants must be a non-empty subset of {','.join(VARIANTS)}; "
+                f"got {','.join(self.variants) or '(empty)'}"
+            )
         if self.batch_size < 1:
             raise BenchError(f"--batch-size must be >= 1; got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
@@ -97,7 +100,8 @@ class BenchConfig:
             raise BenchError(f"metric mode must be 'smiyc' or 'exact'; got {self.metric_mode!r}")
         if self.weights and len(self.teachers) > 1:
             raise BenchError(
-                f"--weights applies to a single --teacher; got {len(self.teachers)} teachers ({','.join(self.teachers)}). "
+                f"--weights applies to a single --teacher; got {len(self.teachers)} teachers "
+                f"({','.join(self.teachers)}). "
                 "Run them separately or pass each model as a .onnx path."
             )
         if self.overlays < 0:

@@ -188,7 +188,8 @@ def read_label_png(path: Path) -> np.ndarray:
         raise CorruptFileError(f"cannot decode label file {path} ({data.size} bytes): corrupt or not a PNG")
     if lab.ndim == 3:
         # palette PNGs decode to colour; a grey image stored as RGB has equal channels
-        if lab.shape[2] >= 3 and np.array_equal(lab[:, :, 0], lab[:, :, 1]) and np.array_equal(lab[:, :, 1], lab[:, :, 2]):
+        if (lab.shape[2] >= 3 and np.array_equal(lab[:, :, 0], lab[:, :, 1])
+                and np.array_equal(lab[:, :, 1], lab[:, :, 2])):
             lab = lab[:, :, 0]
         else:
             raise CorruptFileError(f"label file {path} must be single-channel (class ids); got shape {lab.shape}")
@@ -382,7 +383,9 @@ class SMIYCReader(Dataset):
         candidates.append(root)
         track_dir = next((c for c in candidates if (c / "images").is_dir()), None)
         if track_dir is None:
-            tried = "\n".join(f"  {c}/images/ : {'exists' if (c / 'images').exists() else 'missing'}" for c in candidates)
+            tried = "\n".join(
+                f"  {c}/images/ : {'exists' if (c / 'images').exists() else 'missing'}" for c in candidates
+            )
             raise DatasetLayoutError(
                 f"SMIYC {track} track not found.\nExpected layout:\n{self.layout}\nTried:\n{tried}\n"
                 f"Found: {_listing(root)}"
@@ -413,7 +416,9 @@ class SMIYCReader(Dataset):
         self._require_frames(f"subset {subset!r}; {len(images)} image files in {track_dir / 'images'}")
         n_lab = sum(r.label_path is not None for r in self.refs)
         if n_lab and n_lab < len(self.refs):
-            log.info("%s: %d of %d frames have labels (the rest are evaluated as unlabeled)", self.name, n_lab, len(self))
+            log.info(
+                "%s: %d of %d frames have labels (the rest are evaluated as unlabeled)", self.name, n_lab, len(self)
+            )
 
     def _in_subset(self, fid: str, subset: str) -> bool:
         if self.track == "obstacle":
@@ -602,7 +607,9 @@ class RoadAnomalyReader(Dataset):
         cands = [root, root / "RoadAnomaly_jpg", root / "RoadAnomaly"]
         folder = next((c for c in cands if (c / "frames").is_dir() or (c / "images").is_dir()), None)
         if folder is None:
-            raise DatasetLayoutError(f"Road Anomaly not found.\nExpected layout:\n{self.layout}\nFound: {_listing(root)}")
+            raise DatasetLayoutError(
+                f"Road Anomaly not found.\nExpected layout:\n{self.layout}\nFound: {_listing(root)}"
+            )
         super().__init__(folder)
         refs = []
         if (folder / "frames").is_dir():

@@ -85,7 +85,9 @@ def write_submission_frame(
     while t.ndim > 2 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 2:
-        raise ShapeError(f"submission scores for frame {frame_id!r} must be (H,W); got {shape_str(tuple(scores.shape))}")
+        raise ShapeError(
+            f"submission scores for frame {frame_id!r} must be (H,W); got {shape_str(tuple(scores.shape))}"
+        )
     if not t.is_floating_point():
         raise DTypeError(f"submission scores for frame {frame_id!r} must be floating point; got {t.dtype}")
     if image_shape is not None and tuple(t.shape) != tuple(image_shape[:2]):

@@ -66,7 +66,8 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("posthoc", "numpy", "torch", "onnxruntime-gpu", "onnxruntime", "opencv-python-headless", "scikit-image", "h5py"):
+    for pkg in ("posthoc", "numpy", "torch", "onnxruntime-gpu", "onnxruntime", "opencv-python-headless",
+                "scikit-image", "h5py"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -74,8 +74,8 @@ def run(frames: list[tuple[np.ndarray, np.ndarray]], *, sklearn: bool = True) ->
     # one-time cost, reported apart: compile (or load from numba's cache) the radix-sort kernel
     _, warm = _timed(lambda: sort_scores(np.zeros(RADIX_MIN, np.float32)))
     n = len(frames)
-    res: dict = {"warmup_seconds": warm, "frames": n, "height": int(frames[0][0].shape[0]), "width": int(frames[0][0].shape[1]),
-                 "dtype": str(frames[0][0].dtype)}
+    res: dict = {"warmup_seconds": warm, "frames": n, "height": int(frames[0][0].shape[0]),
+                 "width": int(frames[0][0].shape[1]), "dtype": str(frames[0][0].dtype)}
 
     def pixel(mode: str):
         pm = PixelMetrics(mode=mode)

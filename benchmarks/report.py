@@ -96,7 +96,8 @@ def format_table(title: str, rows: Sequence[Mapping[str, Any]], *, notes: Sequen
         the change against the teacher alone follows in parentheses.
     """
     head = ["teacher", "variant"] + [c[1] for c in COLUMNS] + ["vs teacher"]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * len(COLUMNS) + ["---"]) + "|"]
     for r in rows:
         m, base = r["metrics"], r.get("base")
         cells = [str(r["teacher"]), str(r["variant"])]

@@ -143,7 +143,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     chain = variant_chain(cfg.variants, sources if any(v != "teacher" for v in cfg.variants) else [])
     variant_keys = [v.key for v in chain]
     displays = {v.key: v.display for v in chain}
-    log.info("run folder %s; teachers %s; proposals %s; variants %s", out, [s.display for s in specs], sources, variant_keys)
+    log.info("run folder %s; teachers %s; proposals %s; variants %s",
+             out, [s.display for s in specs], sources, variant_keys)
 
     # build proposal sources once (their registry names are validated up front)
     with timer("setup:proposals"):
@@ -223,7 +224,8 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             f"Frames evaluated: {ev_res['frames_labelled']} labelled of {ev_res['frames_found']} found"
             + (f" (--limit {cfg.limit})" if cfg.limit else "")
             + (
-                f"; {cached} frame-teacher pairs came from the cache of an earlier run (their compute time is not in this run's timings)"
+                f"; {cached} frame-teacher pairs came from the cache of an earlier run "
+                "(their compute time is not in this run's timings)"
                 if (cached := sum(t["frames_cached"] for t in ev_res["teachers"].values()))
                 else ""
             )

@@ -44,7 +44,10 @@ def mode_text(mode: str) -> str:
 def component_text(track: str) -> str:
     """How the component metrics were computed, for tables."""
     p, g = TRACK_PRESETS[track]
-    return f"{track}-track preset (predicted components < {p} px dropped, GT < {g} px void) at the pixel best-F1 threshold"
+    return (
+        f"{track}-track preset (predicted components < {p} px dropped, GT < {g} px void) "
+        "at the pixel best-F1 threshold"
+    )
 
 
 def clean(d: dict) -> dict:

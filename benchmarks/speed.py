@@ -344,7 +344,8 @@ def bench_assign(case: Sequence[int], device: torch.device, *, repeats: int = 7,
     }
     fns.update(_floor_fns_assign(R, out))
     times = time_calls(fns, device, repeats)
-    ok = bool(torch.equal(kernels.weighted_argmax(R, V, backend=backend), kernels.weighted_argmax(R, V, backend="torch")))
+    ok = bool(torch.equal(kernels.weighted_argmax(R, V, backend=backend),
+                          kernels.weighted_argmax(R, V, backend="torch")))
     times.update(time_calls({"naive": lambda: naive_assign(R, V)}, device, loop_repeats, warmup=0))
     floor_keys = [k for k in times if k.startswith("floor")]
     row = _row("soft_assign", f"B={B} N={N} {H}x{W}", times, "kernel", "naive", floor_keys)
@@ -410,7 +411,8 @@ def measure_fuse_memory(shape: Sequence[int], num_regions: int = 100, backend: s
         f"print('MEM' + json.dumps(m({list(shape)!r}, {int(num_regions)}, {backend!r})))"
     )
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                          timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement failed ({proc.returncode}): {proc.stderr[-2000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("MEM")][-1]
@@ -667,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
                     memory.append(measure_fuse_memory(shape, 100, be))
     jit = measure_first_call() if args.jit and device.type == "cpu" else None
     threads = torch.get_num_threads()
-    print(f"posthoc speed benchmark on {device} ({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+    print(f"posthoc speed benchmark on {device} "
+          f"({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
           f"{threads} threads, backend={args.backend} -> {', '.join(sorted({r['backend'] for r in rows}))}")
     print("median ms; floor = same bytes moved by a streaming copy/reduction in this run")
     print(format_table(rows))

@@ -133,7 +133,8 @@ def render_scene(rng: np.random.Generator, h: int, w: int):
                 base = rng.choice([[150, 140, 130], [110, 100, 95], [175, 165, 150], [120, 85, 70], [95, 100, 110]])
                 bcol = cv_.colour(_jit(rng, base, 15), 0.12, rng.uniform(0.02, 0.12))
                 top = yh - f * (bottom - yh)
-                cv_.poly(list(zip(xs, np.minimum(bottom, h + 1), strict=False)) + list(zip(xs[::-1], top[::-1], strict=False)), BUILDING, bcol)
+                cv_.poly(list(zip(xs, np.minimum(bottom, h + 1), strict=False))
+                         + list(zip(xs[::-1], top[::-1], strict=False)), BUILDING, bcol)
                 # windows: a grid in facade coordinates (u along the facade, v up the wall)
                 if rng.random() < 0.8:
                     wcol = cv_.colour(_jit(rng, [50, 60, 75], 12), 0.05, 0.02)
@@ -157,14 +158,16 @@ def render_scene(rng: np.random.Generator, h: int, w: int):
             else:  # open terrain with a hedge
                 hcol = cv_.colour(_jit(rng, [50, 90, 40], 15), 0.3, 0.2)
                 top = bottom - rng.uniform(0.2, 0.6) * (bottom - yh)
-                cv_.poly(list(zip(xs, np.minimum(bottom, h + 1), strict=False)) + list(zip(xs[::-1], top[::-1], strict=False)), VEG, hcol)
+                cv_.poly(list(zip(xs, np.minimum(bottom, h + 1), strict=False))
+                         + list(zip(xs[::-1], top[::-1], strict=False)), VEG, hcol)
             # a low wall or fence in front of part of the facades
             if rng.random() < 0.25:
                 fence = rng.random() < 0.5
                 f = rng.uniform(0.2, 0.5)
                 top = bottom - f * (bottom - yh)
                 fc = cv_.colour(_jit(rng, [150, 150, 140] if not fence else [110, 105, 95], 15), 0.1, 0.05)
-                pts = list(zip(xs, np.minimum(bottom, h + 1), strict=False)) + list(zip(xs[::-1], top[::-1], strict=False))
+                pts = (list(zip(xs, np.minimum(bottom, h + 1), strict=False))
+                       + list(zip(xs[::-1], top[::-1], strict=False)))
                 if not fence:
                     cv_.poly(pts, WALL, fc)
                 else:  # fence: posts and rails, see-through

@@ -27,4 +27,5 @@ for name, s in (("teacher", teacher), ("fused", fused)):
     m = PixelMetrics(mode="exact")
     m.update(s, gt)
     r = m.compute()
-    print(f"{name:8s} AP={r['ap']:.3f} FPR95={r['fpr95']:.3f} AUROC={r['auroc']:.3f}  (exact mode, {H}x{W}, {labels.max() + 1} superpixels)")
+    print(f"{name:8s} AP={r['ap']:.3f} FPR95={r['fpr95']:.3f} AUROC={r['auroc']:.3f}  "
+          f"(exact mode, {H}x{W}, {labels.max() + 1} superpixels)")

@@ -31,7 +31,8 @@ from posthoc.bench.export import method_slug, write_submission_frame
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", required=True, help="folder holding dataset_AnomalyTrack/ and dataset_ObstacleTrack/")
+    ap.add_argument("--data-root", required=True,
+                    help="folder holding dataset_AnomalyTrack/ and dataset_ObstacleTrack/")
     ap.add_argument("--track", default="both", choices=("anomaly", "obstacle", "both"))
     ap.add_argument("--teacher", default="obsnet")
     ap.add_argument("--weights", default=None, help="teacher weights (path); default: the bundled model")
@@ -58,7 +59,8 @@ def main() -> int:
                 out = teacher(batch)
                 props = source(batch, teacher_output=out)
                 fused = posthoc.fuse(out.anomaly, props.labels)  # (1,1,H,W) in [0,1]
-                write_submission_frame(args.out, method, data.name, frame.id, fused[0, 0], image_shape=frame.image.shape)
+                write_submission_frame(args.out, method, data.name, frame.id, fused[0, 0],
+                                       image_shape=frame.image.shape)
                 n += 1
     print(f"wrote {n} files under {args.out}/anomaly_p/{method_slug(method)}/")
     return 0

@@ -28,7 +28,8 @@ from posthoc.bench.runner import VARIANTS, BenchConfig, run_benchmark
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", required=True, help="folder holding dataset_AnomalyTrack/ and dataset_ObstacleTrack/")
+    ap.add_argument("--data-root", required=True,
+                    help="folder holding dataset_AnomalyTrack/ and dataset_ObstacleTrack/")
     ap.add_argument("--track", default="both", choices=("anomaly", "obstacle", "both"))
     ap.add_argument("--subset", default="validation", choices=("all", "validation", "test"))
     ap.add_argument("--teacher", default="obsnet", help="registry name or model.onnx (comma list allowed)")

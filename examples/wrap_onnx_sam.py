@@ -120,7 +120,8 @@ def main(argv=None) -> int:
             w = default_weights("segnet")
             meta = w.get("meta", {})
             print("[example] no --onnx given: using the bundled semantic segmenter (segnet.onnx)")
-            teacher = get_teacher("onnx", path=w["model"], kind="semantic", mean=meta.get("mean", (0.485, 0.456, 0.406)),
+            teacher = get_teacher("onnx", path=w["model"], kind="semantic",
+                                  mean=meta.get("mean", (0.485, 0.456, 0.406)),
                                   std=meta.get("std", (0.229, 0.224, 0.225)), input_size=meta.get("input_size"),
                                   output_name="logits", class_names=meta.get("class_names"))
         except (NoBundledWeightsError, KeyError):

@@ -295,7 +295,8 @@ def _assign_columns(x: torch.Tensor, modes: torch.Tensor, chunk_size: int) -> to
 
 
 def _meanshift_image(feat: torch.Tensor, bandwidth: float, n_seeds: int, n_samples: int, max_iter: int,
-                     tol: float, levels: int, chunk_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                     tol: float, levels: int, chunk_size: int,
+                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One image: feat (F,h,w) float32 embeddings (any norm) -> labels (h,w) int64, modes (K,F)."""
     Fd, h, w = feat.shape
     x = feat.reshape(Fd, -1)

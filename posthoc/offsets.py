@@ -134,12 +134,15 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
     if batched:
         f4 = f if f.ndim == 4 else None
     else:
-        f4 = f.reshape(1, 1, H, W) if (f.ndim == 2 or (f.ndim == 3 and f.shape[0] == 1)) and f.shape[-2:] == (H, W) else None
+        f4 = (f.reshape(1, 1, H, W)
+              if (f.ndim == 2 or (f.ndim == 3 and f.shape[0] == 1)) and f.shape[-2:] == (H, W) else None)
     if f4 is None or f4.shape[1] != 1:
         raise ShapeError(f"confidence must be {want_f}; got shape {shape_str(f.shape)}")
     if f4.shape[0] != B or f4.shape[-2:] != (H, W):
         axis = "batch axis (0)" if f4.shape[0] != B else "spatial axes (H,W)"
-        raise ShapeError(f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})")
+        raise ShapeError(
+            f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})"
+        )
     f4 = as_float32(f4)
     check_range(f4, "confidence", 0.0, 1.0)
     if s.numel() == 0:

@@ -236,7 +236,8 @@ class Pipeline:
                     )
             if self.offsets:
                 ct, _ = as_torch(current, "current")
-                teacher = current if (self.teacher_weight > 0 and float(ct.min()) >= 0 and float(ct.max()) <= 1) else None
+                teacher = (current if (self.teacher_weight > 0 and float(ct.min()) >= 0 and float(ct.max()) <= 1)
+                           else None)
                 offs, conf = offsets_from_proposals(
                     labels, max_offset=self.max_offset, boundary_width=self.boundary_width,
                     teacher=teacher, teacher_weight=self.teacher_weight,

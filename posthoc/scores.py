@@ -284,7 +284,9 @@ def standardized_max_logit(logits: Any, mean: Any, std: Any, *, anomaly: bool = 
     for name, s in (("mean", mu), ("std", sd)):
         check_float(s, name)
         if s.ndim != 1 or s.shape[0] != K:
-            raise ShapeError(f"{name} must be (K,)=({K},) matching logits {shape_str(t.shape)}; got {shape_str(s.shape)}")
+            raise ShapeError(
+                f"{name} must be (K,)=({K},) matching logits {shape_str(t.shape)}; got {shape_str(s.shape)}"
+            )
         check_finite(s, name)
     if sd.numel() and float(sd.min()) <= 0:
         raise ValueRangeError(f"std must be > 0; got minimum {float(sd.min()):g}")
@@ -377,7 +379,9 @@ def boundary_suppression(
     want = shape_str((x.shape[0], x.shape[2], x.shape[3]))
     p3 = pred if pred.ndim == 3 else (pred.unsqueeze(0) if pred.ndim == 2 else None)
     if p3 is None or p3.shape != (x.shape[0], x.shape[2], x.shape[3]):
-        raise ShapeError(f"predictions must be (B,H,W)={want} matching sml {shape_str(shape)}; got {shape_str(pred.shape)}")
+        raise ShapeError(
+            f"predictions must be (B,H,W)={want} matching sml {shape_str(shape)}; got {shape_str(pred.shape)}"
+        )
     for name, v in (("width", width), ("iterations", iterations)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
             raise ValueRangeError(f"{name} must be a non-negative int; got {v!r}")
@@ -449,7 +453,8 @@ def dilated_smoothing(x: Any, kernel_size: int = 7, sigma: float = 1.0, dilation
         Float32 with the shape of ``x``; same kind/device.
     """
     t, was_numpy, shape = _image_4d(x, "x")
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1 or kernel_size % 2 == 0:
+    if (isinstance(kernel_size, bool) or not isinstance(kernel_size, (int, np.integer)) or kernel_size < 1
+            or kernel_size % 2 == 0):
         raise ValueRangeError(f"kernel_size must be a positive odd int; got {kernel_size!r}")
     if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)) or dilation < 1:
         raise ValueRangeError(f"dilation must be a positive int; got {dilation!r}")

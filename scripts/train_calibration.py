@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     sml = get_teacher("sml", weights=weights)
     sml.fit(data, seed=args.seed)
     sml.save_stats(out / "sml_stats.json")
-    record["sml"] = {"mean": [round(float(v), 3) for v in sml.mean], "std": [round(float(v) ** 0.5, 3) for v in sml.var],
+    record["sml"] = {"mean": [round(float(v), 3) for v in sml.mean],
+                     "std": [round(float(v) ** 0.5, 3) for v in sml.var],
                      "calibration": sml.calibration.to_dict()}
     C.log.info("sml stats + calibration written (%.0f s)", timer())
     for score in ("maxlogit", "energy"):

@@ -31,7 +31,8 @@ def bundled_names() -> list[str]:
 
 
 def default_weights(name: str) -> dict:
-    """Return ``{role: Path}`` of the bundled files for ``name`` (plus ``"meta"``: a dict); raise if none are bundled."""
+    """Return ``{role: Path}`` of the bundled files for ``name`` (plus ``"meta"``: a dict); raise if none are
+    bundled."""
     entry = _manifest().get(name)
     if entry is None:
         raise NoBundledWeightsError(

@@ -80,7 +80,8 @@ class SigmoidCalibration:
 
     @classmethod
     def from_dict(cls, d: Mapping, where: str = "calibration") -> SigmoidCalibration:
-        if not isinstance(d, Mapping) or d.get("format", cls.FORMAT) != cls.FORMAT or d.get("method", "sigmoid") != "sigmoid":
+        if (not isinstance(d, Mapping) or d.get("format", cls.FORMAT) != cls.FORMAT
+                or d.get("method", "sigmoid") != "sigmoid"):
             raise CalibrationError(f"{where} must be a {cls.FORMAT!r} object with method 'sigmoid'; got {d!r:.200}")
         try:
             return cls(d["shift"], d["scale"], d.get("score", ""), d.get("fit"))
@@ -241,8 +242,8 @@ def _iter_frames(frames: Any) -> Iterable[tuple[Any, Any]]:
                 raise DTypeError(f"frame tuples must be (images, labels); got {len(item)} items")
             yield _one_batch(item[0]), item[1]
         else:
-            raise DTypeError(f"each frame must be an image (batch), an (images, labels) pair or a frame with .image and "
-                             f".label; got {type(item).__name__}")
+            raise DTypeError(f"each frame must be an image (batch), an (images, labels) pair or a frame with "
+                             f".image and .label; got {type(item).__name__}")
 
 
 def _as_batch_labels(labels: Any, b: int, hw: tuple[int, int]) -> torch.Tensor:

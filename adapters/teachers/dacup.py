@@ -49,7 +49,8 @@ class DaCUPTeacher(_ImageConfig, Teacher):
         self._set_image_config((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "RGB", cfg.get("input_size"), 1.0)
         src = w["model"]
         self.runner = make_runner(src, "DaCUP", device=device, providers=providers, batch_size=1,
-                                  output_names=output_names, expect="a DaCUP export: image (1,3,H,W) in [0,1] -> P(anomaly)")
+                                  output_names=output_names,
+                                  expect="a DaCUP export: image (1,3,H,W) in [0,1] -> P(anomaly)")
         self.device = self.runner.device
         self.output_name, self.logits_name, self.activation = output_name, logits_name, activation
 

@@ -472,7 +472,8 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto",
             _numba_threads()
             res = _empty_cpu((B, h, w), torch.int64)
             nbm = _numba_mod()
-            status = nbm.weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(), res.numpy().reshape(B, h * w), vr)
+            status = nbm.weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(),
+                                            res.numpy().reshape(B, h * w), vr)
             if status == nbm.BAD_VALUES:
                 _raise_values(r, name, *vr)
         else:

@@ -116,7 +116,9 @@ def check_class_map(x: Any, name: str, num_classes: int, ignore_index: int | Non
             inside |= a == ignore_index
         if not inside.all():
             bad = np.unique(a[~inside])
-            allowed = f"[0,{num_classes - 1}]" + (f" or {ignore_index} (void)" if allow_ignore and ignore_index is not None else "")
+            allowed = f"[0,{num_classes - 1}]" + (
+                f" or {ignore_index} (void)" if allow_ignore and ignore_index is not None else ""
+            )
             raise ValueRangeError(
                 f"{name} must hold class ids in {allowed}; got other values {bad[:10].tolist()}"
                 f"{' ...' if bad.size > 10 else ''}"

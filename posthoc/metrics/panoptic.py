@@ -106,7 +106,9 @@ class PanopticQuality:
         if a.dtype.kind not in "iu":
             raise DTypeError(f"{name} must be an integer instance-id map; got dtype {a.dtype}")
         if a.shape != shape:
-            raise ShapeError(f"{name} must be (B,H,W) matching the semantic map {shape_str(shape)}; got {shape_str(a.shape)}")
+            raise ShapeError(
+                f"{name} must be (B,H,W) matching the semantic map {shape_str(shape)}; got {shape_str(a.shape)}"
+            )
         a = a.astype(np.int64)
         if a.size and a.min() < 0:
             raise ValueRangeError(f"{name} must hold instance ids >= 0; got minimum {int(a.min())}")

@@ -197,7 +197,9 @@ def open_set_prediction(semantic: Any, anomaly_scores: Any, threshold: float, un
     if sem.ndim == 2:
         sem = sem[None]
     if sem.shape != s.shape:
-        raise ShapeError(f"semantic must be (B,H,W) matching anomaly_scores {shape_str(s.shape)}; got {shape_str(sem.shape)}")
+        raise ShapeError(
+            f"semantic must be (B,H,W) matching anomaly_scores {shape_str(s.shape)}; got {shape_str(sem.shape)}"
+        )
     out = sem.astype(np.int64, copy=True)
     out[s >= threshold] = unknown_id
     return out

@@ -576,7 +576,8 @@ def test_zegformer_class_maps_with_seen_calibration(images, tmp_path):
             o = self.z(x)
             return o["pred_logits"], o["pred_masks"]
 
-    p = _export(ZegTuple(m), (torch.rand(1, 3, 16, 16),), tmp_path / "zeg.onnx", ["image"], ["pred_logits", "pred_masks"])
+    p = _export(ZegTuple(m), (torch.rand(1, 3, 16, 16),), tmp_path / "zeg.onnx", ["image"],
+                ["pred_logits", "pred_masks"])
     t_onnx = get_teacher("zegformer", weights=p, class_names=names, unseen_classes=["giraffe", "zebra"])
     torch.testing.assert_close(t_onnx(images).scores, out.scores, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueRangeError, match="not in class_names"):

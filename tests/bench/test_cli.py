@@ -132,7 +132,8 @@ def _run(args, capsys=None):
 def test_end_to_end_synthetic_default_resume_and_invalidation(world, tmp_path, capsys):
     _root, calls = world
     out = tmp_path / "run"
-    args = ["smiyc", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--out", str(out), "--quiet", "--overlays", "1"]
+    args = ["smiyc", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--out", str(out), "--quiet",
+            "--overlays", "1"]
     rc, io = _run(args, capsys)
     assert rc == 0, io.err
     assert calls == [("test", "anomaly", 0), ("test", "obstacle", 0)]  # no --data-root: the synthetic world
@@ -260,7 +261,10 @@ def test_onnx_teacher_export_and_weight_change(tmp_path, capsys, monkeypatch):
 
 
 def test_missing_data_root_shows_layout(tmp_path, capsys):
-    rc, io = _run(["smiyc", "--data-root", str(tmp_path / "nope"), "--teacher", "_bench_fake", "--out", str(tmp_path / "r")], capsys)
+    rc, io = _run(
+        ["smiyc", "--data-root", str(tmp_path / "nope"), "--teacher", "_bench_fake", "--out", str(tmp_path / "r")],
+        capsys,
+    )
     assert rc == 2
     assert "dataset_AnomalyTrack/images" in io.err and "does not exist" in io.err
 
@@ -273,7 +277,9 @@ def test_non_smiyc_needs_a_root(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_teacher_lists_known(world, tmp_path, capsys):
-    rc, io = _run(["smiyc", "--teacher", "no_such_teacher", "--proposals", "_bench_grid", "--out", str(tmp_path / "r")], capsys)
+    rc, io = _run(
+        ["smiyc", "--teacher", "no_such_teacher", "--proposals", "_bench_grid", "--out", str(tmp_path / "r")], capsys
+    )
     assert rc == 2
     assert "unknown teacher 'no_such_teacher'" in io.err and "_bench_fake" in io.err
 
@@ -281,7 +287,9 @@ def test_unknown_teacher_lists_known(world, tmp_path, capsys):
 def test_unknown_proposals_and_bad_variants(world, tmp_path, capsys):
     rc, io = _run(["smiyc", "--teacher", "_bench_fake", "--proposals", "nope", "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and "unknown proposal source 'nope'" in io.err and "_bench_grid" in io.err
-    rc, io = _run(["smiyc", "--teacher", "_bench_fake", "--variants", "teacher,magic", "--out", str(tmp_path / "r")], capsys)
+    rc, io = _run(
+        ["smiyc", "--teacher", "_bench_fake", "--variants", "teacher,magic", "--out", str(tmp_path / "r")], capsys
+    )
     assert rc == 2 and "--variants must be" in io.err
     rc, io = _run(["smiyc", "--teacher", "a,b", "--weights", "x.onnx", "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and "single --teacher" in io.err
@@ -291,7 +299,8 @@ def test_unknown_proposals_and_bad_variants(world, tmp_path, capsys):
 
 def test_semantic_teacher_is_rejected(world, tmp_path, capsys):
     rc, io = _run(
-        ["smiyc", "--track", "anomaly", "--teacher", "_bench_semantic", "--proposals", "_bench_grid", "--out", str(tmp_path / "r"), "--quiet"],
+        ["smiyc", "--track", "anomaly", "--teacher", "_bench_semantic", "--proposals", "_bench_grid",
+         "--out", str(tmp_path / "r"), "--quiet"],
         capsys,
     )
     assert rc == 2 and "anomaly teacher" in io.err
@@ -312,7 +321,9 @@ def test_limit_and_teacher_only(world, tmp_path, capsys):
     assert not list(out.glob("*.png"))
 
 
-@pytest.mark.parametrize("cmd,mod", [("speed", "posthoc.bench.speed"), ("metrics-speed", "posthoc.bench.metrics_speed")])
+@pytest.mark.parametrize(
+    "cmd,mod", [("speed", "posthoc.bench.speed"), ("metrics-speed", "posthoc.bench.metrics_speed")]
+)
 def test_delegates_rest_of_argv(monkeypatch, cmd, mod):
     seen = []
     fake = types.ModuleType(mod)
@@ -333,8 +344,9 @@ def test_hidden_test_frames_only_export_without_scores(tmp_path, capsys, monkeyp
     data = make_world(tmp_path / "data", n=0, unlabeled=2)
     out, exp = tmp_path / "r", tmp_path / "sub"
     rc, io = _run(
-        ["smiyc", "--track", "obstacle", "--data-root", str(data), "--teacher", "_bench_fake", "--proposals", "_bench_grid",
-         "--variants", "teacher,csl2", "--export-smiyc", str(exp), "--out", str(out), "--quiet"],
+        ["smiyc", "--track", "obstacle", "--data-root", str(data), "--teacher", "_bench_fake",
+         "--proposals", "_bench_grid", "--variants", "teacher,csl2", "--export-smiyc", str(exp), "--out", str(out),
+         "--quiet"],
         capsys,
     )
     assert rc == 0, io.err
@@ -368,7 +380,8 @@ def test_code_fingerprint_is_stable_and_keys_the_cache(world, tmp_path, capsys, 
     fp = fingerprint.code_fingerprint()
     assert len(fp) == 16 and fp == fingerprint.code_fingerprint()
     root, _ = world  # re-pin below
-    monkeypatch.setattr(evaluations, "_synthetic_track", lambda split, track, seed: root / split / "dataset_AnomalyTrack")
+    monkeypatch.setattr(evaluations, "_synthetic_track",
+                        lambda split, track, seed: root / split / "dataset_AnomalyTrack")
     out = tmp_path / "r"
     args = ["smiyc", "--track", "anomaly", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--variants",
             "teacher,csl2", "--out", str(out), "--quiet", "--no-plots"]

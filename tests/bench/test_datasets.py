@@ -203,7 +203,10 @@ def test_laf_errors(tmp_path, rng):
 # ----------------------------------------------------------------------------- Fishyscapes
 
 
-@pytest.mark.parametrize("subset,folder,imgs,labs", [("laf", "fs_lost_found", "images", "labels_masks"), ("static", "Static", "original", "labels")])
+@pytest.mark.parametrize(
+    "subset,folder,imgs,labs",
+    [("laf", "fs_lost_found", "images", "labels_masks"), ("static", "Static", "original", "labels")],
+)
 def test_fishyscapes_layouts(tmp_path, rng, subset, folder, imgs, labs):
     raw = _raw(rng, [0, 1, 255])
     _write_img(tmp_path / folder / imgs / "0007.png", _img(rng))

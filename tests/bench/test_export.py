@@ -12,7 +12,8 @@ from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeErr
 
 def test_write_and_read_back(tmp_path, rng):
     s = rng.random((1, 1, 10, 14), dtype=np.float32)
-    p = export.write_submission_frame(tmp_path, "my method/v2", "AnomalyTrack-all", "cow0000", s, image_shape=(10, 14, 3))
+    p = export.write_submission_frame(tmp_path, "my method/v2", "AnomalyTrack-all", "cow0000", s,
+                                      image_shape=(10, 14, 3))
     assert p == tmp_path / "anomaly_p" / "my-method-v2" / "AnomalyTrack-all" / "cow0000.hdf5"
     with h5py.File(p, "r") as f:
         assert list(f.keys()) == ["value"]

@@ -16,7 +16,8 @@ def _m(ap, fpr, **kw):
 
 @pytest.mark.parametrize(
     "ap,fpr,want",
-    [(0.6, 0.2, "helps"), (0.6, 0.4, "mixed"), (0.4, 0.2, "mixed"), (0.5, 0.3, "does not help"), (0.4, 0.5, "does not help")],
+    [(0.6, 0.2, "helps"), (0.6, 0.4, "mixed"), (0.4, 0.2, "mixed"), (0.5, 0.3, "does not help"),
+     (0.4, 0.5, "does not help")],
 )
 def test_verdict(ap, fpr, want):
     assert report.verdict(_m(0.5, 0.3), _m(ap, fpr)) == want
@@ -46,7 +47,8 @@ def test_format_table_deltas_and_title():
 
 def test_plots_and_overlay(tmp_path, rng):
     curves = {
-        "teacher": {"precision": np.array([1.0, 0.5]), "recall": np.array([0.0, 1.0]), "fpr": np.array([0.0, 1.0]), "tpr": np.array([0.0, 1.0])},
+        "teacher": {"precision": np.array([1.0, 0.5]), "recall": np.array([0.0, 1.0]),
+                    "fpr": np.array([0.0, 1.0]), "tpr": np.array([0.0, 1.0])},
     }
     pr, roc = report.plot_curves(tmp_path / "pr.png", tmp_path / "roc.png", curves, {"teacher": _m(0.5, 0.3)}, "t")
     assert pr.stat().st_size > 1000 and roc.stat().st_size > 1000
@@ -82,11 +84,13 @@ def _results(synthetic=True):
     def m(ap, fpr):
         return {"ap": ap, "fpr95": fpr, "siou_gt": 0.2, "f1_mean": 0.1, "auroc": 0.9, "ppv": 0.3}
 
-    ev = lambda key: {
-        "key": key,
-        "synthetic": synthetic,
-        "teachers": {"t": {"variants": {"teacher": m(0.10, 0.80), "csl2@sp": m(0.15, 0.70)}}},
-    }
+    def ev(key):
+        return {
+            "key": key,
+            "synthetic": synthetic,
+            "teachers": {"t": {"variants": {"teacher": m(0.10, 0.80), "csl2@sp": m(0.15, 0.70)}}},
+        }
+
     return {"metric_mode": "smiyc", "variants": {"teacher": "alone", "csl2@sp": "+CSL2 [sp]"},
             "evaluations": [ev("smiyc-anomaly"), ev("smiyc-obstacle")]}
 

@@ -232,7 +232,8 @@ def test_input_errors():
         K.region_sums(p, lab, -1)
     with pytest.raises(DTypeError, match="values must be a numpy array or a torch tensor; got list"):
         K.region_sums([1, 2], lab, 1)
-    with pytest.raises(ValueRangeError, match=r"backend must be one of \['auto', 'numba', 'triton', 'torch'\]; got 'cuda'"):
+    with pytest.raises(ValueRangeError,
+                       match=r"backend must be one of \['auto', 'numba', 'triton', 'torch'\]; got 'cuda'"):
         K.region_fuse(p, lab, 1, backend="cuda")
     with pytest.raises(ShapeError, match=r"out must be \(B,C,H,W\) = \(2,3,4,5\) like probs; got \(2,3,4\)"):
         K.region_fuse(p, lab, 1, out=torch.empty(2, 3, 4))

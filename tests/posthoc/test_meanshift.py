@@ -9,8 +9,8 @@ from posthoc.errors import DTypeError, NonFiniteError, ShapeError, ValueRangeErr
 from posthoc.meanshift import SPHERE_BANDWIDTH, MeanShiftSphere, meanshift_points, meanshift_sphere
 
 sklearn_cluster = pytest.importorskip("sklearn.cluster")
-from sklearn.metrics import adjusted_rand_score
-from threadpoolctl import threadpool_limits
+from sklearn.metrics import adjusted_rand_score  # noqa: E402 - only once importorskip has found scikit-learn
+from threadpoolctl import threadpool_limits  # noqa: E402 - scikit-learn's dependency, same reason
 
 
 def _sklearn_meanshift(x, seeds):

@@ -200,7 +200,8 @@ def test_offset_resample_cpu_equals_cuda(rng):
 def test_offsets_from_proposals_deterministic_across_buffers(rng):
     lab = rng.integers(-1, 6, size=(2, 17, 23))
     o1, c1 = posthoc.offsets_from_proposals(lab)
-    for other in (lab.copy(), np.ascontiguousarray(np.pad(lab, ((0, 0), (0, 0), (1, 0)))[:, :, 1:]), lab.astype(np.int32)):
+    for other in (lab.copy(), np.ascontiguousarray(np.pad(lab, ((0, 0), (0, 0), (1, 0)))[:, :, 1:]),
+                  lab.astype(np.int32)):
         o2, c2 = posthoc.offsets_from_proposals(other)
         np.testing.assert_array_equal(o1, o2)
         np.testing.assert_array_equal(c1, c2)

@@ -21,7 +21,8 @@ def test_finite_and_range_checks():
         bad = x.to(dt).clone()
         bad[0, 0] = float("nan")
         bad[1, 1] = float("-inf")
-        with pytest.raises(NonFiniteError, match=r"^x must be finite; got 1 NaN and 1 Inf values in a tensor of shape \(2,2\)$"):
+        with pytest.raises(NonFiniteError,
+                           match=r"^x must be finite; got 1 NaN and 1 Inf values in a tensor of shape \(2,2\)$"):
             V.check_finite(bad, "x")
         with pytest.raises(NonFiniteError, match="x must be finite"):
             V.check_range(bad, "x", 0.0, 1.0)
@@ -61,7 +62,9 @@ def test_labels_and_label_range():
     with pytest.raises(DTypeError, match="lab must be an integer tensor"):
         V.check_labels(torch.tensor([0.0]), "lab")
     V.check_label_range(torch.tensor([-1, 0, 2]), 3)
-    with pytest.raises(ValueRangeError, match=r"^labels must lie in \[-1,1\] \(-1 = unassigned, num_regions=2\); got values in \[-1,2\]$"):
+    with pytest.raises(ValueRangeError,
+                       match=r"^labels must lie in \[-1,1\] \(-1 = unassigned, num_regions=2\); "
+                       r"got values in \[-1,2\]$"):
         V.check_label_range(torch.tensor([-1, 0, 2]), 2)
     assert V.as_int_labels(torch.zeros(2, dtype=torch.uint8)).dtype == torch.int64
     lab = torch.zeros(2, dtype=torch.int32)
@@ -81,7 +84,8 @@ def test_as_label_map_and_masks():
     assert n == 2 and out[:, 0].eq(0).all() and out[:, 1].eq(1).all() and out[:, 2:].eq(-1).all()
     with pytest.raises(OverlapError, match="5 pixels covered by 2 or more masks"):
         V.masks_to_labels(torch.ones(1, 2, 1, 5, dtype=torch.bool))
-    with pytest.raises(ShapeError, match=r"^labels must be \(B,H,W\)=\(2,4,5\) matching scores \(2,3,4,5\); got \(2,4,6\)"):
+    with pytest.raises(ShapeError,
+                       match=r"^labels must be \(B,H,W\)=\(2,4,5\) matching scores \(2,3,4,5\); got \(2,4,6\)"):
         V.as_label_map(torch.zeros(2, 4, 6, dtype=torch.int64), scores, batched=True)
     with pytest.raises(DeviceError, match=r"^labels must be on the device of scores \(cpu\); got meta$"):
         V.as_label_map(torch.zeros(2, 4, 5, dtype=torch.int64, device="meta"), scores, batched=True)

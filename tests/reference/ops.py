@@ -257,7 +257,8 @@ def boundary_suppression(x: np.ndarray, pred: np.ndarray, width: int = 4, iterat
 def dilated_smoothing(x: np.ndarray, kernel_size: int = 7, sigma: float = 1.0, dilation: int = 6) -> np.ndarray:
     """One (H,W) image: replicate padding dilation*(k//2), then a dilated normalized Gaussian."""
     c = (kernel_size - 1) / 2
-    g = np.fromfunction(lambda i, j: np.exp(-((i - c) ** 2 + (j - c) ** 2) / (2 * sigma**2)), (kernel_size, kernel_size))
+    g = np.fromfunction(lambda i, j: np.exp(-((i - c) ** 2 + (j - c) ** 2) / (2 * sigma**2)),
+                        (kernel_size, kernel_size))
     g /= g.sum()
     pad = dilation * (kernel_size // 2)
     xp = np.pad(x.astype(np.float64), pad, mode="edge")
