@@ -49,7 +49,7 @@ BUILTIN_TEACHERS = {
 }
 #: built-in proposal sources: name -> "module:factory"
 BUILTIN_PROPOSALS = {
-    "sam": _P + "SamProposals",
+    "sam": "posthoc.adapters.proposals_sam:SamProposals",
     "mask_transformer": _P + "MaskTransformerProposals",
     "superpixels": _P + "SuperpixelProposals",
     "meanshift": _P + "MeanShiftProposals",
