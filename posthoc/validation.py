@@ -348,9 +348,8 @@ def as_label_map(
     >>> lab.tolist(), n
     ([[[0, 0, 1]]], 2)
     """
-    from .types import Proposals  # types imports this module
-
-    if isinstance(proposals, Proposals):
+    # a posthoc.Proposals, recognised by its labels (types imports this module, not the reverse)
+    if not isinstance(proposals, (np.ndarray, torch.Tensor)) and hasattr(proposals, "labels"):
         name = f"{arg_name}.labels"
         lab, was_np = as_torch(proposals.labels, name)
     else:
