@@ -130,10 +130,10 @@ class VariantMaps:
             with timer(f"pipeline:{src}") if timer is not None else contextlib.nullcontext():
                 stages[src] = pipe(anomaly, props, semantic_logits=t_out.logits)
         for v in self.chain:
-            if v.source is None:
-                out = anomaly
-            else:
-                out = stages[v.source][STAGE_OUTPUTS[v.steps[-1]]]
+            if v.source is None:  # TeacherOutput already checked the teacher's range when it was built
+                maps[v.key] = anomaly
+                continue
+            out = stages[v.source][STAGE_OUTPUTS[v.steps[-1]]]
             if tuple(out.shape) != tuple(anomaly.shape):
                 raise ShapeError(f"variant {v.key} produced shape {tuple(out.shape)}; expected {tuple(anomaly.shape)}")
             out = out.float()
