@@ -129,6 +129,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
     active = [k for k in names if comp[k] is not None]
     if active:
         for labels, maps in passes():
+            if tuple(maps) != names:
+                raise ValueRangeError(f"every frame must give the maps {list(names)}; got {list(maps)} (second pass)")
             for k in active:
                 comp[k].update(maps[k], labels)
         for k in active:
