@@ -79,8 +79,10 @@ def export_maps(cfg: BenchConfig, dataset: Any, display: str, keys: Sequence[str
 
 
 def score_teacher(dataset: Any, keys: Sequence[str], cache: RunCache, labelled: Sequence[str], *, mode: str,
-                  show_progress: bool, timer: Timer, desc: str) -> tuple[dict, dict]:
-    """Metrics of every variant over the labelled frames, read back from the cache.
+                  show_progress: bool, timer: Timer, desc: str,
+                  threshold_dtype: str = "float64") -> tuple[dict, dict]:
+    """Metrics of every variant over the labelled frames, read back from the cache
+    (every map verified against its checksum, :meth:`RunCache.load_map`).
 
     Returns:
         ``(metrics, curves)``: per variant key the merged pixel + component metrics (plain
@@ -111,7 +113,8 @@ def score_teacher(dataset: Any, keys: Sequence[str], cache: RunCache, labelled: 
             yield lab, maps
 
     with timer("metrics"):
-        res = evaluate_anomaly_maps(frames, track=dataset.track, mode=mode, on_empty="record")
+        res = evaluate_anomaly_maps(frames, track=dataset.track, mode=mode, on_empty="record",
+                                    threshold_dtype=threshold_dtype)
     metrics, curves = {}, {}
     for k in keys:
         pix = dict(res[k]["pixel"])
