@@ -148,9 +148,14 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     """
     cfg.validate()
     out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = check_output_dir(out, "--out")
-    if cfg.export_smiyc:
-        check_output_dir(cfg.export_smiyc, "--export-smiyc")
+    targets = [(out, "--out")] + ([(cfg.export_smiyc, "--export-smiyc")] if cfg.export_smiyc else [])
+    for path, flag in targets:  # nothing is created while any of them is bad
+        if Path(path).expanduser().exists() and not Path(path).expanduser().is_dir():
+            raise BenchError(f"{flag} {Path(path).expanduser()} exists and is not a folder; give a folder "
+                             f"(new or existing) for {flag}")
+    for path, flag in targets:
+        check_output_dir(path, flag)
+    out = Path(out).expanduser()
     with RunLock(out) as lock:
         return _run_locked(cfg, out, lock)
 
