@@ -1,6 +1,6 @@
 """Slow, obviously correct numpy references for mean-shift on the projective sphere and the
 multi-resolution merge (Dille et al., Eq. 1-2 and §4.1; readings in posthoc/meanshift.py and
-posthoc/meanshift_multires.py). One seed, one segment, one pixel at a time; float64.
+posthoc/multires.py). One seed, one segment, one pixel at a time; float64.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def upsample_nearest(lab: np.ndarray, H: int, W: int) -> np.ndarray:
 
 def merge_levels(labels_by_level: list, iou_threshold: float = 0.8, contain_threshold: float = 0.9,
                  min_size: int = 0) -> np.ndarray:
-    """Dille et al. §4.1 as read in posthoc/meanshift_multires.py, with one boolean mask per segment.
+    """Dille et al. §4.1 as read in posthoc/multires.py, with one boolean mask per segment.
 
     labels_by_level: list of (h_i,w_i) int maps, coarse to fine (-1 = no segment). Returns (H,W).
     """
