@@ -92,52 +92,69 @@ def _upsample_nearest(lab: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return lab[rows][:, cols]
 
 
+def _compact(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of v (N,) int64 >= -1 -> (kept ids (K,) ascending, v mapped to 0..K-1 with -1 kept).
+
+    A lookup table from one bincount when the ids are small (cluster ids are), else torch.unique.
+    """
+    top = int(v.max()) if v.numel() else -1
+    if top < max(4 * v.numel(), 1 << 20):
+        present = torch.bincount(v + 1, minlength=top + 2)[1:] > 0
+        lut = torch.cumsum(present, 0) - 1
+        lut = torch.cat([torch.full((1,), -1, dtype=torch.int64, device=v.device), lut])
+        return present.nonzero().squeeze(1), lut[v + 1]
+    valid = v >= 0
+    ids, inv = torch.unique(v[valid], return_inverse=True)
+    out = torch.full_like(v, -1)
+    out[valid] = inv
+    return ids, out
+
+
 def _merge_image(levels: list[torch.Tensor], iou_threshold: float, contain_threshold: float,
                  min_size: int) -> torch.Tensor:
-    """One image: labels (h_i,w_i) int64 per level, coarse to fine -> (H,W) int64, -1 kept."""
+    """One image: labels (h_i,w_i) int64 per level, coarse to fine -> (H,W) int64, -1 kept.
+
+    One contingency table per level: bincount of (c+1)*(Kn+1) + (n+1) over the pixels, with row and
+    column 0 holding the unassigned (-1) pixels, so the areas are its row and column sums.
+    """
     H, W = levels[-1].shape
-    cur = _upsample_nearest(levels[0], H, W).reshape(-1).clone()
+    cur = _upsample_nearest(levels[0], H, W).reshape(-1)
     next_id = int(cur.max()) + 1 if cur.numel() else 0
     for lvl in levels[1:]:
         new = _upsample_nearest(lvl, H, W).reshape(-1)
-        cvalid, nvalid = cur >= 0, new >= 0
-        if not bool(nvalid.any()):
+        ci, ni = cur, new
+        Kc, Kn = int(cur.max()) + 1, int(new.max()) + 1
+        if Kn == 0:
             continue
-        cu, ci = torch.unique(cur[cvalid], return_inverse=True)
-        nu, ni_v = torch.unique(new[nvalid], return_inverse=True)
-        Kc, Kn = cu.numel(), nu.numel()
-        ni = torch.full_like(new, -1)
-        ni[nvalid] = ni_v
-        area_n = torch.bincount(ni_v, minlength=Kn)
-        target = torch.full((Kn,), -1, dtype=torch.int64, device=cur.device)
+        if (Kc + 1) * (Kn + 1) > 4 * cur.numel() + (1 << 20):  # sparse large ids: make the table small
+            cu, ci = _compact(cur)
+            nu, ni = _compact(new)
+            Kc, Kn = cu.numel(), nu.numel()
+        else:  # small ids (cluster ids) are their own index; ids with no pixel have area 0 and never match
+            cu = torch.arange(Kc, device=cur.device)
+        table = torch.bincount((ci + 1) * (Kn + 1) + (ni + 1), minlength=(Kc + 1) * (Kn + 1)).reshape(Kc + 1, Kn + 1)
+        inter = table[1:, 1:]
+        area_c = table[1:].sum(1)
+        area_n = table[:, 1:].sum(0)
+        target = torch.full((Kn + 1,), -1, dtype=torch.int64, device=cur.device)  # slot 0: unassigned pixels
         if Kc:
-            ci_full = torch.full_like(cur, -1)
-            ci_full[cvalid] = ci
-            both = cvalid & nvalid
-            inter = torch.bincount(ci_full[both] * Kn + ni[both], minlength=Kc * Kn).reshape(Kc, Kn)
-            area_c = torch.bincount(ci, minlength=Kc)
             union = area_c[:, None] + area_n[None, :] - inter
             iou = inter.double() / union.clamp_min(1).double()
             best_iou, best_c = iou.max(0)
-            best_in = inter.max(0).values  # the container: at most one c holds > half of n
+            best_in = inter.max(0).values  # the container: at most one c holds more than half of n
             big = area_n >= max(min_size, 1)
             replace = big & (best_iou >= iou_threshold)
             inside = big & ~replace & (best_in.double() >= contain_threshold * area_n.double())
-            target[replace] = cu[best_c[replace]]
             k = int(inside.sum())
-            target[inside] = torch.arange(next_id, next_id + k, device=cur.device)
+            tn = target[1:]
+            tn[replace] = cu[best_c[replace]]
+            tn[inside] = torch.arange(next_id, next_id + k, device=cur.device)
             next_id += k
             log.debug("merge_levels: %d replaced, %d subdivided, %d ignored of %d segments",
                       int(replace.sum()), k, Kn - int(replace.sum()) - k, Kn)
-        paint = torch.full_like(new, -1)
-        paint[nvalid] = target[ni_v]
+        paint = target[ni + 1]
         cur = torch.where(paint >= 0, paint, cur)
-    valid = cur >= 0
-    out = torch.full_like(cur, -1)
-    if bool(valid.any()):
-        _, out_v = torch.unique(cur[valid], return_inverse=True)
-        out[valid] = out_v
-    return out.reshape(H, W)
+    return _compact(cur)[1].reshape(H, W)
 
 
 @torch.inference_mode()

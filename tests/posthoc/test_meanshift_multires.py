@@ -86,6 +86,10 @@ def test_merge_levels_matches_loop_reference(seed, thr):
     for b in range(2):
         ref = ref_ms.merge_levels([lv[b] for lv in levels], iou, contain, min_size)
         np.testing.assert_array_equal(out[b], ref)
+    # sparse, huge ids (the unique-based path) give the same map
+    sparse = [np.where(lv >= 0, lv * 1_000_003 + 17, -1) for lv in levels]
+    np.testing.assert_array_equal(
+        merge_levels(sparse, iou_threshold=iou, contain_threshold=contain, min_size=min_size), out)
     # batched equals per image
     single = merge_levels([lv[1:2] for lv in levels], iou_threshold=iou, contain_threshold=contain,
                           min_size=min_size)
