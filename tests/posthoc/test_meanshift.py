@@ -290,3 +290,16 @@ def test_projective_angles_near_90_and_zero_pixels():
     f[..., :2] = 0.0
     lab = meanshift_sphere(f, n_seeds=300)
     assert _same_partition(lab[0, :, 2:], q[:, 2:]) and int(lab.max()) == 1
+
+
+@pytest.mark.parametrize("levels", [1, 2, 4])
+def test_lines_ignore_per_pixel_signs_exactly(levels):
+    # Eq. 1 (f == -f): flipping any pixel's sign gives bit-identical labels and modes (the kernel, the
+    # sign-aligned mean, the pooled pyramid and the |cos| assignment are all odd/even in f); odd sizes pad
+    f, _ = _image(B=2, h=15, w=21, seed=4)
+    flipped = f * _random_signs(f.shape, seed=5)
+    a, ma = meanshift_sphere(f, levels=levels, n_seeds=32, return_modes=True)
+    b, mb = meanshift_sphere(flipped, levels=levels, n_seeds=32, return_modes=True)
+    assert torch.equal(a, b) and int(a.max()) == 2
+    for x, y in zip(ma, mb, strict=True):
+        assert torch.equal(x, y)
