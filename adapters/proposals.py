@@ -319,7 +319,8 @@ class MeanShiftProposals(ProposalSource):
             see :func:`posthoc.meanshift.meanshift_sphere` (``levels > 1``, the pooled-pyramid warm
             start, cannot be combined with several resolutions).
         iou_threshold, contain_threshold, merge_min_size: the §4.1 merge, see
-            :func:`posthoc.multires.merge_levels` (``merge_min_size`` is its ``min_size``).
+            :func:`posthoc.multires.merge_levels` (``merge_min_size`` is its ``min_size``; with
+            ``split=True`` it merges 8-connected components, ``connectivity=8``).
         split: split clusters into connected components.
         min_size: with ``split``, components smaller than this become -1.
     """
@@ -348,8 +349,9 @@ class MeanShiftProposals(ProposalSource):
                 f"levels={levels} (one feature map, pooled) and scales={self.scales} (the network at several "
                 "resolutions, Dille et al. §4.1) are two multi-resolution methods; use one of them")
         _check_merge_settings(iou_threshold, contain_threshold, merge_min_size)
+        # with split=True the regions are connected components, so the merge matches components too
         self.merge_kw = {"iou_threshold": iou_threshold, "contain_threshold": contain_threshold,
-                         "min_size": merge_min_size}
+                         "min_size": merge_min_size, "connectivity": 8 if split else None}
         self.split, self.min_size = bool(split), int(min_size)
 
     @staticmethod

@@ -28,6 +28,12 @@ The paper's supplement, which holds the exact rule, is not available; this is ou
    level are disjoint, so the order in which they are painted does not matter.
 3. The final ids are made consecutive, 0..K-1, in the order of their first id (coarse ids first).
 
+A mean-shift segment is a cluster and may be several blobs (two cars with one direction). With
+``connectivity=8`` (or 4) every level's segments are first split into their connected components
+(:func:`posthoc.split_components`, at the level's own resolution; nearest upsampling keeps
+components apart and connected), so each blob is matched on its own; the default ``None`` merges
+the clusters as they are.
+
 :func:`merge_levels` is step 2 on label maps (any clustering); :func:`meanshift_multires` runs
 :func:`posthoc.meanshift.meanshift_sphere` on every level first. tests/reference/meanshift.py has a
 loop-over-segments version of the merge that the tests compare with.
@@ -51,13 +57,16 @@ log = logging.getLogger(__name__)
 __all__ = ["merge_levels", "meanshift_multires"]
 
 
-def _check_merge_settings(iou_threshold: float, contain_threshold: float, min_size: int) -> None:
+def _check_merge_settings(iou_threshold: float, contain_threshold: float, min_size: int,
+                          connectivity: int | None = None) -> None:
     for name, v in (("iou_threshold", iou_threshold), ("contain_threshold", contain_threshold)):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.5 < v <= 1.0):
             raise ValueRangeError(
                 f"{name} must be a number in (0.5,1] (above 1/2 a segment can match at most one other); got {v!r}")
     if not isinstance(min_size, (int, np.integer)) or isinstance(min_size, bool) or min_size < 0:
         raise ValueRangeError(f"min_size must be an integer >= 0 (pixels at the finest resolution); got {min_size!r}")
+    if connectivity is not None and (isinstance(connectivity, bool) or connectivity not in (4, 8)):
+        raise ValueRangeError(f"connectivity must be None, 4 or 8; got {connectivity!r}")
 
 
 def _check_levels(maps: Any, name: str, ndim: int, layout: str) -> tuple[list[torch.Tensor], bool]:
@@ -164,6 +173,7 @@ def merge_levels(
     iou_threshold: float = 0.8,
     contain_threshold: float = 0.9,
     min_size: int = 0,
+    connectivity: int | None = None,
 ) -> Any:
     """Merge per-resolution segmentations from coarse to fine (Dille et al. §4.1, our reading; see the module).
 
@@ -176,6 +186,8 @@ def merge_levels(
         contain_threshold: a finer segment with at least this fraction of its pixels inside one
             existing segment (and no replacement) subdivides it (new id); in (0.5,1], default 0.9.
         min_size: finer segments with fewer pixels (at the finest resolution) are ignored.
+        connectivity: None (default) compares the segments as given; 8 or 4 splits every
+            level's segments into connected components first.
 
     Returns:
         (B,H,W) int64 at the finest level's resolution, ids 0..K_b-1 per image (-1 only where
@@ -192,7 +204,7 @@ def merge_levels(
     [[[0, 0, 1, 2]]]
     """
     maps, was_np = _check_levels(labels_by_level, "labels_by_level", 3, "(B,h,w)")
-    _check_merge_settings(iou_threshold, contain_threshold, min_size)
+    _check_merge_settings(iou_threshold, contain_threshold, min_size, connectivity)
     dev = maps[-1].device
     for i, m in enumerate(maps):
         if m.dtype.is_floating_point or m.dtype.is_complex or m.dtype == torch.bool:
@@ -200,6 +212,10 @@ def merge_levels(
         if m.numel() and int(m.min()) < -1:
             raise ValueRangeError(f"labels_by_level[{i}] ids must be >= -1 (-1 = no segment); got min {int(m.min())}")
     maps = [m.to(dev, torch.int64) for m in maps]
+    if connectivity is not None:
+        from .components import split_components
+
+        maps = [split_components(m, connectivity=int(connectivity)) for m in maps]
     B, H, W = maps[-1].shape
     out = torch.empty((B, H, W), dtype=torch.int64, device=dev)
     if H * W:
@@ -218,6 +234,7 @@ def meanshift_multires(
     iou_threshold: float = 0.8,
     contain_threshold: float = 0.9,
     min_size: int = 0,
+    connectivity: int | None = None,
     n_seeds: int = 256,
     n_samples: int = 20000,
     max_iter: int = 300,
@@ -240,7 +257,7 @@ def meanshift_multires(
             any finite range (L2-normalized over F_i). numpy or torch, on any device.
         bandwidth, angle_deg, projective, n_seeds, n_samples, max_iter, tol, chunk_size, seed:
             see :func:`posthoc.meanshift.meanshift_sphere`.
-        iou_threshold, contain_threshold, min_size: see :func:`merge_levels`.
+        iou_threshold, contain_threshold, min_size, connectivity: see :func:`merge_levels`.
         return_levels: also return the per-level cluster maps (list of (B,h_i,w_i) int64).
 
     Returns:
@@ -252,7 +269,7 @@ def meanshift_multires(
         ShapeError, DTypeError, NonFiniteError, ValueRangeError: on bad input or settings.
     """
     feats, _ = _check_levels(features_by_level, "features_by_level", 4, "(B,F,h,w)")
-    _check_merge_settings(iou_threshold, contain_threshold, min_size)
+    _check_merge_settings(iou_threshold, contain_threshold, min_size, connectivity)
     _, was_np = as_torch(features_by_level[-1], "features_by_level[-1]")
     per_level = [
         meanshift_sphere(f, bandwidth, angle_deg=angle_deg, projective=projective, n_seeds=n_seeds,
@@ -261,7 +278,7 @@ def meanshift_multires(
     ]
     dev = feats[-1].device
     labels = merge_levels([p.to(dev) for p in per_level], iou_threshold=iou_threshold,
-                          contain_threshold=contain_threshold, min_size=min_size)
+                          contain_threshold=contain_threshold, min_size=min_size, connectivity=connectivity)
     out = restore(labels, was_np)
     if return_levels:
         return out, [restore(p, was_np) for p in per_level]

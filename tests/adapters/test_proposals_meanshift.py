@@ -47,7 +47,7 @@ def test_scales_run_the_embedder_at_each_resolution_and_merge():
     p = get_proposals("meanshift", embedder=emb, scales=(1.0, 0.5), n_seeds=64, split=False)(img)
     assert emb.sizes == [(16, 24), (32, 48)]  # coarse to fine, whatever order scales= was given in
     assert p.meta["scales"] == (0.5, 1.0) and p.meta["resolutions"] == 2 and p.meta["projective"] is True
-    assert p.meta["merge"] == {"iou_threshold": 0.8, "contain_threshold": 0.9, "min_size": 0}
+    assert p.meta["merge"] == {"iou_threshold": 0.8, "contain_threshold": 0.9, "min_size": 0, "connectivity": None}
     lab = np.asarray(p.labels)
     assert lab.shape == (1, 32, 48) and _same_partition(lab[0], q)
 
@@ -70,7 +70,9 @@ def test_feature_list_is_multires_and_matches_the_function():
     assert torch.equal(p.labels, ref)
     # split=True splits the merged clusters into 8-connected components
     p = get_proposals("meanshift", n_seeds=64)(img, features=tuple(fs))
-    assert torch.equal(p.labels, posthoc.split_components(ref, connectivity=8))
+    assert p.meta["merge"]["connectivity"] == 8
+    merged = posthoc.meanshift_multires(fs, n_seeds=64, connectivity=8)
+    assert torch.equal(p.labels, posthoc.split_components(merged, connectivity=8))
 
 
 def test_scales_errors():

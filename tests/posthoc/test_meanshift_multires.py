@@ -44,6 +44,21 @@ def test_boundary_moves_and_contained_segment_subdivides():
     assert np.array_equal(ref_ms.merge_levels([coarse_q.numpy(), fine_q.numpy()]), lab[0].numpy())
 
 
+def test_components_of_one_cluster_are_matched_on_their_own():
+    # one fine cluster (id 4) is two blobs, one inside each coarse segment: as a cluster it is contained in
+    # neither and is ignored; as components each blob subdivides the segment it lies in
+    coarse = torch.zeros(1, 3, 6, dtype=torch.long)
+    coarse[..., 3:] = 1
+    fine = coarse.clone()
+    fine[0, 1, 1] = fine[0, 1, 4] = 4
+    # the backgrounds replace (IoU 8/9); cluster 4 has half its pixels in each coarse segment
+    assert torch.equal(merge_levels([coarse, fine], iou_threshold=0.85), coarse)
+    out = merge_levels([coarse, fine], iou_threshold=0.85, connectivity=8)
+    want = coarse.clone()
+    want[0, 1, 1], want[0, 1, 4] = 2, 3
+    assert torch.equal(out, want)
+
+
 def test_straddling_segment_is_ignored_and_remnants_keep_their_id():
     coarse = torch.tensor([[0, 0, 1, 1]])  # (1,4) -> upsampled to (1,8): 0 0 0 0 1 1 1 1
     fine = torch.tensor([[5, 5, 5, 9, 9, 7, 7, 7]])  # 9 straddles the boundary: neither a match nor contained
@@ -90,6 +105,12 @@ def test_merge_levels_matches_loop_reference(seed, thr):
     sparse = [np.where(lv >= 0, lv * 1_000_003 + 17, -1) for lv in levels]
     np.testing.assert_array_equal(
         merge_levels(sparse, iou_threshold=iou, contain_threshold=contain, min_size=min_size), out)
+    # connectivity=8 is the merge of the levels' connected components
+    comps = merge_levels(levels, iou_threshold=iou, contain_threshold=contain, min_size=min_size, connectivity=8)
+    for b in range(2):
+        ref = ref_ms.merge_levels([posthoc.split_components(lv[b], connectivity=8) for lv in levels], iou, contain,
+                                  min_size)
+        np.testing.assert_array_equal(comps[b], ref)
     # batched equals per image
     single = merge_levels([lv[1:2] for lv in levels], iou_threshold=iou, contain_threshold=contain,
                           min_size=min_size)
@@ -135,6 +156,8 @@ def test_errors():
         merge_levels([torch.zeros(1, 2, 2, dtype=torch.long)], contain_threshold=1.5)
     with pytest.raises(ValueRangeError, match="min_size"):
         merge_levels([torch.zeros(1, 2, 2, dtype=torch.long)], min_size=-1)
+    with pytest.raises(ValueRangeError, match="connectivity must be None, 4 or 8"):
+        meanshift_multires([f], connectivity=6)
     with pytest.raises(DTypeError, match="integer label map"):
         merge_levels([torch.zeros(1, 2, 2)])
     with pytest.raises(ValueRangeError, match=">= -1"):
