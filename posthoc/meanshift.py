@@ -574,7 +574,8 @@ def meanshift_sphere(
         tol: convergence threshold, relative to the chord of the neighbourhood (sklearn's 1e-3).
         levels: pooled-pyramid warm start (1 = single resolution). Not the paper's §4.1
             multi-resolution refinement, which is :func:`posthoc.meanshift_multires`; kept for
-            speed and for existing callers (with ``projective=False`` it is exactly the old behaviour).
+            speed and for existing callers (with ``projective=False, bandwidth=sqrt(2)/2`` it is
+            exactly the old behaviour).
         chunk_size: sample points (or pixels / 8) per matmul chunk; bounds the memory.
         seed: seed of the generator for the subsamples; the output is deterministic.
         return_modes: also return the list of per-image modes.
