@@ -292,34 +292,47 @@ class SuperpixelProposals(ProposalSource):
 
 @register_proposals("meanshift")
 class MeanShiftProposals(ProposalSource):
-    """Mean-shift on the hypersphere over per-pixel embeddings (Dille et al.; DESIGN.md).
+    """Mean-shift on the projective sphere over per-pixel embeddings (Dille et al.; DESIGN.md).
 
     The embeddings come from (first match wins):
 
-    1. ``features=`` passed to the call, a (B,F,h,w) tensor;
+    1. ``features=`` passed to the call: a (B,F,h,w) tensor, or a list of them from coarse to
+       fine (the network already run at several resolutions);
     2. ``embedder``: a callable taking the (B,3,H,W) float [0,1] image batch and returning
-       (B,F,h,w) embeddings (e.g. the bottom-up paper's network);
+       (B,F,h,w) embeddings (e.g. the bottom-up paper's network). It is run once per entry of
+       ``scales``, on the image resized (bilinear, antialiased when shrinking) by that factor;
     3. ``teacher_output.features[feature_key]`` (``feature_key=None`` takes the only entry).
 
-    They are clustered by :func:`posthoc.meanshift.meanshift_sphere`, the cluster map is
-    upsampled to the image size (nearest) and, with ``split=True`` (default), every
-    cluster is split into its 8-connected components so that two objects sharing one
-    mode become two regions.
+    One resolution is clustered by :func:`posthoc.meanshift.meanshift_sphere`; several (a list of
+    ``features=``, or ``scales=`` with two or more entries) by :func:`posthoc.meanshift_multires`,
+    the paper's §4.1 refinement: every resolution is clustered and the segments are merged from
+    the smallest resolution up. The cluster map is upsampled to the image size (nearest) and, with
+    ``split=True`` (default), every cluster is split into its 8-connected components so that two
+    objects sharing one mode become two regions.
 
     Args:
         feature_key: which entry of ``TeacherOutput.features`` to cluster.
         embedder: optional callable producing embeddings from images.
-        bandwidth, n_seeds, n_samples, max_iter, tol, levels, chunk_size, seed: see
-            :func:`posthoc.meanshift.meanshift_sphere`.
+        scales: input scales the embedder is run at, e.g. ``(0.5, 1.0)``; sorted ascending
+            (coarse to fine). Default ``(1.0,)``: one run at the image size.
+        bandwidth, angle_deg, projective, n_seeds, n_samples, max_iter, tol, levels, chunk_size, seed:
+            see :func:`posthoc.meanshift.meanshift_sphere` (``levels > 1``, the pooled-pyramid warm
+            start, cannot be combined with several resolutions).
+        iou_threshold, contain_threshold, merge_min_size: the §4.1 merge, see
+            :func:`posthoc.multires.merge_levels` (``merge_min_size`` is its ``min_size``; with
+            ``split=True`` it merges 8-connected components, ``connectivity=8``).
         split: split clusters into connected components.
         min_size: with ``split``, components smaller than this become -1.
     """
 
     def __init__(self, feature_key: str | None = None, *, embedder: Callable | None = None,
-                 bandwidth: float | None = None, n_seeds: int = 256, n_samples: int = 20000, max_iter: int = 300,
+                 bandwidth: float | None = None, angle_deg: float = 45.0, projective: bool = True,
+                 scales: Sequence[float] = (1.0,), iou_threshold: float = 0.8, contain_threshold: float = 0.9,
+                 merge_min_size: int = 0, n_seeds: int = 256, n_samples: int = 20000, max_iter: int = 300,
                  tol: float = 1e-3, levels: int = 1, chunk_size: int = 2048, seed: int = 0, split: bool = True,
                  min_size: int = 0, weights: Any = None) -> None:
-        from posthoc.meanshift import SPHERE_BANDWIDTH, MeanShiftSphere
+        from posthoc.meanshift import MeanShiftSphere
+        from posthoc.multires import _check_merge_settings
 
         if weights is not None:
             raise ValueRangeError("the meanshift source takes no weights; pass embedder= or features")
@@ -327,16 +340,48 @@ class MeanShiftProposals(ProposalSource):
             raise DTypeError(f"embedder must be callable; got {type(embedder).__name__}")
         self.feature_key = feature_key
         self.embedder = embedder
-        self.clusterer = MeanShiftSphere(SPHERE_BANDWIDTH if bandwidth is None else bandwidth, n_seeds=n_seeds,
+        self.clusterer = MeanShiftSphere(bandwidth, angle_deg=angle_deg, projective=projective, n_seeds=n_seeds,
                                          n_samples=n_samples, max_iter=max_iter, tol=tol, levels=levels,
                                          chunk_size=chunk_size, seed=seed)
+        self.scales = self._check_scales(scales)
+        if len(self.scales) > 1 and levels > 1:
+            raise ValueRangeError(
+                f"levels={levels} (one feature map, pooled) and scales={self.scales} (the network at several "
+                "resolutions, Dille et al. §4.1) are two multi-resolution methods; use one of them")
+        _check_merge_settings(iou_threshold, contain_threshold, merge_min_size)
+        # with split=True the regions are connected components, so the merge matches components too
+        self.merge_kw = {"iou_threshold": iou_threshold, "contain_threshold": contain_threshold,
+                         "min_size": merge_min_size, "connectivity": 8 if split else None}
         self.split, self.min_size = bool(split), int(min_size)
 
-    def _features(self, x: torch.Tensor, teacher_output: TeacherOutput | None, features: Any) -> torch.Tensor:
+    @staticmethod
+    def _check_scales(scales: Any) -> tuple[float, ...]:
+        ok = isinstance(scales, Sequence) and not isinstance(scales, str) and len(scales) > 0
+        vals = tuple(scales) if ok else ()
+        if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+                             for v in vals) or len(set(vals)) != len(vals):
+            raise ValueRangeError(
+                f"scales must be a non-empty sequence of distinct positive numbers, e.g. (0.5, 1.0); got {scales!r}")
+        return tuple(sorted(float(v) for v in vals))
+
+    def _features(self, x: torch.Tensor, teacher_output: TeacherOutput | None, features: Any) -> list[torch.Tensor]:
+        """The feature maps to cluster, coarse to fine: (B,F,h_i,w_i) each."""
+        from posthoc.validation import as_torch
+
+        H, W = x.shape[-2:]
+        if len(self.scales) > 1 and (self.embedder is None or features is not None):
+            raise ValueRangeError(
+                f"scales={self.scales} runs the embedder at each scale, so it needs embedder= and no features=; "
+                "to cluster maps you already have at several resolutions pass features=[coarse, ..., fine]")
         if features is not None:
-            f = features
+            fs = list(features) if isinstance(features, (list, tuple)) else [features]
         elif self.embedder is not None:
-            f = self.embedder(x)
+            fs = []
+            for s in self.scales:
+                size = (max(1, round(H * s)), max(1, round(W * s)))
+                xs = x if size == (H, W) else F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                                            antialias=s < 1)
+                fs.append(self.embedder(xs))
         elif teacher_output is not None and teacher_output.features:
             feats = teacher_output.features
             if self.feature_key is None:
@@ -344,38 +389,47 @@ class MeanShiftProposals(ProposalSource):
                     raise ValueRangeError(
                         f"teacher_output.features has {len(feats)} entries {sorted(feats)}; choose one with "
                         "feature_key=")
-                f = next(iter(feats.values()))
+                fs = [next(iter(feats.values()))]
             elif self.feature_key not in feats:
                 raise ValueRangeError(
                     f"teacher_output.features has no {self.feature_key!r}; it has {sorted(feats)}")
             else:
-                f = feats[self.feature_key]
+                fs = [feats[self.feature_key]]
         else:
             raise ValueRangeError(
-                "the meanshift source needs per-pixel embeddings: pass features=(B,F,h,w), an embedder=, "
-                "or a teacher_output whose .features holds them")
-        from posthoc.validation import as_torch
-
-        f, _ = as_torch(f, "features")
-        if f.ndim != 4 or f.shape[0] != x.shape[0]:
-            raise ShapeError(f"features must be (B,F,h,w) with B={x.shape[0]}; got {shape_str(f.shape)}")
-        return f
+                "the meanshift source needs per-pixel embeddings: pass features=(B,F,h,w) (or a list of them, "
+                "coarse to fine), an embedder=, or a teacher_output whose .features holds them")
+        out = []
+        for i, f in enumerate(fs):
+            f, _ = as_torch(f, "features")
+            if f.ndim != 4 or f.shape[0] != x.shape[0]:
+                where = f" (resolution {i} of {len(fs)})" if len(fs) > 1 else ""
+                raise ShapeError(f"features must be (B,F,h,w) with B={x.shape[0]}; got {shape_str(f.shape)}{where}")
+            out.append(f)
+        return out
 
     @torch.inference_mode()
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None, *,
                  features: Any = None) -> Proposals:
         x = _images(images)
         _B, _, H, W = x.shape
-        f = self._features(x, teacher_output, features)
-        lab = self.clusterer(f)
+        fs = self._features(x, teacher_output, features)
+        if len(fs) == 1:
+            lab = self.clusterer(fs[0])
+        else:
+            from posthoc.multires import meanshift_multires
+
+            kw = {k: v for k, v in self.clusterer.kw.items() if k != "levels"}
+            lab = meanshift_multires(fs, **kw, **self.merge_kw)
         if tuple(lab.shape[-2:]) != (H, W):
             lab = F.interpolate(lab.unsqueeze(1).float(), size=(H, W), mode="nearest").squeeze(1).long()
         if self.split:
             from posthoc.components import split_components
 
             lab = split_components(lab, connectivity=8, min_size=self.min_size)
-        return Proposals(labels=lab, meta={"source": "meanshift", **self.clusterer.kw, "split": self.split},
-                         labels_final=True)
+        meta = {"source": "meanshift", **self.clusterer.kw, "scales": self.scales, "resolutions": len(fs),
+                **({"merge": self.merge_kw} if len(fs) > 1 else {}), "split": self.split}
+        return Proposals(labels=lab, meta=meta, labels_final=True)
 
 
 # ----------------------------------------------------------------------------- ONNX region proposals

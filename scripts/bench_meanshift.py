@@ -9,7 +9,8 @@ Usage:
 
 Data: k unit-norm cluster centres in d dimensions, points = centre + Gaussian noise,
 L2-normalized (the setting of the bottom-up paper's embeddings). Both implementations
-get the same ``--seeds`` starting points and the bandwidth sqrt(2)/2; the script
+get the same ``--seeds`` starting points and the bandwidth sqrt(2)/2 (posthoc with
+``projective=False``, the unit-direction path scikit-learn computes); the script
 reports wall-clock times (best of ``--repeat``), the speed-up and the adjusted Rand
 index between the two labelings. The figures in docs/proposals.md come from here.
 """
@@ -67,8 +68,9 @@ def main(argv=None) -> int:
     seeds = x[np.random.default_rng(1).choice(len(x), min(args.seeds, len(x)), replace=False)]
     xt = torch.from_numpy(x).to(args.device)
     st = torch.from_numpy(seeds).to(args.device)
-    meanshift_points(xt[:2000], seeds=st[:16])  # warm-up
-    t_ours, (lab, modes) = best_of(lambda: meanshift_points(xt, seeds=st), args.repeat)
+    meanshift_points(xt[:2000], SPHERE_BANDWIDTH, seeds=st[:16], projective=False)  # warm-up
+    t_ours, (lab, modes) = best_of(lambda: meanshift_points(xt, SPHERE_BANDWIDTH, seeds=st, projective=False),
+                                       args.repeat)
     res = {"n": args.n, "dim": args.dim, "k": args.k, "seeds": len(seeds), "threads": args.threads,
            "device": args.device, "posthoc_s": t_ours, "posthoc_modes": int(modes.shape[0]),
            "torch": torch.__version__, "python": platform.python_version()}
@@ -96,9 +98,10 @@ def main(argv=None) -> int:
         f = palette[blocks].permute(2, 0, 1).unsqueeze(0)
         f = torch.nn.functional.interpolate(f, size=(h, w), mode="nearest")  # piecewise-constant regions
         f = (f + 0.1 * torch.randn(f.shape, generator=g)).to(args.device)
-        meanshift_sphere(f[..., :64, :64])
+        meanshift_sphere(f[..., :64, :64], SPHERE_BANDWIDTH, projective=False)
         for levels in (1, 2):
-            t_img, lab_img = best_of(lambda lv=levels: meanshift_sphere(f, levels=lv), args.repeat)
+            t_img, lab_img = best_of(
+                lambda lv=levels: meanshift_sphere(f, SPHERE_BANDWIDTH, projective=False, levels=lv), args.repeat)
             res[f"image_{h}x{w}_levels{levels}_s"] = t_img
             print(f"meanshift_sphere (1,{args.dim},{h},{w}) levels={levels}: {t_img * 1e3:.1f} ms, "
                   f"{int(lab_img.max()) + 1} clusters")
