@@ -65,7 +65,8 @@ def evaluate_anomaly(frames: Frames, *, track: str = "anomaly", mode: str = "smi
 def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, Any]]]] | Sequence, *,
                           track: str = "anomaly", mode: str = "smiyc", ignore_index: int = 255,
                           threshold: float | None = None, curve_points: int | None = 4096,
-                          on_empty: str = "raise") -> dict[str, dict]:
+                          on_empty: str = "raise", names: Sequence[str] | None = None,
+                          reduce: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
     """The SMIYC two-pass protocol for several score maps of the same frames at once.
 
     This is the one implementation of the protocol: :func:`evaluate_anomaly` and the
@@ -83,6 +84,16 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             frames hold no positive or no negative pixel; ``"record"`` stores
             ``{"pixel": {"error": message}, "component": None}`` for that map instead and
             logs a warning (the benchmark's behaviour).
+        names: the map names, when known in advance; then ``frames`` may be empty (a
+            process whose shard of a distributed run holds no frame), and every frame must
+            give exactly these names.
+        reduce: called as ``reduce("pixel", {name: PixelMetrics})`` after the first pass
+            and ``reduce("component", {name: ComponentMetrics})`` after the second, before
+            anything is computed; it may change the accumulators in place. With
+            ``lambda stage, accs: [a.sync() for a in accs.values()]`` every process of a
+            ``torch.distributed`` group evaluates its own frames and gets the metrics of
+            all of them (the component threshold then comes from the pooled pixel pass, as
+            in one process). Every process calls it with the same names in the same order.
 
     Returns:
         ``{name: {"pixel": PixelMetrics.compute(curve_points), "component":
@@ -98,7 +109,9 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
         return _iterate(frames, "(labels, {name: scores})")
 
     pix: dict[str, PixelMetrics] = {}
-    names: tuple | None = None
+    if names is not None:
+        names = tuple(names)
+        pix = {k: PixelMetrics(mode=mode, ignore_index=ignore_index) for k in names}
     for labels, maps in passes():
         if names is None:
             names = tuple(maps)
@@ -109,6 +122,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             pix[k].update(maps[k], labels)
     if names is None:
         raise EmptyMetricError("evaluate_anomaly: no frames were given")
+    if reduce is not None:
+        reduce("pixel", pix)
     out: dict[str, dict] = {}
     comp: dict[str, ComponentMetrics | None] = {}
     for k in names:
@@ -133,6 +148,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
                 raise ValueRangeError(f"every frame must give the maps {list(names)}; got {list(maps)} (second pass)")
             for k in active:
                 comp[k].update(maps[k], labels)
+        if reduce is not None:
+            reduce("component", {k: comp[k] for k in active})
         for k in active:
             cm = comp[k]
             if cm.n_frames != pix[k].n_frames:
