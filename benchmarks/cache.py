@@ -31,7 +31,8 @@ CACHE_FORMAT = 1
 class RunCache:
     """Per-(evaluation, teacher) cache folder of float16 maps keyed by a config hash."""
 
-    def __init__(self, out: Path, ev_key: str, teacher: str, key_obj: dict):
+    def __init__(self, out: Path, ev_key: str, teacher: str, key_obj: dict, shard: tuple[int, int] | None = None):
+        self.shard = shard  # (index, count) of a torchrun rank or --shard run; None = the whole run
         blob = json.dumps(key_obj, sort_keys=True, default=str).encode()
         self.hash = hashlib.sha256(blob).hexdigest()[:16]
         self.prefix = f"{slug(ev_key)}__{slug(teacher)}__"

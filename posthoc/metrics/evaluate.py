@@ -66,7 +66,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
                           track: str = "anomaly", mode: str = "smiyc", ignore_index: int = 255,
                           threshold: float | None = None, curve_points: int | None = 4096,
                           on_empty: str = "raise", names: Sequence[str] | None = None,
-                          reduce: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
+                          reduce: Callable[[str, dict], None] | None = None,
+                          pixel: Mapping[str, PixelMetrics] | None = None) -> dict[str, dict]:
     """The SMIYC two-pass protocol for several score maps of the same frames at once.
 
     This is the one implementation of the protocol: :func:`evaluate_anomaly` and the
@@ -94,6 +95,9 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             ``torch.distributed`` group evaluates its own frames and gets the metrics of
             all of them (the component threshold then comes from the pooled pixel pass, as
             in one process). Every process calls it with the same names in the same order.
+        pixel: filled pixel accumulators per map name (e.g. the states of several shards
+            merged in frame order); then the first pass is skipped, ``frames`` is read once
+            for the component pass, and ``names`` defaults to the keys of ``pixel``.
 
     Returns:
         ``{name: {"pixel": PixelMetrics.compute(curve_points), "component":
@@ -109,10 +113,15 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
         return _iterate(frames, "(labels, {name: scores})")
 
     pix: dict[str, PixelMetrics] = {}
-    if names is not None:
+    if pixel is not None:
+        names = tuple(pixel if names is None else names)
+        if set(names) != set(pixel):
+            raise ValueRangeError(f"pixel must hold the accumulators of {list(names)}; got {list(pixel)}")
+        pix = dict(pixel)
+    elif names is not None:
         names = tuple(names)
         pix = {k: PixelMetrics(mode=mode, ignore_index=ignore_index) for k in names}
-    for labels, maps in passes():
+    for labels, maps in (() if pixel is not None else passes()):
         if names is None:
             names = tuple(maps)
             pix = {k: PixelMetrics(mode=mode, ignore_index=ignore_index) for k in names}

@@ -157,8 +157,8 @@ CASES = {
                         lambda seed=0: _frames(seed, dtype=np.float32)),
     "component": (_component, lambda: ComponentMetrics(0.5, 10, 20), _frames),
     "semantic": (_semantic, lambda: SemanticMetrics(5, seen=[0, 1, 2]), _semantic_frames),
-    "openiou": (_openiou, lambda: OpenIoU(4), lambda seed=0: [(np.clip(p, 0, 4), np.where(t == 255, 255, np.clip(t, 0, 4)))
-                                                              for p, t in _semantic_frames(seed)]),
+    "openiou": (_openiou, lambda: OpenIoU(4), lambda seed=0: [
+        (np.clip(p, 0, 4), np.where(t == 255, 255, np.clip(t, 0, 4))) for p, t in _semantic_frames(seed)]),
     "panoptic": (_panoptic, lambda: PanopticQuality(4, thing_ids=[2, 3]), _panoptic_frames),
 }
 
