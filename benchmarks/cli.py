@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PosthocError, ValueError, FileNotFoundError, KeyError) as e:
         log.debug("run failed", exc_info=True)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        where = f"rank {scale.index}: " if scale.torchrun else ""
+        where = f"rank {scale.index}: " if scale.torchrun and not msg.startswith("rank ") else ""
         hint = " (rerun the same command to resume from the cache)" if scale.torchrun else ""
         print(f"posthoc-bench: error: {where}{msg}{hint}", file=sys.stderr)
         return 2

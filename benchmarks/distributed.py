@@ -1,11 +1,12 @@
 """Scale-out of one benchmark run: ``torchrun`` ranks or independent ``--shard I/N`` runs.
 
 A run's frames are split into N disjoint, deterministic **contiguous blocks** in data-set
-order (block i = frames ``[i*n//N, (i+1)*n//N)`` of the n frames the single-process run would
-evaluate, so ``--limit`` means the same thing). Contiguous blocks, concatenated in block
-order, are the frame order of one process, so every metric state (including the SMIYC
-per-frame bins, whose official aggregation is order-sensitive at ties) reduces to exactly
-the single-process state.
+order: the n frames the single-process run would evaluate (so ``--limit`` means the same
+thing) are cut into ``ceil(n/B)`` batches of ``--batch-size`` B, and block i gets batches
+``[i*nb//N, (i+1)*nb//N)``, so the teacher sees the same batches as in one process.
+Contiguous blocks, concatenated in block order, are the frame order of one process, so
+every metric state (including the SMIYC per-frame bins, whose official aggregation is
+order-sensitive at ties) reduces to exactly the single-process state.
 
 * **torchrun** (``WORLD_SIZE`` > 1 in the environment): :func:`setup` joins the process group
   (NCCL when the run uses CUDA, else gloo; a timeout, default 1800 s or
@@ -206,9 +207,16 @@ def teardown(scale: Scale) -> None:
             dist.destroy_process_group()
 
 
-def block(n: int, index: int, count: int) -> tuple[int, int]:
-    """``[start, stop)`` of block ``index`` of ``count`` contiguous blocks of ``n`` items."""
-    return index * n // count, (index + 1) * n // count
+def block(n: int, index: int, count: int, align: int = 1) -> tuple[int, int]:
+    """``[start, stop)`` of block ``index`` of ``count`` contiguous blocks of ``n`` items.
+
+    Block boundaries fall on multiples of ``align`` (the batch size): the ``ceil(n/align)``
+    batches are split as evenly as possible, so every block sees the same teacher batches
+    as one process over all frames (a teacher's output may depend on its batch).
+    """
+    align = max(1, int(align))
+    nb = -(-n // align)
+    return min(n, (index * nb // count) * align), min(n, ((index + 1) * nb // count) * align)
 
 
 def shard_candidates(dataset: Any, limit: int | None) -> list:
@@ -238,9 +246,9 @@ def shard_candidates(dataset: Any, limit: int | None) -> list:
 class ShardView:
     """A data set restricted to one block of its frames; everything else is the data set's own."""
 
-    def __init__(self, dataset: Any, scale: Scale, limit: int | None):
+    def __init__(self, dataset: Any, scale: Scale, limit: int | None, batch_size: int = 1):
         cands = shard_candidates(dataset, limit)
-        a, b = block(len(cands), scale.index, scale.count)
+        a, b = block(len(cands), scale.index, scale.count, batch_size)
         self._dataset = dataset
         self.refs = cands[a:b]
         self.block = (a, b, len(cands))

@@ -85,7 +85,7 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
     Under ``scale`` (torchrun or ``--shard``) only this process's block of frames is evaluated;
     see :mod:`posthoc.bench.distributed`.
     """
-    dataset = ShardView(ev.dataset, scale, cfg.limit) if scale.active else ev.dataset
+    dataset = ShardView(ev.dataset, scale, cfg.limit, cfg.batch_size) if scale.active else ev.dataset
     limit = None if scale.active else cfg.limit
     keys = [v.key for v in chain]
     suppress, reading = suppress_choice(teacher)
