@@ -150,6 +150,19 @@ def test_a_rank_that_dies_fails_the_run_with_a_clear_message(fake_world):
     assert not (out / "results.json").exists()
 
 
+def test_a_rank_without_frames_still_takes_part(fake_world):
+    """--limit 1 with batch size 2 on 2 ranks: rank 0's block is empty, rank 1 has the frame."""
+    tmp, root = fake_world
+    out = tmp / "one_frame"
+    codes = _launch(2, BASE + ["--data-root", str(root), "--out", str(out), "--limit", "1"], tmp / "logs_one")
+    assert codes == [0, 0], (tmp / "logs_one" / "rank0.err").read_text()
+    assert [(tmp / "logs_one" / f"rank{r}.rc").read_text() for r in range(2)] == ["0", "0"]
+    for ev in load(out)["evaluations"]:
+        t = ev["teachers"]["_dist_fake"]
+        assert t["frames"] == 1 and t["frames_labelled"] == 1 and t["overlays"] == []
+        assert t["variants"]["teacher"]["n_frames"] == 1
+
+
 def test_shard_flag_under_torchrun_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(BASE + ["--shard", "0/2", "--out", "unused"]) == 2
@@ -170,14 +183,15 @@ def test_python_m_posthoc_bench_is_the_cli():
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_posthoc_bench(tmp_path):
     """The issue's command: torchrun --standalone --nproc-per-node=2 -m posthoc.bench == posthoc-bench."""
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    # torchrun's own module (the console script may not be on this venv's PATH)
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
     bench = shutil.which("posthoc-bench") or str(Path(sys.executable).with_name("posthoc-bench"))
     args = ["smiyc", "--teacher", "obsnet", "--proposals", "superpixels", "--limit", "10", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r1 = subprocess.run([bench, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env,
                         timeout=900)
     assert r1.returncode == 0, r1.stderr[-3000:]
-    r2 = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "posthoc.bench", *args,
+    r2 = subprocess.run([*torchrun, "--standalone", "--nproc-per-node=2", "-m", "posthoc.bench", *args,
                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=900)
     assert r2.returncode == 0, r2.stderr[-3000:]
     n = assert_same_metrics(teacher_metrics(load(tmp_path / "one")), teacher_metrics(load(tmp_path / "two")))
