@@ -90,10 +90,10 @@ def main(argv=None) -> int:
             rows.append((_frames(one), t1, tn, _total(one), _total(many), diff))
     print(f"fixed run: posthoc-bench {' '.join(args)}")
     print(f"threads of the 1-process run: {a.threads or 'default'}; torchrun: 1 per process")
+    print(f"frames evaluated: {rows[0][0]}")
     print(f"| repeat | 1 process: wall s | frames/s | {a.nproc} processes: wall s | frames/s | speed-up (wall) "
           f"| speed-up (in-run total, rank 0) | max metric diff |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"frames evaluated: {rows[0][0]}")
     for i, (nf, t1, tn, r1, rn, diff) in enumerate(rows):
         print(f"| {i} | {t1:.1f} | {nf / t1:.2f} | {tn:.1f} | {nf / tn:.2f} | {t1 / tn:.2f}x "
               f"| {r1 / rn:.2f}x ({r1:.1f} s / {rn:.1f} s) | {diff:.1e} |")
