@@ -97,6 +97,9 @@ class SMIYCReader(Dataset):
         lab_dir = track_dir / "labels_masks"
         refs = []
         seen: dict[str, Path] = {}
+        # label files by lower-cased name, to name a misnamed one (e.g. ".PNG") in the warning
+        lab_files = {q.name.lower(): q for q in lab_dir.iterdir()} if lab_dir.is_dir() else {}
+        self.label_near_misses: dict[str, str] = {}
         for p in images:
             fid = p.stem
             if fid in seen:
@@ -104,6 +107,8 @@ class SMIYCReader(Dataset):
             seen[fid] = p
             lab = lab_dir / f"{fid}_labels_semantic.png"
             cls = lab_dir / f"{fid}_labels_classes.png"
+            if not lab.is_file() and lab.name.lower() in lab_files:
+                self.label_near_misses[fid] = lab_files[lab.name.lower()].name
             refs.append(
                 FrameRef(
                     id=fid,
@@ -118,8 +123,8 @@ class SMIYCReader(Dataset):
         self._require_frames(f"subset {subset!r}; {len(images)} image files in {track_dir / 'images'}")
         n_lab = sum(r.label_path is not None for r in self.refs)
         if n_lab and n_lab < len(self.refs):
-            log.info(
-                "%s: %d of %d frames have labels (the rest are evaluated as unlabeled)", self.name, n_lab, len(self)
+            log.info(  # posthoc-bench warns with the frames' names (--strict makes it an error)
+                "%s: %d of %d frames have labels (the rest are left out of the metrics)", self.name, n_lab, len(self)
             )
 
     def _in_subset(self, fid: str, subset: str) -> bool:

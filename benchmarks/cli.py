@@ -85,6 +85,18 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
     )
     p.add_argument("--overlays", type=int, default=3, help="qualitative overlays per teacher and data set (default 3)")
     p.add_argument("--no-plots", action="store_true", help="skip PR/ROC curves and overlays")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="a frame whose label file is missing (while others have theirs) is an error, not a warning",
+    )
+    p.add_argument(
+        "--threshold-dtype",
+        default="float64",
+        choices=("float64", "float16"),
+        help="component metrics' threshold comparison: float64 (numpy >= 2, default) or float16 "
+        "(reproduces the official SMIYC server, which runs numpy 1.x)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only on stderr")
     p.add_argument(
         "--shard", default=None, metavar="I/N",
@@ -230,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"posthoc-bench: error: {e}", file=sys.stderr)
         return 2
 
+    if scale.torchrun and not args.out:
+        distributed.teardown(scale)
+        print("posthoc-bench: error: under torchrun pass --out DIR: every rank must use the same run folder",
+              file=sys.stderr)
+        return 2
     out = args.out or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     cfg = BenchConfig(
         dataset=args.command,
@@ -237,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subset=args.subset,
         teachers=_csv(args.teacher),
         weights=args.weights,
-        proposals=_csv(args.proposals) if args.proposals else None,
+        proposals=_csv(args.proposals) if args.proposals is not None else None,
         data_root=args.data_root,
         split=args.split,
         device=device,
@@ -252,10 +269,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         plots=not args.no_plots,
         overlays=args.overlays,
         progress=not args.quiet,
+        strict=args.strict,
+        threshold_dtype=args.threshold_dtype,
     )
     try:
         results = run_benchmark(cfg, scale=scale)
-    except (PosthocError, ValueError, FileNotFoundError, KeyError) as e:
+    except (PosthocError, ValueError, OSError, KeyError) as e:
+        # OSError: a file the run needs cannot be read or written (the message names it)
         log.debug("run failed", exc_info=True)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         where = f"rank {scale.index}: " if scale.torchrun and not msg.startswith("rank ") else ""

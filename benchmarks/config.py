@@ -16,7 +16,7 @@ from .fingerprint import hash_files, precomputed_fingerprint, weight_files
 log = logging.getLogger(__name__)
 
 __all__ = ["DATASETS", "PRECOMPUTED", "VARIANTS", "BenchConfig", "BenchError", "TeacherSpec", "build_adapter",
-           "default_proposals", "teacher_specs"]
+           "check_device", "check_output_dir", "default_proposals", "teacher_specs"]
 
 VARIANTS = ("teacher", "csl2", "refine", "offsets")
 DATASETS = ("smiyc", "road-anomaly", "laf", "fishyscapes", "streethazards")
@@ -56,6 +56,11 @@ class BenchConfig:
         plots: write PR/ROC and overlay PNGs.
         overlays: number of frames with qualitative overlays per teacher and data set.
         progress: show tqdm progress bars (stderr).
+        strict: a frame whose label file is missing while other frames have theirs is an
+            error (default: a warning naming the frames).
+        threshold_dtype: component metrics' threshold comparison, ``"float64"`` (numpy >= 2)
+            or ``"float16"`` (the numpy-1.x SMIYC server; see
+            :class:`posthoc.metrics.ComponentMetrics`).
     """
 
     dataset: str = "smiyc"
@@ -78,6 +83,8 @@ class BenchConfig:
     plots: bool = True
     overlays: int = 3
     progress: bool = True
+    strict: bool = False
+    threshold_dtype: str = "float64"
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -106,7 +113,76 @@ class BenchConfig:
             )
         if self.overlays < 0:
             raise BenchError(f"overlays must be >= 0; got {self.overlays}")
+        if self.proposals is not None and not self.proposals:
+            raise BenchError("--proposals is empty; name at least one source (e.g. csl,superpixels) or leave it out")
+        from posthoc.metrics.component import THRESHOLD_DTYPES
 
+        if self.threshold_dtype not in THRESHOLD_DTYPES:
+            raise BenchError(f"--threshold-dtype must be one of {', '.join(THRESHOLD_DTYPES)}; "
+                             f"got {self.threshold_dtype!r}")
+        self.device = check_device(self.device)
+
+
+def check_device(device: Any) -> str | None:
+    """Normalise ``--device`` and refuse a device this machine does not have.
+
+    Returns the canonical device string (``"cpu"``, ``"cuda:0"``), or None for the
+    adapters' default. ``--device cuda`` without a usable CUDA device is an error, never a
+    silent run on the CPU recorded as ``cuda``.
+    """
+    if device is None or device == "":
+        return None
+    import torch
+
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError) as e:
+        raise BenchError(
+            f"--device must be a torch device such as cpu, cuda or cuda:1; got {device!r} ({e})"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchError(
+                f"--device {device}: this machine has no usable CUDA device (torch.cuda.is_available() is False; "
+                f"torch {torch.__version__}, built for CUDA {torch.version.cuda}). Run with --device cpu, "
+                "or leave --device out"
+            )
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise BenchError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise BenchError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise BenchError(f"--device {device}: posthoc-bench runs on cpu, cuda[:N] or mps; got device type {dev.type!r}")
+    return str(dev)
+
+
+
+def check_output_dir(path: Any, flag: str) -> Path:
+    """Create (if needed) and check a folder the run writes to, before any work starts.
+
+    Raises:
+        BenchError: ``path`` exists as a file, cannot be created, or is not writable; the
+            message names the flag and the path.
+    """
+    import tempfile
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise BenchError(f"{flag} {p} exists and is not a folder; give a folder (new or existing) for {flag}")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BenchError(f"{flag} {p}: a parent of it exists as a file; give a folder path for {flag}") from None
+    except OSError as e:
+        raise BenchError(f"{flag} {p} cannot be created: {e.strerror or e}") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".posthoc-write-test-"):
+            pass
+    except OSError as e:
+        raise BenchError(f"{flag} {p} is not writable: {e.strerror or e}") from None
+    return p
 
 
 def slug(s: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from posthoc.errors import ShapeError
 
 from . import datasets as ds
-from .cache import RunCache
+from .cache import RunCache, frame_inputs
 from .precomputed import PrecomputedScores
 from .variants import VariantMaps, as_anomaly
 
@@ -87,14 +87,14 @@ class ProposalMemo:
 
 
 
-def batches(dataset: ds.Dataset, limit: int | None, batch_size: int, skip: Callable[[str], bool]):
-    """Yield lists of (ref, Frame) of equal image size; frames with ``skip(id)`` are yielded as (ref, None)."""
+def batches(dataset: ds.Dataset, limit: int | None, batch_size: int, skip: Callable[[Any], bool]):
+    """Yield lists of (ref, Frame) of equal image size; frames with ``skip(ref)`` are yielded as (ref, None)."""
     batch: list = []
     n = 0
     for ref in dataset.refs:
         if limit is not None and n >= limit:
             break
-        if skip(ref.id):
+        if skip(ref):
             n += 1
             if batch:
                 yield batch
@@ -142,13 +142,20 @@ def infer_teacher(dataset: ds.Dataset, name: str, teacher: Any, prop_objs: dict,
                   timer: Timer, desc: str, prop_memo: ProposalMemo | None = None) -> InferenceResult:
     """Compute and cache every variant map of every frame of ``dataset`` for one teacher.
 
-    Frames already in ``cache`` are skipped (resume). Image-only proposals are shared with
-    the other teachers of the evaluation through ``prop_memo``.
+    Frames already in ``cache`` are skipped (resume), unless their input files changed or a
+    cached map fails its checksum. Image-only proposals are shared with the other teachers
+    of the evaluation through ``prop_memo``.
     """
     keys = [v.key for v in variant_maps.chain]
     res = InferenceResult()
     total = min(len(dataset), limit) if limit else len(dataset)
-    frames = batches(dataset, limit, batch_size, lambda fid: cache.is_done(fid, keys))
+    inputs: dict[str, dict] = {}
+
+    def cached(ref: Any) -> bool:
+        inputs[ref.id] = frame_inputs(ref)
+        return cache.is_done(ref.id, keys, inputs[ref.id])
+
+    frames = batches(dataset, limit, batch_size, cached)
     bar = progress(None, total, desc, show_progress)
     with torch.inference_mode():
         while True:
@@ -200,7 +207,7 @@ def infer_teacher(dataset: ds.Dataset, name: str, teacher: Any, prop_objs: dict,
                         res.overlay_ids.append(ref.id)
                         for src, p in props_by_src.items():
                             cache.save_labels(src, ref.id, _labels_at(p.labels, images.shape[1:3])[b])
-                    cache.mark_done(ref.id, keys, fr.image.shape[:2])
+                    cache.mark_done(ref.id, keys, fr.image.shape[:2], inputs.get(ref.id))
                     res.processed.append((ref.id, fr.label is not None))
             if bar is not None:
                 bar.update(len(batch))

@@ -52,6 +52,7 @@ CONFIG_FIELDS = {
     "proposals": "--proposals",
     "variants": "--variants",
     "metric_mode": "--metric-mode",
+    "threshold_dtype": "--threshold-dtype",
     "limit": "--limit",
     "batch_size": "--batch-size",
     "seed": "--seed",
@@ -174,7 +175,7 @@ def _short(v) -> str:
 
 
 def _merge_teacher(runs: list[Path], mans: list[dict], e_idx: int, t: str, keys: list[str], mode: str,
-                   track: str) -> tuple[dict, dict, dict]:
+                   track: str, threshold_dtype: str = "float64") -> tuple[dict, dict, dict]:
     """(merged teacher record, metrics, curves) of one (evaluation, teacher) over the shards in order."""
     parts = [(r, m["results"]["evaluations"][e_idx]["teachers"][t]) for r, m in zip(runs, mans, strict=True)]
     rec = {
@@ -216,7 +217,8 @@ def _merge_teacher(runs: list[Path], mans: list[dict], e_idx: int, t: str, keys:
                     raise MergeError(f"{r}: frame {fid} of {t}: cannot read its label or cached maps ({e})") from None
                 yield lab, maps
 
-    res = evaluate_anomaly_maps(frames, track=track, mode=mode, on_empty="record", pixel=pixel)
+    res = evaluate_anomaly_maps(frames, track=track, mode=mode, on_empty="record", pixel=pixel,
+                                threshold_dtype=threshold_dtype)
     metrics, curves = metrics_of(res, keys)
     rec["variants"] = metrics
     return rec, metrics, curves
@@ -260,6 +262,8 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
         "seed": ref["seed"],
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metric_mode": mode,
+        "threshold_dtype": ref.get("threshold_dtype", cfg.get("threshold_dtype", "float64")),
+        "device": ref.get("device"),
         "variants": displays,
         "evaluations": [],
         "merged_from": [{"run": str(r), "shard": m["shard"], "git": m["results"].get("git"),
@@ -267,12 +271,12 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
     }
     md_parts = [f"# posthoc-bench {cfg['dataset']}\n"]
     for e_idx, ev0 in enumerate(ref["evaluations"]):
-        ev_res = {k: ev0[k] for k in ("key", "dataset", "track", "root", "synthetic", "world", "title",
-                                      "frames_found")}
+        ev_res = {k: v for k, v in ev0.items() if k not in ("teachers", "table", "frames_labelled")}
         ev_res["teachers"] = {}
         rows = []
         for t in ev0["teachers"]:
-            rec, metrics, curves = _merge_teacher(runs, mans, e_idx, t, keys, mode, ev0["track"])
+            rec, metrics, curves = _merge_teacher(runs, mans, e_idx, t, keys, mode, ev0["track"],
+                                                  cfg.get("threshold_dtype", "float64"))
             if plots and metrics:
                 rec.update(_plots(out, runs, mans, e_idx, ev0, t, displays, metrics, curves, mode,
                                   int(cfg.get("overlays", 0))))
@@ -280,6 +284,8 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
             rows += teacher_rows(t, rec, displays)
         md_parts.append(evaluation_table(ev_res, rows, mode, cfg.get("limit")))
         results["evaluations"].append(ev_res)
+    if "device_used" in ref:
+        results["device_used"] = ref["device_used"]
     shard_total = sum(float((m["results"].get("timings_s") or {}).get("total", 0.0)) for m in mans)
     results["timings_s"] = {"merge": round(time.perf_counter() - t0, 3), "shards_total": round(shard_total, 3)}
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

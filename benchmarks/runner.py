@@ -35,7 +35,7 @@ from posthoc.adapters.io import write_json_atomic, write_text_atomic
 
 from . import evaluations as evaluations_mod
 from . import fingerprint
-from .cache import CACHE_FORMAT, RunCache
+from .cache import CACHE_FORMAT, RunCache, RunLock
 from .config import (
     DATASETS,
     PRECOMPUTED,
@@ -43,6 +43,7 @@ from .config import (
     BenchConfig,
     BenchError,
     build_adapter,
+    check_output_dir,
     default_proposals,
     teacher_specs,
 )
@@ -113,7 +114,7 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
     pixel_states: dict = {}
     metrics, curves = score_teacher(dataset, keys, cache, inf.labelled, mode=cfg.metric_mode,
                                     show_progress=cfg.progress, timer=timer, desc=desc,
-                                    reduce=scale.reduce_hook(pixel_states))
+                                    threshold_dtype=cfg.threshold_dtype, reduce=scale.reduce_hook(pixel_states))
     res["variants"] = metrics
     if scale.active and not scale.torchrun:
         res["shard"] = save_shard_teacher(out, ev.key, spec.display, dataset, cache, inf, pixel_states)
@@ -168,27 +169,57 @@ def evaluation_table(ev_res: dict, rows: list[dict], metric_mode: str, limit: in
     return table
 
 
+def _missing_labels(ev, strict: bool) -> list[str]:
+    """Frames without a label file in a data set whose other frames have one: a warning
+    naming them (their labels are probably misnamed, e.g. ``.PNG``), or with ``strict`` an error."""
+    refs = ev.dataset.refs
+    missing = [r for r in refs if r.label_path is None]
+    if not missing or len(missing) == len(refs):  # all labelled, or a hidden-label split
+        return []
+    ids = [r.id for r in missing]
+    hints = getattr(ev.dataset, "label_near_misses", {}) or {}
+    shown = ", ".join(f"{i} (found {hints[i]})" if i in hints else i for i in ids[:10])
+    more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+    msg = (f"{ev.key}: {len(ids)} of {len(refs)} frames have no label file and are left out of the metrics: "
+           f"{shown}{more}")
+    if strict:
+        raise BenchError(msg + " (--strict)")
+    log.warning("%s; pass --strict to make this an error", msg)
+    return ids
+
+
 def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
     """Run the benchmark described by ``cfg``; returns the results dict also written to results.json.
+
+    The output folders are checked (created, writable, not files) and the run folder is
+    locked (:class:`posthoc.bench.cache.RunLock`) before any work starts.
 
     ``scale`` (from :func:`posthoc.bench.distributed.setup`) makes this process evaluate one
     block of the frames: a torchrun rank (states all-reduced; only rank 0 writes results,
     tables and plots) or a ``--shard I/N`` run (its states saved for ``posthoc-bench merge``).
+    The blocks of one run share its folder lock (each block takes its own exclusively).
 
     Raises:
         BenchError: invalid settings, unknown teacher/proposal names (the message lists the
-            known ones), a semantic teacher where an anomaly teacher is needed.
+            known ones), a semantic teacher where an anomaly teacher is needed, an output
+            path that is a file or not writable, a run folder in use by another run.
         posthoc.bench.datasets.DatasetLayoutError / CorruptFileError: data problems.
     """
     cfg.validate()
     scale = scale or Scale()
+    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = check_output_dir(out, "--out")
+    if cfg.export_smiyc:
+        check_output_dir(cfg.export_smiyc, "--export-smiyc")
+    with RunLock(out, shard=scale.shard) as lock:
+        return _run_locked(cfg, out, lock, scale)
+
+
+def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale) -> dict:
     t_start = time.perf_counter()
     timer = Timer()
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
-
-    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
     sources = list(cfg.proposals) if cfg.proposals else default_proposals()
     specs = teacher_specs(cfg)
     # surface unknown teachers before any heavy work (world generation, model loading)
@@ -220,6 +251,8 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
         "seed": cfg.seed,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "metric_mode": cfg.metric_mode,
+        "threshold_dtype": cfg.threshold_dtype,
+        "device": cfg.device or "default",
         "variants": {k: displays[k] for k in variant_keys},
         "evaluations": [],
     }
@@ -235,6 +268,7 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
             "world": (ev.world or {}).get("config") if ev.world else None,
             "title": ev.title,
             "frames_found": len(ev.dataset),
+            "frames_missing_label": _missing_labels(ev, cfg.strict),
             "teachers": {},
         }
         rows = []
@@ -259,7 +293,7 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
                 # edits to the code that computes the maps change them too
                 "code": fingerprint.code_fingerprint(),
             }
-            cache = RunCache(out, ev.key, spec.display, key_obj, shard=scale.shard)
+            cache = RunCache(out, ev.key, spec.display, key_obj, owner=lock.exclusive, shard=lock.shard)
             tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo, scale)
             ev_res["teachers"][spec.display] = tres
             rows += teacher_rows(spec.display, tres, displays)
@@ -267,6 +301,9 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
         md_parts.append(table)
         results["evaluations"].append(ev_res)
 
+    # the device each teacher actually ran on (an adapter may resolve None to cuda or cpu)
+    results["device_used"] = {name: str(getattr(t, "device", None) or cfg.device or "cpu")
+                              for name, t in teachers.items()}
     results["timings_s"] = {k: round(v, 3) for k, v in sorted(timer.t.items())}
     results["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -80,8 +80,10 @@ def export_maps(cfg: BenchConfig, dataset: Any, display: str, keys: Sequence[str
 
 def score_teacher(dataset: Any, keys: Sequence[str], cache: RunCache, labelled: Sequence[str], *, mode: str,
                   show_progress: bool, timer: Timer, desc: str,
+                  threshold_dtype: str = "float64",
                   reduce: Callable[[str, dict], None] | None = None) -> tuple[dict, dict]:
-    """Metrics of every variant over the labelled frames, read back from the cache.
+    """Metrics of every variant over the labelled frames, read back from the cache
+    (every map verified against its checksum, :meth:`RunCache.load_map`).
 
     ``reduce`` is passed to :func:`posthoc.metrics.evaluate_anomaly_maps` (the metric states
     of a torchrun rank are all-reduced there; see :mod:`posthoc.bench.distributed`); then
@@ -116,8 +118,8 @@ def score_teacher(dataset: Any, keys: Sequence[str], cache: RunCache, labelled: 
             yield lab, maps
 
     with timer("metrics"):
-        res = evaluate_anomaly_maps(frames, track=dataset.track, mode=mode, on_empty="record", names=keys,
-                                    reduce=reduce)
+        res = evaluate_anomaly_maps(frames, track=dataset.track, mode=mode, on_empty="record",
+                                    threshold_dtype=threshold_dtype, names=keys, reduce=reduce)
     return metrics_of(res, keys)
 
 

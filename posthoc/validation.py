@@ -18,6 +18,7 @@ import torch
 from .errors import DeviceError, DTypeError, NonFiniteError, OverlapError, ShapeError, ValueRangeError
 
 __all__ = [
+    "LABEL_DTYPES",
     "as_float32",
     "as_int_labels",
     "as_label_map",
@@ -27,6 +28,7 @@ __all__ = [
     "check_finite",
     "check_float",
     "check_int",
+    "check_label_dtype",
     "check_label_range",
     "check_labels",
     "check_ndim",
@@ -34,6 +36,7 @@ __all__ = [
     "check_same_hw",
     "check_size",
     "check_tensor_type",
+    "compact_labels",
     "finite_range",
     "label_range_error",
     "masks_to_labels",
@@ -50,9 +53,15 @@ def shape_str(shape: Sequence[int]) -> str:
 
 
 def check_tensor_type(x: Any, name: str) -> None:
-    """Raise DTypeError unless ``x`` is a numpy array or a torch tensor."""
+    """Raise DTypeError unless ``x`` is a numpy array or a torch tensor; DeviceError for a meta
+    tensor (it has a shape but no data, so no op can compute on it)."""
     if not isinstance(x, (np.ndarray, torch.Tensor)):
         raise DTypeError(f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}")
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        raise DeviceError(
+            f"{name} is a meta tensor (shape {shape_str(x.shape)}, no data); pass a tensor on a real device "
+            "(cpu or cuda), e.g. after materialising the model's outputs"
+        )
 
 
 def finite_range(x: torch.Tensor, name: str) -> tuple[float, float] | None:
@@ -199,15 +208,40 @@ def check_int(x: torch.Tensor, name: str) -> None:
         raise DTypeError(f"{name} must be an integer tensor (int32/int64, -1 = unassigned); got dtype {x.dtype}")
 
 
+#: the label dtypes every op accepts (one rule for every label map; see :func:`check_label_dtype`)
+LABEL_DTYPES = (torch.int32, torch.int64)
+
+
+def check_label_dtype(labels: torch.Tensor, name: str = "labels") -> None:
+    """Raise DTypeError unless a label map is int32 or int64.
+
+    This is the one rule for label maps: -1 = unassigned needs a signed type, and a uint8
+    map's 255 is ambiguous (a region, or the "ignore" value of PNG label files?), so other
+    integer dtypes are refused rather than read one way silently. Convert explicitly, e.g.
+    ``lab.astype(np.int32)``, after mapping 255 to -1 where 255 means "no region".
+    """
+    if labels.dtype in LABEL_DTYPES:
+        return
+    hint = ""
+    if labels.dtype == torch.uint8:
+        hint = (" (uint8 maps are refused because 255 would be read as region 255: map the value that "
+                "means 'no region' to -1 and convert, e.g. np.where(lab == 255, -1, lab).astype(np.int32))")
+    elif not (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool):
+        hint = " (convert with .astype(np.int32) / .to(torch.int32))"
+    raise DTypeError(
+        f"{name} must be an int32 or int64 label map (-1 = unassigned); got dtype {labels.dtype}{hint}"
+    )
+
+
 def check_labels(labels: torch.Tensor, name: str = "labels") -> int:
-    """Check an integer label map with -1 for unassigned; return max label + 1 (0 when all are -1).
+    """Check an int32/int64 label map with -1 for unassigned; return max label + 1 (0 when all are -1).
 
     One ``aminmax`` pass gives both the check (minimum >= -1) and the number of regions.
 
     >>> check_labels(torch.tensor([[-1, 0], [2, 2]]))
     3
     """
-    check_int(labels, name)
+    check_label_dtype(labels, name)
     if labels.numel() == 0:
         return 0
     lo_t, hi_t = torch.aminmax(labels.reshape(-1))  # one pass for both ends
@@ -215,6 +249,40 @@ def check_labels(labels: torch.Tensor, name: str = "labels") -> int:
     if lo < -1:
         raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got minimum {lo}")
     return int(hi_t) + 1
+
+
+def compact_labels(labels: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """Renumber sparse label ids densely when their range exceeds the frame size.
+
+    The kernels keep one accumulator per region id up to the largest id, so an id of 2**40 on
+    one pixel (or RGB-encoded panoptic ids up to 16.7M) would ask for memory far beyond the
+    frame's. When ``n`` (max id + 1) is larger than the number of pixels of one image, the ids
+    are replaced by their rank among the distinct ids (``torch.unique``; order kept, -1 stays
+    -1), which bounds the memory by the frame size. Dense maps pass through untouched (no
+    copy). The result of every op that only groups pixels by region (fuse, split, offsets) is
+    unchanged by the renumbering.
+
+    Args:
+        labels: (..., H, W) int32/int64 labels >= -1, already checked.
+        n: max label + 1 (from :func:`check_labels`).
+
+    Returns:
+        ``(labels, n)``: the input itself when it is dense enough, else a new int64 map and the
+        number of distinct ids.
+
+    >>> lab, n = compact_labels(torch.tensor([[-1, 2**40], [7, 7]]), 2**40 + 1)
+    >>> lab.tolist(), n
+    ([[-1, 1], [0, 0]], 2)
+    """
+    hw = labels.shape[-2] * labels.shape[-1] if labels.ndim >= 2 else labels.numel()
+    if n <= max(hw, 1):
+        return labels, n
+    uniq, inv = torch.unique(labels, sorted=True, return_inverse=True)
+    has_unassigned = uniq.numel() > 0 and int(uniq[0]) == -1
+    if has_unassigned:
+        inv = inv - 1  # -1 keeps rank 0 -> -1, the regions start at 0
+    n_new = int(uniq.numel()) - int(has_unassigned)
+    return inv.reshape(labels.shape).to(torch.int64), n_new
 
 
 def label_range_error(name: str, num_regions: int, lo: int, hi: int) -> ValueRangeError:
@@ -390,5 +458,5 @@ def as_label_map(
             f"got {shape_str(lab.shape)} (mismatch in the {axis})"
         )
     n = check_labels(lab, name)
-    lab = as_int_labels(lab)
+    lab, n = compact_labels(lab, n)
     return (lab, n) if return_n else lab

@@ -5,9 +5,9 @@
 Runs, in this one invocation and on fresh run folders (no cache): ``posthoc-bench smiyc
 --teacher obsnet --proposals superpixels --track anomaly --limit L --no-plots`` in one
 process, then the same command under ``torchrun --standalone --nproc-per-node=N -m
-posthoc.bench``; prints wall seconds, frames per second and the speed-up, and checks that
-both runs give the same metrics (prints the largest difference; 0 with ``--threads 1``). Wall time includes process start,
-imports and model loading, as a user sees it. Pass extra ``posthoc-bench`` flags after ``--``.
+posthoc.bench``; prints wall seconds, frames per second and the speed-up, and the largest
+metric difference between the two runs (0 with ``--threads 1``). Wall time includes process
+start, imports and model loading, as a user sees it. Pass extra ``posthoc-bench`` flags after ``--``.
 On a GPU machine ``--device cuda`` gives each rank ``cuda:LOCAL_RANK``.
 """
 from __future__ import annotations

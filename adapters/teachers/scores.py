@@ -45,20 +45,32 @@ def raw_score(logits: torch.Tensor, score: str) -> torch.Tensor:
 
     Returns:
         (B,1,H,W) float32.
+
+    Raises:
+        ValueRangeError: fewer than 2 classes. With one class MSP and entropy are the same
+            for every pixel, and max logit and energy are just the negated output: the model
+            is an anomaly scorer already, so it is refused with a pointer to ``kind="anomaly"``.
     """
+    if score not in _SCORES:
+        raise ValueRangeError(f"score must be one of {_SCORES}; got {score!r}")
+    k = logits.shape[1] if logits.ndim == 4 else None
+    if k is None or k < 2:
+        got = f"K={k} channel" if k is not None else f"shape {tuple(logits.shape)}"
+        raise ValueRangeError(
+            f"the {score!r} score needs (B,K,H,W) class logits with K >= 2 classes; got {got}. "
+            "A one-channel output is an anomaly score already: use it as kind='anomaly' "
+            "(get_teacher('onnx', weights=path, kind='anomaly'), or --teacher model.onnx in posthoc-bench)"
+        )
     x = logits.float()
     if score == "msp":
         return 1.0 - torch.softmax(x, dim=1).amax(dim=1, keepdim=True)
     if score == "entropy":
-        k = x.shape[1]
         logp = torch.log_softmax(x, dim=1)
         h = -(logp.exp() * logp).sum(dim=1, keepdim=True)
-        return (h / math.log(k)).clamp_(0.0, 1.0) if k > 1 else torch.zeros_like(h)
+        return (h / math.log(k)).clamp_(0.0, 1.0)
     if score == "maxlogit":
         return -x.amax(dim=1, keepdim=True)
-    if score == "energy":
-        return -torch.logsumexp(x, dim=1, keepdim=True)
-    raise ValueRangeError(f"score must be one of {_SCORES}; got {score!r}")
+    return -torch.logsumexp(x, dim=1, keepdim=True)  # energy
 
 
 class _SemanticWrapper(Teacher):

@@ -51,7 +51,7 @@ from ..validation import (
     as_torch,
     check_device,
     check_float,
-    check_int,
+    check_label_dtype,
     check_label_range,
     check_ndim,
     check_range,
@@ -162,9 +162,7 @@ def resolve_backend(backend: str, device: torch.device, numel: int) -> str:
 
 def _labels_tensor(labels: Any, name: str) -> tuple[torch.Tensor, bool]:
     lab, was_np = as_torch(labels, name)
-    check_int(lab, name)
-    if lab.dtype not in (torch.int32, torch.int64):
-        lab = lab.to(torch.int32)  # uint8/int16/...: small, and the kernels read int32 natively
+    check_label_dtype(lab, name)  # int32/int64 only: one rule for every label map
     return lab, was_np
 
 

@@ -31,6 +31,22 @@ class EmptyMetricError(PosthocError, ValueError):
     """``compute()`` was called on an accumulator that holds no (valid) data."""
 
 
+def check_anomaly_ignore_index(ignore_index: Any, owner: str) -> int:
+    """The void value of 0/1/void anomaly labels: an int that is not a class value (0 or 1).
+
+    With ``ignore_index`` 0 or 1 the pixel metrics would ignore nothing while the component
+    metrics would void every anomaly, so such a value is refused.
+    """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+        raise DTypeError(f"{owner}: ignore_index must be an int (255 in SMIYC); got {ignore_index!r}")
+    if int(ignore_index) in (0, 1):
+        raise ValueRangeError(
+            f"{owner}: ignore_index must not be a class value of anomaly labels (0 = in-distribution, "
+            f"1 = anomaly); got {int(ignore_index)}. Use the void value of the labels, 255 in SMIYC"
+        )
+    return int(ignore_index)
+
+
 def to_numpy(x: Any, name: str) -> np.ndarray:
     """numpy array or torch tensor (any device) -> numpy array on the host, without copying numpy input.
 

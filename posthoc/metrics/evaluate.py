@@ -65,7 +65,8 @@ def evaluate_anomaly(frames: Frames, *, track: str = "anomaly", mode: str = "smi
 def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, Any]]]] | Sequence, *,
                           track: str = "anomaly", mode: str = "smiyc", ignore_index: int = 255,
                           threshold: float | None = None, curve_points: int | None = 4096,
-                          on_empty: str = "raise", names: Sequence[str] | None = None,
+                          on_empty: str = "raise", threshold_dtype: str = "float64",
+                          names: Sequence[str] | None = None,
                           reduce: Callable[[str, dict], None] | None = None,
                           pixel: Mapping[str, PixelMetrics] | None = None) -> dict[str, dict]:
     """The SMIYC two-pass protocol for several score maps of the same frames at once.
@@ -85,6 +86,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             frames hold no positive or no negative pixel; ``"record"`` stores
             ``{"pixel": {"error": message}, "component": None}`` for that map instead and
             logs a warning (the benchmark's behaviour).
+        threshold_dtype: ``"float64"`` (default) or ``"float16"`` to reproduce the numpy-1.x
+            SMIYC server's component metrics (see :class:`ComponentMetrics`).
         names: the map names, when known in advance; then ``frames`` may be empty (a
             process whose shard of a distributed run holds no frame), and every frame must
             give exactly these names.
@@ -145,11 +148,13 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             r = {"error": str(e)}
         out[k] = {"pixel": r, "component": None}
         if threshold is not None:
-            comp[k] = ComponentMetrics(threshold, *TRACK_PRESETS[track], ignore_index=ignore_index)
+            comp[k] = ComponentMetrics(threshold, *TRACK_PRESETS[track], ignore_index=ignore_index,
+                                       threshold_dtype=threshold_dtype)
         else:
             thr = r.get("best_f1_threshold")
             ok = thr is not None and math.isfinite(float(thr))
-            comp[k] = ComponentMetrics.from_pixel(r, track=track, ignore_index=ignore_index) if ok else None
+            comp[k] = (ComponentMetrics.from_pixel(r, track=track, ignore_index=ignore_index,
+                                                   threshold_dtype=threshold_dtype) if ok else None)
     active = [k for k in names if comp[k] is not None]
     if active:
         for labels, maps in passes():

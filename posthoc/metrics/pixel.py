@@ -55,6 +55,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError, ValueRangeError
 from ._common import (
     EmptyMetricError,
+    check_anomaly_ignore_index,
     check_binary_labels,
     check_finite_values,
     check_mergeable,
@@ -571,7 +572,7 @@ class PixelMetrics:
         if int(num_bins) < 2:
             raise ValueRangeError(f"num_bins must be >= 2; got {num_bins}")
         self.mode = mode
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = check_anomaly_ignore_index(ignore_index, "PixelMetrics")
         self.num_bins = int(num_bins)
         self.reset()
 

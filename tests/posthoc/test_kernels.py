@@ -162,10 +162,10 @@ def test_non_contiguous_and_other_dtypes(backend, rng):
     p16 = probs.astype(np.float16)
     got = K.region_fuse(torch.from_numpy(p16), lt, 6, backend=backend)
     np.testing.assert_allclose(got.numpy(), ref_fuse(p16.astype(np.float32), lab, 6), rtol=1e-5, atol=1e-6)
-    # small unsigned labels (no -1 possible) are accepted
+    # other integer label dtypes are refused (one rule for every label map)
     lab8 = np.where(lab < 0, 0, lab).astype(np.uint8)
-    got = K.region_fuse(probs, lab8, 6, backend=backend)
-    np.testing.assert_allclose(got, ref_fuse(probs, lab8.astype(np.int64), 6), rtol=1e-5, atol=1e-6)
+    with pytest.raises(DTypeError, match=r"labels must be an int32 or int64 label map .*uint8"):
+        K.region_fuse(probs, lab8, 6, backend=backend)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -222,7 +222,7 @@ def test_input_errors():
         K.region_fuse(p, lab.transpose(1, 2), 1)
     with pytest.raises(ShapeError, match=r"probs must be \(B,C,H,W\); got 3 axes"):
         K.region_fuse(p[0], lab, 1)
-    with pytest.raises(DTypeError, match="labels must be an integer tensor"):
+    with pytest.raises(DTypeError, match="labels must be an int32 or int64 label map"):
         K.region_fuse(p, lab.float(), 1)
     with pytest.raises(DTypeError, match="probs must be a floating-point tensor"):
         K.region_fuse(p.long(), lab, 1)

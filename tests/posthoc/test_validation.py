@@ -59,8 +59,10 @@ def test_labels_and_label_range():
     assert V.check_labels(torch.zeros(0, 3, dtype=torch.int64)) == 0
     with pytest.raises(ValueRangeError, match=r"^lab must be >= -1 \(-1 = unassigned\); got minimum -3$"):
         V.check_labels(torch.tensor([-3, 0]), "lab")
-    with pytest.raises(DTypeError, match="lab must be an integer tensor"):
+    with pytest.raises(DTypeError, match="lab must be an int32 or int64 label map"):
         V.check_labels(torch.tensor([0.0]), "lab")
+    with pytest.raises(DTypeError, match=r"lab must be an int32 or int64 label map .*uint8.*255"):
+        V.check_labels(torch.tensor([0, 255], dtype=torch.uint8), "lab")
     V.check_label_range(torch.tensor([-1, 0, 2]), 3)
     with pytest.raises(ValueRangeError,
                        match=r"^labels must lie in \[-1,1\] \(-1 = unassigned, num_regions=2\); "
@@ -73,10 +75,12 @@ def test_labels_and_label_range():
 
 def test_as_label_map_and_masks():
     scores = torch.zeros(2, 3, 4, 5)
-    lab = torch.zeros(2, 4, 5, dtype=torch.int16)
+    lab = torch.zeros(2, 4, 5, dtype=torch.int32)
     lab[1, 2, 3] = 6
     out, n = V.as_label_map(lab, scores, batched=True, return_n=True)
-    assert n == 7 and out.dtype == torch.int64 and out.shape == (2, 4, 5)
+    assert n == 7 and out is lab  # dense labels pass through without a copy
+    with pytest.raises(DTypeError, match=r"labels must be an int32 or int64 label map .*int16"):
+        V.as_label_map(lab.to(torch.int16), scores, batched=True)
     masks = torch.zeros(2, 2, 4, 5, dtype=torch.bool)
     masks[:, 0, 0] = True
     masks[:, 1, 1] = True
@@ -87,7 +91,7 @@ def test_as_label_map_and_masks():
     with pytest.raises(ShapeError,
                        match=r"^labels must be \(B,H,W\)=\(2,4,5\) matching scores \(2,3,4,5\); got \(2,4,6\)"):
         V.as_label_map(torch.zeros(2, 4, 6, dtype=torch.int64), scores, batched=True)
-    with pytest.raises(DeviceError, match=r"^labels must be on the device of scores \(cpu\); got meta$"):
+    with pytest.raises(DeviceError, match=r"^labels is a meta tensor \(shape \(2,4,5\), no data\)"):
         V.as_label_map(torch.zeros(2, 4, 5, dtype=torch.int64, device="meta"), scores, batched=True)
     prop = posthoc.Proposals(labels=np.zeros((2, 4, 5), np.int64))
     assert V.as_label_map(prop, scores, batched=True).shape == (2, 4, 5)
@@ -114,17 +118,18 @@ def test_to_device_and_check_size():
 def test_every_device_mismatch_is_a_device_error():
     p = torch.rand(1, 2, 3, 4)
     meta_lab = torch.zeros(1, 3, 4, dtype=torch.int64, device="meta")
-    with pytest.raises(DeviceError, match=r"^labels must be on the device of probs \(cpu\); got meta$"):
+    # a meta tensor is refused before any device comparison
+    with pytest.raises(DeviceError, match=r"^labels is a meta tensor"):
         K.region_fuse(p, meta_lab, 1)
-    with pytest.raises(DeviceError, match=r"^labels must be on the device of values \(cpu\); got meta$"):
+    with pytest.raises(DeviceError, match=r"^labels is a meta tensor"):
         K.region_sums(p, meta_lab, 1)
-    with pytest.raises(DeviceError, match=r"^out must be on the device of probs \(cpu\); got meta$"):
+    with pytest.raises(DeviceError, match=r"^out is a meta tensor"):
         K.region_fuse(p, torch.zeros(1, 3, 4, dtype=torch.int64), 1, out=torch.empty(1, 2, 3, 4, device="meta"))
-    with pytest.raises(DeviceError, match=r"^validity must be on the device of region_scores \(cpu\); got meta$"):
+    with pytest.raises(DeviceError, match=r"^validity is a meta tensor"):
         K.weighted_argmax(p, torch.rand(1, 2, device="meta"))
-    with pytest.raises(DeviceError, match="validity must be on the device of region_scores"):
+    with pytest.raises(DeviceError, match="validity is a meta tensor"):
         posthoc.soft_assign(p, torch.rand(1, 2, device="meta"))
-    with pytest.raises(DeviceError, match="labels must be on the device of values"):
+    with pytest.raises(DeviceError, match="labels is a meta tensor"):
         posthoc.region_means(p, meta_lab)
 
 
