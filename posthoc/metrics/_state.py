@@ -173,6 +173,9 @@ def all_gather_arrays(arrays: Sequence[np.ndarray], group: Any = None,
     for i, a in enumerate(arrays):
         sizes = hs[:, i]
         m = int(sizes.max()) if world else 0
+        if m == 0:  # empty everywhere: nothing to send
+            out.append([a[:0].copy() for _ in range(world)])
+            continue
         buf = torch.zeros(m, dtype=torch.from_numpy(a[:0]).dtype, device=dev)
         buf[: a.shape[0]] = torch.from_numpy(a).to(dev)
         bufs = [torch.empty_like(buf) for _ in range(world)]
