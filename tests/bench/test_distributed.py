@@ -196,3 +196,12 @@ def test_torchrun_two_processes_equal_posthoc_bench(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     n = assert_same_metrics(teacher_metrics(load(tmp_path / "one")), teacher_metrics(load(tmp_path / "two")))
     assert n > 100
+
+
+def test_a_rank_missing_at_start_fails_with_a_clear_message(tmp_path):
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()), POSTHOC_DIST_TIMEOUT="3")
+    r = subprocess.run([sys.executable, "-m", "posthoc.bench", "smiyc", "--out", str(tmp_path / "x"), "--quiet"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "rank 0: could not join the torch.distributed group of 2 ranks" in r.stderr and "Traceback" not in r.stderr
