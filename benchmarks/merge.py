@@ -11,8 +11,8 @@ The merge
 2. adds the pixel states in shard order (= frame order: shards are contiguous blocks), so
    the SMIYC binned curve is the single-process curve;
 3. runs the component pass of the official protocol at each variant's pooled pixel
-   best-F1 threshold over every shard's cached maps and saved labels (the data set is not
-   needed);
+   best-F1 threshold over every shard's cached maps (each verified against the checksum
+   its shard recorded) and saved labels (the data set is not needed);
 4. writes ``results.json``, ``results.md`` and the PR/ROC plots of one run to ``--out``, and
    copies the first shards' overlays.
 
@@ -32,6 +32,7 @@ import numpy as np
 from posthoc.adapters.io import load_npy, write_json_atomic, write_text_atomic
 from posthoc.metrics import PixelMetrics, evaluate_anomaly_maps
 
+from .cache import map_checksum
 from .config import BenchError, slug
 from .distributed import SHARD_DIR, SHARD_FORMAT, load_state
 from .report import plot_curves
@@ -212,9 +213,16 @@ def _merge_teacher(runs: list[Path], mans: list[dict], e_idx: int, t: str, keys:
                 try:
                     with np.load(lp, allow_pickle=False) as z:
                         lab = z["label"]
+                    rec = json.loads((r / sh["cache_dir"] / "done" / f"{fid}.json").read_text())
                     maps = {k: load_npy(r / sh["cache_dir"] / "maps" / slug(k) / f"{fid}.npy") for k in keys}
                 except (OSError, ValueError, KeyError) as e:
                     raise MergeError(f"{r}: frame {fid} of {t}: cannot read its label or cached maps ({e})") from None
+                for k, m in maps.items():
+                    if map_checksum(m) != (rec.get("checksums") or {}).get(k):
+                        raise MergeError(
+                            f"{r / sh['cache_dir'] / 'maps' / slug(k) / f'{fid}.npy'}: the cached map differs from "
+                            "what its shard run wrote (changed or corrupt); rerun that shard with the same command"
+                        )
                 yield lab, maps
 
     res = evaluate_anomaly_maps(frames, track=track, mode=mode, on_empty="record", pixel=pixel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from posthoc.bench import cli, distributed, fingerprint
@@ -107,6 +108,14 @@ def test_merge_refuses_missing_duplicate_and_foreign_shards(runs, capsys):
     man["shard"] = [1, 4]
     man_p.write_text(json.dumps(man))
     refused([s[0], d, s[2]], "different numbers of shards", "1/4")
+    # a cached map changed after its shard run
+    d = variant("m")
+    cache = next((tmp / "m" / "cache").iterdir())
+    victim = sorted((cache / "maps").rglob("*.npy"))[0]
+    m = np.load(victim)
+    m[0, 0] = np.float16(0.123) if m[0, 0] != np.float16(0.123) else np.float16(0.5)
+    np.save(victim, m)
+    refused([s[0], d, s[2]], "differs from what its shard run wrote", victim.name)
     with pytest.raises(MergeError, match="one of the shard folders"):
         merge_runs([tmp / f"s{i}" for i in range(3)], tmp / "s0")
 
