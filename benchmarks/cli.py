@@ -8,6 +8,9 @@ Examples::
     posthoc-bench speed ...                                   # kernel speed benchmark
     posthoc-bench metrics-speed ...                           # metric speed benchmark
     posthoc-bench summary runs/x/results.json                 # one table across tracks
+    torchrun --standalone --nproc-per-node=4 -m posthoc.bench smiyc ...   # one run over 4 processes
+    posthoc-bench smiyc ... --shard 1/3 --out runs/s1          # shard 1 of 3 (e.g. a Slurm array task)
+    posthoc-bench merge runs/s0 runs/s1 runs/s2 --out runs/all # the three shards as one run
 
 Without ``--data-root`` (and without ``$POSTHOC_DATA_ROOT`` / ``$POSTHOC_SMIYC_ROOT``),
 ``smiyc`` runs on the synthetic world (generated on first use) and says so in the table
@@ -95,6 +98,11 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
         "(reproduces the official SMIYC server, which runs numpy 1.x)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only on stderr")
+    p.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help="evaluate only shard I of N (contiguous blocks of frames) and save its metric states in the run "
+        "folder; combine the N run folders with 'posthoc-bench merge'. Under torchrun each rank is a shard already",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("results", help="results.json of a posthoc-bench run (or its run folder)")
     ps.add_argument("--metrics", default=None, help="comma list of metric keys (default ap,fpr95,siou_gt,f1_mean)")
     ps.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    pm = sub.add_parser("merge", help="add the metric states of --shard I/N runs into one run's results")
+    pm.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of the shards 0..N-1 (any order)")
+    pm.add_argument("--out", required=True, help="folder for the merged results.json, tables and plots")
+    pm.add_argument("--no-plots", action="store_true", help="skip PR/ROC curves and overlays")
+    pm.add_argument("--quiet", action="store_true", help="warnings only on stderr")
     sub.add_parser("speed", help="kernel speed benchmark (posthoc.bench.speed; its own flags follow)", add_help=False)
     sub.add_parser(
         "metrics-speed",
@@ -181,6 +194,20 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from .merge import merge_runs
+
+    try:
+        results = merge_runs([Path(r) for r in args.runs], Path(args.out), plots=not args.no_plots)
+    except (PosthocError, ValueError, FileNotFoundError) as e:
+        log.debug("merge failed", exc_info=True)
+        print(f"posthoc-bench merge: error: {e}", file=sys.stderr)
+        return 2
+    print(results["markdown"])
+    print(f"results: {Path(args.out) / 'results.json'}  table: {Path(args.out) / 'results.md'}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``posthoc-bench``; returns the process exit code.
 
@@ -202,9 +229,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.quiet)
     if args.command == "summary":
         return _summary(args)
+    if args.command == "merge":
+        return _merge(args)
 
+    from . import distributed
     from .runner import BenchConfig, run_benchmark
 
+    try:
+        shard = distributed.parse_shard(args.shard) if args.shard is not None else None
+        scale, device = distributed.setup(shard, args.device)
+    except PosthocError as e:
+        print(f"posthoc-bench: error: {e}", file=sys.stderr)
+        return 2
+
+    if scale.torchrun and not args.out:
+        distributed.teardown(scale)
+        print("posthoc-bench: error: under torchrun pass --out DIR: every rank must use the same run folder",
+              file=sys.stderr)
+        return 2
     out = args.out or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     cfg = BenchConfig(
         dataset=args.command,
@@ -215,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proposals=_csv(args.proposals) if args.proposals is not None else None,
         data_root=args.data_root,
         split=args.split,
-        device=args.device,
+        device=device,
         batch_size=args.batch_size,
         limit=args.limit,
         seed=args.seed,
@@ -231,13 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         threshold_dtype=args.threshold_dtype,
     )
     try:
-        results = run_benchmark(cfg)
+        results = run_benchmark(cfg, scale=scale)
     except (PosthocError, ValueError, OSError, KeyError) as e:
         # OSError: a file the run needs cannot be read or written (the message names it)
         log.debug("run failed", exc_info=True)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"posthoc-bench: error: {msg}", file=sys.stderr)
+        where = f"rank {scale.index}: " if scale.torchrun and not msg.startswith("rank ") else ""
+        hint = " (rerun the same command to resume from the cache)" if scale.torchrun else ""
+        print(f"posthoc-bench: error: {where}{msg}{hint}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown(scale)
+    if not scale.writes_results:
+        return 0
     print(results["markdown"])
     print(f"results: {Path(out) / 'results.json'}  table: {Path(out) / 'results.md'}", file=sys.stderr)
     return 0

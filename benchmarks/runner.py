@@ -47,6 +47,7 @@ from .config import (
     default_proposals,
     teacher_specs,
 )
+from .distributed import Scale, ShardView, save_shard_teacher, shard_note, write_shard_manifest
 from .infer import ProposalMemo, Timer, infer_teacher
 from .precomputed import PrecomputedScores
 from .report import format_table
@@ -79,40 +80,93 @@ def _build_teacher(spec, cfg: BenchConfig):
 
 
 def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCache, cfg: BenchConfig,
-                 timer: Timer, out: Path, prop_memo: ProposalMemo | None) -> dict:
-    """One (evaluation, teacher): inference into the cache, then export, metrics and plots."""
-    dataset = ev.dataset
+                 timer: Timer, out: Path, prop_memo: ProposalMemo | None, scale: Scale) -> dict:
+    """One (evaluation, teacher): inference into the cache, then export, metrics and plots.
+
+    Under ``scale`` (torchrun or ``--shard``) only this process's block of frames is evaluated;
+    see :mod:`posthoc.bench.distributed`.
+    """
+    dataset = ShardView(ev.dataset, scale, cfg.limit, cfg.batch_size) if scale.active else ev.dataset
+    limit = None if scale.active else cfg.limit
     keys = [v.key for v in chain]
     suppress, reading = suppress_choice(teacher)
-    desc = f"{ev.key} {spec.display}"
+    desc = f"{ev.key} {spec.display}" + (f" [{scale.index}/{scale.count}]" if scale.active else "")
     inf = infer_teacher(
-        dataset, spec.display, teacher, prop_objs, VariantMaps(chain, suppress), cache, limit=cfg.limit,
+        dataset, spec.display, teacher, prop_objs, VariantMaps(chain, suppress), cache, limit=limit,
         batch_size=cfg.batch_size, overlays=cfg.overlays, show_progress=cfg.progress, timer=timer, desc=desc,
         prop_memo=prop_memo,
     )
+    n_frames, n_cached, n_labelled = scale.sum([len(inf.processed), inf.cached, len(inf.labelled)])
     res: dict = {
         "refine_suppress": reading if any("refine" in v.steps for v in chain) else None,
         "cache": str(cache.dir),
         "cache_key": cache.hash,
-        "frames": len(inf.processed),
-        "frames_cached": inf.cached,
-        "frames_labelled": len(inf.labelled),
+        "frames": n_frames,
+        "frames_cached": n_cached,
+        "frames_labelled": n_labelled,
         "variants": {},
     }
     if cfg.export_smiyc:
         with timer("export"):
             res["export"] = export_maps(cfg, dataset, spec.display, keys, cache, inf)
-    if not inf.labelled:
+    if not n_labelled:
         return res
+    pixel_states: dict = {}
     metrics, curves = score_teacher(dataset, keys, cache, inf.labelled, mode=cfg.metric_mode,
                                     show_progress=cfg.progress, timer=timer, desc=desc,
-                                    threshold_dtype=cfg.threshold_dtype)
+                                    threshold_dtype=cfg.threshold_dtype, reduce=scale.reduce_hook(pixel_states))
     res["variants"] = metrics
-    if cfg.plots:
+    if scale.active and not scale.torchrun:
+        res["shard"] = save_shard_teacher(out, ev.key, spec.display, dataset, cache, inf, pixel_states)
+    if cfg.plots and scale.writes_results:
         with timer("plots"):
             res.update(plot_teacher(out, ev.key, dataset, spec.display, chain, cache, metrics, curves,
                                     inf.overlay_ids, cfg.metric_mode))
     return res
+
+
+def teacher_rows(display: str, tres: dict, displays: dict) -> list[dict]:
+    """The table rows of one teacher's variants (with the teacher alone as the base)."""
+    base = tres["variants"].get("teacher")
+    return [
+        {
+            "teacher": display,
+            "variant": displays[k],
+            "metrics": tres["variants"][k],
+            "base": base if (k != "teacher" and base is not None) else None,
+        }
+        for k in displays
+        if k in tres["variants"]
+    ]
+
+
+def evaluation_table(ev_res: dict, rows: list[dict], metric_mode: str, limit: int | None) -> str:
+    """Set ``ev_res["frames_labelled"]`` and ``ev_res["table"]``; returns the markdown table of one evaluation."""
+    ev_res["frames_labelled"] = max((t["frames_labelled"] for t in ev_res["teachers"].values()), default=0)
+    title = f"{ev_res['title']} — metric mode: {metric_mode}"
+    notes = [
+        (
+            f"Pixel metrics (AP, FPR95, AUROC): {mode_text(metric_mode)}. "
+            f"Component metrics (sIoU, PPV, mean F1): {component_text(ev_res['track'])}."
+        ),
+        "",
+        f"Frames evaluated: {ev_res['frames_labelled']} labelled of {ev_res['frames_found']} found"
+        + (f" (--limit {limit})" if limit else "")
+        + (
+            f"; {cached} frame-teacher pairs came from the cache of an earlier run "
+            "(their compute time is not in this run's timings)"
+            if (cached := sum(t["frames_cached"] for t in ev_res["teachers"].values()))
+            else ""
+        )
+        + ". Values in percent; (±x) is the change against the teacher alone; "
+        "'does not help' = neither AP rises nor FPR95 falls, 'mixed' = only one of them improves.",
+    ]
+    if rows:
+        table = format_table(title, rows, notes=notes)
+    else:
+        table = f"### {title}\n\nNo labelled frames: nothing to score (maps were computed and cached).\n"
+    ev_res["table"] = table
+    return table
 
 
 def _missing_labels(ev, strict: bool) -> list[str]:
@@ -134,11 +188,16 @@ def _missing_labels(ev, strict: bool) -> list[str]:
     return ids
 
 
-def run_benchmark(cfg: BenchConfig) -> dict:
+def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
     """Run the benchmark described by ``cfg``; returns the results dict also written to results.json.
 
     The output folders are checked (created, writable, not files) and the run folder is
     locked (:class:`posthoc.bench.cache.RunLock`) before any work starts.
+
+    ``scale`` (from :func:`posthoc.bench.distributed.setup`) makes this process evaluate one
+    block of the frames: a torchrun rank (states all-reduced; only rank 0 writes results,
+    tables and plots) or a ``--shard I/N`` run (its states saved for ``posthoc-bench merge``).
+    The blocks of one run share its folder lock (each block takes its own exclusively).
 
     Raises:
         BenchError: invalid settings, unknown teacher/proposal names (the message lists the
@@ -147,6 +206,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
         posthoc.bench.datasets.DatasetLayoutError / CorruptFileError: data problems.
     """
     cfg.validate()
+    scale = scale or Scale()
     out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     targets = [(out, "--out")] + ([(cfg.export_smiyc, "--export-smiyc")] if cfg.export_smiyc else [])
     for path, flag in targets:  # nothing is created while any of them is bad
@@ -156,11 +216,11 @@ def run_benchmark(cfg: BenchConfig) -> dict:
     for path, flag in targets:
         check_output_dir(path, flag)
     out = Path(out).expanduser()
-    with RunLock(out) as lock:
-        return _run_locked(cfg, out, lock)
+    with RunLock(out, shard=scale.shard) as lock:
+        return _run_locked(cfg, out, lock, scale)
 
 
-def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock) -> dict:
+def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale) -> dict:
     t_start = time.perf_counter()
     timer = Timer()
     torch.manual_seed(cfg.seed)
@@ -239,43 +299,10 @@ def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock) -> dict:
                 "code": fingerprint.code_fingerprint(),
             }
             cache = RunCache(out, ev.key, spec.display, key_obj, owner=lock.exclusive, shard=lock.shard)
-            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo)
+            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo, scale)
             ev_res["teachers"][spec.display] = tres
-            base = tres["variants"].get("teacher")
-            for k in variant_keys:
-                if k in tres["variants"]:
-                    rows.append(
-                        {
-                            "teacher": spec.display,
-                            "variant": displays[k],
-                            "metrics": tres["variants"][k],
-                            "base": base if (k != "teacher" and base is not None) else None,
-                        }
-                    )
-        ev_res["frames_labelled"] = max((t["frames_labelled"] for t in ev_res["teachers"].values()), default=0)
-        title = f"{ev.title} — metric mode: {cfg.metric_mode}"
-        notes = [
-            (
-                f"Pixel metrics (AP, FPR95, AUROC): {mode_text(cfg.metric_mode)}. "
-                f"Component metrics (sIoU, PPV, mean F1): {component_text(ev.dataset.track)}."
-            ),
-            "",
-            f"Frames evaluated: {ev_res['frames_labelled']} labelled of {ev_res['frames_found']} found"
-            + (f" (--limit {cfg.limit})" if cfg.limit else "")
-            + (
-                f"; {cached} frame-teacher pairs came from the cache of an earlier run "
-                "(their compute time is not in this run's timings)"
-                if (cached := sum(t["frames_cached"] for t in ev_res["teachers"].values()))
-                else ""
-            )
-            + ". Values in percent; (±x) is the change against the teacher alone; "
-            "'does not help' = neither AP rises nor FPR95 falls, 'mixed' = only one of them improves.",
-        ]
-        if rows:
-            table = format_table(title, rows, notes=notes)
-        else:
-            table = f"### {title}\n\nNo labelled frames: nothing to score (maps were computed and cached).\n"
-        ev_res["table"] = table
+            rows += teacher_rows(spec.display, tres, displays)
+        table = evaluation_table(ev_res, rows, cfg.metric_mode, cfg.limit)
         md_parts.append(table)
         results["evaluations"].append(ev_res)
 
@@ -287,7 +314,14 @@ def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock) -> dict:
     results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     md = "\n".join(md_parts)
     md += "\n" + _timing_md(results["timings_s"])
+    if scale.active:
+        results["scale"] = {"index": scale.index, "count": scale.count, "torchrun": scale.torchrun}
+        if not scale.torchrun:
+            md = shard_note(scale) + md
+            write_shard_manifest(out, results, scale)
     results["markdown"] = md
+    if not scale.writes_results:
+        return results
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "results.md", md)
     log.info("wrote %s and %s", out / "results.json", out / "results.md")

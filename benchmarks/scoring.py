@@ -8,7 +8,7 @@ by default), then :class:`posthoc.metrics.ComponentMetrics` with the track prese
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from .variants import Variant
 
 log = logging.getLogger(__name__)
 
-__all__ = ["clean", "component_text", "export_maps", "mode_text", "plot_teacher", "score_teacher"]
+__all__ = ["clean", "component_text", "export_maps", "metrics_of", "mode_text", "plot_teacher", "score_teacher"]
 
 #: labels kept in memory between the two metric passes
 _LABEL_BUDGET = 256 << 20
@@ -80,9 +80,14 @@ def export_maps(cfg: BenchConfig, dataset: Any, display: str, keys: Sequence[str
 
 def score_teacher(dataset: Any, keys: Sequence[str], cache: RunCache, labelled: Sequence[str], *, mode: str,
                   show_progress: bool, timer: Timer, desc: str,
-                  threshold_dtype: str = "float64") -> tuple[dict, dict]:
+                  threshold_dtype: str = "float64",
+                  reduce: Callable[[str, dict], None] | None = None) -> tuple[dict, dict]:
     """Metrics of every variant over the labelled frames, read back from the cache
     (every map verified against its checksum, :meth:`RunCache.load_map`).
+
+    ``reduce`` is passed to :func:`posthoc.metrics.evaluate_anomaly_maps` (the metric states
+    of a torchrun rank are all-reduced there; see :mod:`posthoc.bench.distributed`); then
+    ``labelled`` may be empty on this process.
 
     Returns:
         ``(metrics, curves)``: per variant key the merged pixel + component metrics (plain
@@ -114,7 +119,12 @@ def score_teacher(dataset: Any, keys: Sequence[str], cache: RunCache, labelled: 
 
     with timer("metrics"):
         res = evaluate_anomaly_maps(frames, track=dataset.track, mode=mode, on_empty="record",
-                                    threshold_dtype=threshold_dtype)
+                                    threshold_dtype=threshold_dtype, names=keys, reduce=reduce)
+    return metrics_of(res, keys)
+
+
+def metrics_of(res: dict, keys: Sequence[str]) -> tuple[dict, dict]:
+    """``(metrics, curves)`` per variant key from :func:`evaluate_anomaly_maps` results (see :func:`score_teacher`)."""
     metrics, curves = {}, {}
     for k in keys:
         pix = dict(res[k]["pixel"])

@@ -2,7 +2,10 @@
 
 Every accumulator has ``update(...)``, ``compute() -> dict``, ``merge(other)`` and
 ``reset()``; states merge by addition, so a data set can be split over processes or
-machines and the results combined exactly. See ``docs/metrics.md``.
+machines and the results combined exactly. ``state_dict()`` / ``load_state_dict()`` give
+the state as plain numpy arrays (``np.savez``, no pickle), and ``sync(process_group=None)``
+all-reduces it in place over ``torch.distributed`` (:class:`MetricSyncError` when that
+fails). See ``docs/metrics.md``.
 
 * :class:`PixelMetrics` — AP, AUROC, FPR95, best F1; ``mode="smiyc"`` (official per-frame
   768-bin binning) or ``"exact"`` (sort-based, equals sklearn).
@@ -18,6 +21,7 @@ machines and the results combined exactly. See ``docs/metrics.md``.
 from __future__ import annotations
 
 from ._common import EmptyMetricError
+from ._state import MetricSyncError
 from .component import SIOU_THRESHOLDS, TRACK_PRESETS, ComponentMetrics, ThresholdNotSetError
 from .evaluate import evaluate_anomaly, evaluate_anomaly_maps
 from .panoptic import PanopticQuality
@@ -29,6 +33,7 @@ __all__ = [
     "TRACK_PRESETS",
     "ComponentMetrics",
     "EmptyMetricError",
+    "MetricSyncError",
     "OpenIoU",
     "PanopticQuality",
     "PixelMetrics",

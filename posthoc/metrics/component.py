@@ -42,7 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import PosthocError, ValueRangeError
+from ..errors import PosthocError, ShapeError, ValueRangeError
 from ._common import (
     EmptyMetricError,
     check_anomaly_ignore_index,
@@ -52,6 +52,7 @@ from ._common import (
     check_same_shape,
     check_scores,
 )
+from ._state import as_array, check_settings, check_state_keys, split_sizes, sync_state
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +284,76 @@ class ComponentMetrics:
         self.n_frames += other.n_frames
         for name in ("_siou_gt", "_siou_pred", "_prec_pred", "_size_gt", "_size_pred"):
             getattr(self, name).extend(getattr(other, name))
+        return self
+
+    # ----------------------------------------------------------------- state API
+    _PER_GT = ("siou_gt", "size_gt")
+    _PER_PRED = ("siou_pred", "prec_pred", "size_pred")
+
+    def _settings(self) -> dict[str, np.ndarray]:
+        return {"threshold": np.array(np.nan if self.threshold is None else self.threshold, np.float64),
+                "min_pred_size": np.array(self.min_pred_size, np.int64),
+                "min_gt_size": np.array(self.min_gt_size, np.int64),
+                "ignore_index": np.array(self.ignore_index, np.int64),
+                "threshold_dtype": np.array(self.threshold_dtype)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The accumulated state as plain numpy arrays (save with ``np.savez``; no pickle needed).
+
+        Keys: the settings ``threshold`` (0-d float64, NaN = not set), ``min_pred_size``,
+        ``min_gt_size``, ``ignore_index``, ``threshold_dtype`` (0-d str); ``n_frames``; the
+        per-component values of every frame concatenated in frame order: ``siou_gt`` (G,) float64 and ``size_gt`` (G,)
+        int64 per GT component, ``siou_pred``, ``prec_pred`` (P,) float64 and ``size_pred``
+        (P,) int64 per predicted component; ``gt_sizes`` / ``pred_sizes`` (n_frames,) int64
+        components per frame.
+        """
+        st = self._settings() | {"n_frames": np.array(self.n_frames, np.int64)}
+        for name in self._PER_GT + self._PER_PRED:
+            parts = getattr(self, f"_{name}")
+            dt = np.int64 if name.startswith("size") else np.float64
+            st[name] = np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt)
+        st["gt_sizes"] = np.array([a.shape[0] for a in self._siou_gt], np.int64)
+        st["pred_sizes"] = np.array([a.shape[0] for a in self._siou_pred], np.int64)
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace this accumulator's state by ``state`` (from :meth:`state_dict`, same settings).
+
+        Raises:
+            ValueRangeError: the state was saved with another threshold or other sizes;
+            ShapeError / DTypeError: malformed arrays (sizes that do not add up, ...).
+        """
+        keys = [*self._settings(), "n_frames", *self._PER_GT, *self._PER_PRED, "gt_sizes", "pred_sizes"]
+        check_state_keys("ComponentMetrics", state, keys)
+        check_settings("ComponentMetrics", self._settings(), state)
+        n = int(as_array(state, "n_frames", np.int64, 0))
+        parts = {}
+        for sizes_key, names in (("gt_sizes", self._PER_GT), ("pred_sizes", self._PER_PRED)):
+            sizes = as_array(state, sizes_key, np.int64, 1)
+            if sizes.shape[0] != n:
+                raise ShapeError(f"ComponentMetrics.load_state_dict: {sizes_key} must have n_frames = {n} entries; "
+                                 f"got {sizes.shape[0]}")
+            for name in names:
+                dt = np.int64 if name.startswith("size") else np.float64
+                parts[name] = split_sizes(as_array(state, name, dt, 1), sizes,
+                                          f"ComponentMetrics.load_state_dict ({name} by {sizes_key})")
+        self.n_frames = n
+        for name, v in parts.items():
+            setattr(self, f"_{name}", list(v))
+
+    def sync(self, process_group: Any = None) -> ComponentMetrics:
+        """All-reduce the state over a ``torch.distributed`` process group, in place; returns ``self``.
+
+        Every rank then holds every frame's component values (concatenated in rank order;
+        the metrics do not depend on the order: counts, and means with ``math.fsum``).
+
+        Raises:
+            MetricSyncError: no process group, other settings (threshold, sizes) on some rank,
+                or a failed or timed-out collective.
+        """
+        cat = [*self._PER_GT, *self._PER_PRED, "gt_sizes", "pred_sizes"]
+        self.load_state_dict(sync_state("ComponentMetrics", self._settings(), self.state_dict(), ["n_frames"], cat,
+                                        process_group))
         return self
 
     def update(self, scores: Any, labels: Any) -> None:

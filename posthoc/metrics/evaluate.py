@@ -65,7 +65,10 @@ def evaluate_anomaly(frames: Frames, *, track: str = "anomaly", mode: str = "smi
 def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, Any]]]] | Sequence, *,
                           track: str = "anomaly", mode: str = "smiyc", ignore_index: int = 255,
                           threshold: float | None = None, curve_points: int | None = 4096,
-                          on_empty: str = "raise", threshold_dtype: str = "float64") -> dict[str, dict]:
+                          on_empty: str = "raise", threshold_dtype: str = "float64",
+                          names: Sequence[str] | None = None,
+                          reduce: Callable[[str, dict], None] | None = None,
+                          pixel: Mapping[str, PixelMetrics] | None = None) -> dict[str, dict]:
     """The SMIYC two-pass protocol for several score maps of the same frames at once.
 
     This is the one implementation of the protocol: :func:`evaluate_anomaly` and the
@@ -85,6 +88,19 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             logs a warning (the benchmark's behaviour).
         threshold_dtype: ``"float64"`` (default) or ``"float16"`` to reproduce the numpy-1.x
             SMIYC server's component metrics (see :class:`ComponentMetrics`).
+        names: the map names, when known in advance; then ``frames`` may be empty (a
+            process whose shard of a distributed run holds no frame), and every frame must
+            give exactly these names.
+        reduce: called as ``reduce("pixel", {name: PixelMetrics})`` after the first pass
+            and ``reduce("component", {name: ComponentMetrics})`` after the second, before
+            anything is computed; it may change the accumulators in place. With
+            ``lambda stage, accs: [a.sync() for a in accs.values()]`` every process of a
+            ``torch.distributed`` group evaluates its own frames and gets the metrics of
+            all of them (the component threshold then comes from the pooled pixel pass, as
+            in one process). Every process calls it with the same names in the same order.
+        pixel: filled pixel accumulators per map name (e.g. the states of several shards
+            merged in frame order); then the first pass is skipped, ``frames`` is read once
+            for the component pass, and ``names`` defaults to the keys of ``pixel``.
 
     Returns:
         ``{name: {"pixel": PixelMetrics.compute(curve_points), "component":
@@ -100,8 +116,15 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
         return _iterate(frames, "(labels, {name: scores})")
 
     pix: dict[str, PixelMetrics] = {}
-    names: tuple | None = None
-    for labels, maps in passes():
+    if pixel is not None:
+        names = tuple(pixel if names is None else names)
+        if set(names) != set(pixel):
+            raise ValueRangeError(f"pixel must hold the accumulators of {list(names)}; got {list(pixel)}")
+        pix = dict(pixel)
+    elif names is not None:
+        names = tuple(names)
+        pix = {k: PixelMetrics(mode=mode, ignore_index=ignore_index) for k in names}
+    for labels, maps in (() if pixel is not None else passes()):
         if names is None:
             names = tuple(maps)
             pix = {k: PixelMetrics(mode=mode, ignore_index=ignore_index) for k in names}
@@ -111,6 +134,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             pix[k].update(maps[k], labels)
     if names is None:
         raise EmptyMetricError("evaluate_anomaly: no frames were given")
+    if reduce is not None:
+        reduce("pixel", pix)
     out: dict[str, dict] = {}
     comp: dict[str, ComponentMetrics | None] = {}
     for k in names:
@@ -137,6 +162,8 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
                 raise ValueRangeError(f"every frame must give the maps {list(names)}; got {list(maps)} (second pass)")
             for k in active:
                 comp[k].update(maps[k], labels)
+        if reduce is not None:
+            reduce("component", {k: comp[k] for k in active})
         for k in active:
             cm = comp[k]
             if cm.n_frames != pix[k].n_frames:

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ValueRangeError
+from ..errors import DTypeError, ShapeError, ValueRangeError
 from ._common import (
     EmptyMetricError,
     check_anomaly_ignore_index,
@@ -62,6 +62,7 @@ from ._common import (
     check_same_shape,
     check_scores,
 )
+from ._state import all_gather_arrays, as_array, check_settings, check_state_keys, split_sizes, sync_state
 
 logger = logging.getLogger(__name__)
 
@@ -604,6 +605,117 @@ class PixelMetrics:
         if self.mode == "smiyc":
             return sum(t.nbytes + a.nbytes + b.nbytes for t, a, b in self._frames)
         return self._pos.nbytes + self._neg.nbytes
+
+    # ----------------------------------------------------------------- state API
+    def _settings(self) -> dict[str, np.ndarray]:
+        return {"mode": np.array(self.mode), "ignore_index": np.array(self.ignore_index, np.int64),
+                "num_bins": np.array(self.num_bins, np.int64)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The accumulated state as plain numpy arrays (save with ``np.savez``; no pickle needed).
+
+        Keys: the settings ``mode`` (0-d str), ``ignore_index``, ``num_bins``; the counts
+        ``n_frames``, ``n_pos``, ``n_neg`` (0-d int64); in ``smiyc`` mode the per-frame bins
+        concatenated in frame order, ``bin_thresholds`` (T,) float64, ``bin_tp`` / ``bin_fp``
+        (T,) int64 and ``bin_sizes`` (F,) int64 entries per binned frame; in ``exact`` mode,
+        per class ``c`` in ``pos``/``neg``: ``{c}_hist`` (65536,) int64 counts of float16
+        scores by order key (or (0,) when none), ``{c}_runs`` (M,) the other scores as sorted
+        runs concatenated and ``{c}_run_sizes`` (R,) int64.
+        """
+        st = self._settings() | {
+            "n_frames": np.array(self.n_frames, np.int64),
+            "n_pos": np.array(self.n_pos, np.int64),
+            "n_neg": np.array(self.n_neg, np.int64),
+        }
+        if self.mode == "smiyc":
+            fr = self._frames
+            for j, (key, dt) in enumerate((("bin_thresholds", np.float64), ("bin_tp", np.int64),
+                                           ("bin_fp", np.int64))):
+                st[key] = np.concatenate([f[j] for f in fr]).astype(dt, copy=False) if fr else np.zeros(0, dt)
+            st["bin_sizes"] = np.array([f[0].shape[0] for f in fr], np.int64)
+        else:
+            for c, ex in (("pos", self._pos), ("neg", self._neg)):
+                st[f"{c}_hist"] = ex.hist.astype(np.int64, copy=True) if ex.hist is not None else np.zeros(0, np.int64)
+                st[f"{c}_runs"] = np.concatenate(ex.runs) if ex.runs else np.zeros(0, np.float32)
+                st[f"{c}_run_sizes"] = np.array([r.shape[0] for r in ex.runs], np.int64)
+        return st
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace this accumulator's state by ``state`` (from :meth:`state_dict`, same settings).
+
+        Raises:
+            ValueRangeError: the state was saved with other settings (mode, ignore_index,
+                num_bins), or holds negative counts; ShapeError / DTypeError: malformed arrays.
+        """
+        keys = ["mode", "ignore_index", "num_bins", "n_frames", "n_pos", "n_neg"]
+        keys += (["bin_thresholds", "bin_tp", "bin_fp", "bin_sizes"] if self.mode == "smiyc" else
+                 [f"{c}_{k}" for c in ("pos", "neg") for k in ("hist", "runs", "run_sizes")])
+        check_state_keys("PixelMetrics", state, keys)
+        check_settings("PixelMetrics", self._settings(), state)
+        counts = [int(as_array(state, k, np.int64, 0)) for k in ("n_frames", "n_pos", "n_neg")]
+        if min(counts) < 0:
+            raise ValueRangeError(f"PixelMetrics.load_state_dict: counts must be >= 0; got n_frames, n_pos, n_neg "
+                                  f"= {counts}")
+        frames: list = []
+        pos, neg = _ExactState(), _ExactState()
+        if self.mode == "smiyc":
+            thr = as_array(state, "bin_thresholds", np.float64, 1)
+            tp = as_array(state, "bin_tp", np.int64, 1)
+            fp = as_array(state, "bin_fp", np.int64, 1)
+            sizes = as_array(state, "bin_sizes", np.int64, 1)
+            if not thr.shape == tp.shape == fp.shape:
+                raise ShapeError(f"PixelMetrics.load_state_dict: bin_thresholds, bin_tp and bin_fp must have one "
+                                 f"length; got {thr.shape}, {tp.shape}, {fp.shape}")
+            if sizes.shape[0] > counts[0]:
+                raise ValueRangeError(f"PixelMetrics.load_state_dict: {sizes.shape[0]} binned frames but n_frames "
+                                      f"= {counts[0]}")
+            parts = [split_sizes(a, sizes, "PixelMetrics.load_state_dict (bin_sizes)") for a in (thr, tp, fp)]
+            frames = list(zip(*parts, strict=True))
+        else:
+            for c, ex in (("pos", pos), ("neg", neg)):
+                h = as_array(state, f"{c}_hist", np.int64, 1)
+                if h.shape[0] not in (0, 65536):
+                    raise ShapeError(f"PixelMetrics.load_state_dict: {c}_hist must be (65536,) or (0,); got {h.shape}")
+                ex.hist = h.copy() if h.shape[0] and h.sum() > 0 else None
+                runs = as_array(state, f"{c}_runs", None, 1)
+                if runs.dtype.kind != "f":
+                    raise DTypeError(f"PixelMetrics.load_state_dict: {c}_runs must be float; got {runs.dtype}")
+                ex.runs = [r for r in split_sizes(runs, as_array(state, f"{c}_run_sizes", np.int64, 1),
+                                                  f"PixelMetrics.load_state_dict ({c}_run_sizes)") if r.size]
+        self.n_frames, self.n_pos, self.n_neg = counts
+        self._frames = frames
+        self._pos, self._neg = pos, neg
+
+    def sync(self, process_group: Any = None) -> PixelMetrics:
+        """All-reduce the state over a ``torch.distributed`` process group, in place; returns ``self``.
+
+        Afterwards every rank holds the state of the whole group: counts and float16
+        histograms are summed, per-frame bins and sorted runs are concatenated in rank
+        order. When rank r evaluated the r-th contiguous block of the frames, the result
+        equals a single process over all frames exactly (the ``smiyc`` tie quirk included).
+
+        Raises:
+            MetricSyncError: no process group, different settings across ranks, or a failed
+                or timed-out collective (e.g. a rank died).
+        """
+        st = self.state_dict()
+        if self.mode == "smiyc":
+            cat = ["bin_thresholds", "bin_tp", "bin_fp", "bin_sizes"]
+            sums = ["n_frames", "n_pos", "n_neg"]
+        else:
+            # one float dtype for the runs on every rank (float32 unless some rank holds float64)
+            (codes,) = all_gather_arrays([np.array([2 if (st["pos_runs"].dtype == np.float64 or
+                                                          st["neg_runs"].dtype == np.float64) else 1], np.int64)],
+                                         process_group, "PixelMetrics.sync (dtype)")
+            dt = np.float64 if max(int(c[0]) for c in codes) == 2 else np.float32
+            for c in ("pos", "neg"):
+                st[f"{c}_runs"] = st[f"{c}_runs"].astype(dt, copy=False)
+                if st[f"{c}_hist"].shape[0] == 0:
+                    st[f"{c}_hist"] = np.zeros(65536, np.int64)
+            cat = [f"{c}_{k}" for c in ("pos", "neg") for k in ("runs", "run_sizes")]
+            sums = ["n_frames", "n_pos", "n_neg", "pos_hist", "neg_hist"]
+        self.load_state_dict(sync_state("PixelMetrics", self._settings(), st, sums, cat, process_group))
+        return self
 
     # ----------------------------------------------------------------- update
     def update(self, scores: Any, labels: Any) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError, ValueRangeError
 from ..validation import shape_str
 from ._common import EmptyMetricError, check_class_map, check_mergeable, check_scores, to_numpy
+from ._state import as_array, check_settings, check_state_keys, sync_state
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +132,40 @@ class SemanticMetrics:
         self.n_frames += other.n_frames
         return self
 
+    # ----------------------------------------------------------------- state API
+    def _settings(self) -> dict[str, np.ndarray]:
+        return {"num_classes": np.array(self.num_classes, np.int64),
+                "ignore_index": np.array(self.ignore_index, np.int64),
+                "has_seen": np.array(self.seen is not None),
+                "seen": self.seen if self.seen is not None else np.zeros(0, np.int64)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The state as plain numpy arrays: settings ``num_classes``, ``ignore_index``,
+        ``has_seen`` (0-d bool), ``seen`` (S,) int64; ``confusion`` (K,K) int64 (rows = target,
+        columns = prediction) and ``n_frames`` (0-d int64). Save with ``np.savez``."""
+        return self._settings() | {"confusion": self.confusion.copy(), "n_frames": np.array(self.n_frames, np.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the state by ``state`` (from :meth:`state_dict` of an accumulator with the same settings).
+
+        Raises:
+            ValueRangeError: other settings, or negative counts; ShapeError: a confusion matrix
+            that is not (K,K).
+        """
+        _load_confusion(self, "SemanticMetrics", state, self.num_classes)
+
+    def sync(self, process_group: Any = None) -> SemanticMetrics:
+        """All-reduce (sum) the confusion matrix and frame count over a ``torch.distributed``
+        process group, in place (exact: integer sums); returns ``self``.
+
+        Raises:
+            MetricSyncError: no process group, other settings on some rank, or a failed or
+            timed-out collective.
+        """
+        self.load_state_dict(sync_state("SemanticMetrics", self._settings(), self.state_dict(),
+                                        ["confusion", "n_frames"], [], process_group))
+        return self
+
     def update(self, preds: Any, targets: Any) -> None:
         """Add frames.
 
@@ -175,6 +210,22 @@ class SemanticMetrics:
             res["miou_unseen"] = u
             res["hiou"] = 2 * s * u / (s + u) if (s + u) > 0 else float("nan")
         return res
+
+
+def _load_confusion(obj: Any, owner: str, state: dict, k: int) -> None:
+    """load_state_dict of the confusion-matrix accumulators."""
+    settings = obj._settings()
+    check_state_keys(owner, state, [*settings, "confusion", "n_frames"])
+    check_settings(owner, settings, state)
+    cm = as_array(state, "confusion", np.int64, 2)
+    if cm.shape != (k, k):
+        raise ShapeError(f"{owner}.load_state_dict: confusion must be ({k},{k}); got {shape_str(cm.shape)}")
+    n = int(as_array(state, "n_frames", np.int64, 0))
+    if n < 0 or (cm.size and cm.min() < 0):
+        raise ValueRangeError(f"{owner}.load_state_dict: counts must be >= 0; got n_frames={n}, "
+                              f"min confusion {int(cm.min()) if cm.size else 0}")
+    obj.confusion = cm.copy()
+    obj.n_frames = n
 
 
 def open_set_prediction(semantic: Any, anomaly_scores: Any, threshold: float, unknown_id: int) -> Any:
@@ -243,6 +294,28 @@ class OpenIoU:
         check_mergeable(self, other, ("num_known", "unknown_id", "ignore_index"))
         self.confusion += other.confusion
         self.n_frames += other.n_frames
+        return self
+
+    # ----------------------------------------------------------------- state API
+    def _settings(self) -> dict[str, np.ndarray]:
+        return {"num_known": np.array(self.num_known, np.int64), "unknown_id": np.array(self.unknown_id, np.int64),
+                "ignore_index": np.array(self.ignore_index, np.int64)}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The state as plain numpy arrays: settings ``num_known``, ``unknown_id``,
+        ``ignore_index``; ``confusion`` (K+1,K+1) int64 (index K = unknown) and ``n_frames``."""
+        return self._settings() | {"confusion": self.confusion.copy(), "n_frames": np.array(self.n_frames, np.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the state by ``state`` (from :meth:`state_dict`, same settings); errors as
+        :meth:`SemanticMetrics.load_state_dict`."""
+        _load_confusion(self, "OpenIoU", state, self.num_known + 1)
+
+    def sync(self, process_group: Any = None) -> OpenIoU:
+        """All-reduce (sum) the confusion matrix and frame count over a ``torch.distributed``
+        process group, in place; returns ``self``. Raises MetricSyncError as :meth:`SemanticMetrics.sync`."""
+        self.load_state_dict(sync_state("OpenIoU", self._settings(), self.state_dict(), ["confusion", "n_frames"], [],
+                                        process_group))
         return self
 
     def _remap(self, x: Any, name: str, allow_ignore: bool) -> np.ndarray:
