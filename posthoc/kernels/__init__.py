@@ -95,6 +95,16 @@ def _numba_mod():
 
 
 @functools.cache
+def _numba_offsets_mod():
+    """The numba kernels of the offset ops (:mod:`._numba_offsets`); None without numba."""
+    try:
+        return importlib.import_module("posthoc.kernels._numba_offsets")
+    except ImportError as e:
+        log.debug("numba offset kernels unavailable: %s", e)
+        return None
+
+
+@functools.cache
 def _triton_mod():
     try:
         return importlib.import_module("posthoc.kernels._triton")
