@@ -105,6 +105,16 @@ def _numba_offsets_mod():
 
 
 @functools.cache
+def _numba_assign_mod():
+    """The numba kernel of the resizing soft assignment (:mod:`._numba_assign`); None without numba."""
+    try:
+        return importlib.import_module("posthoc.kernels._numba_assign")
+    except ImportError as e:
+        log.debug("numba assign kernel unavailable: %s", e)
+        return None
+
+
+@functools.cache
 def _triton_mod():
     try:
         return importlib.import_module("posthoc.kernels._triton")
