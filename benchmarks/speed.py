@@ -620,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="4x smaller images, for a smoke test")
     p.add_argument("--no-loop", action="store_true", help="skip the per-region loop baseline for fuse")
     p.add_argument("--only", choices=["fuse", "assign", "chain"], default=None,
-                   help="run only the fusion rows, the soft-assignment row, or the chain rows (posthoc.bench.speed_chain)")
+                   help="run only the fusion rows, the soft-assignment row, or the chain rows "
+                        "(posthoc.bench.speed_chain)")
     p.add_argument("--no-fallback", action="store_true", help="chain rows: skip the (slow) torch fallback timings")
     p.add_argument("--memory", action="store_true",
                    help="also measure the extra peak memory of a 4K frame and a batch of 16 1024x2048 (C=19) fusion")
