@@ -390,22 +390,29 @@ def offsets_from_proposals(
         check_range(t, "teacher", 0.0, 1.0)
         # region means in float64 with bincount: exact enough and bit-reproducible (the result
         # feeds only this CPU-side confidence; the fast kernels may reorder float32 sums)
-        t_np = t.detach().cpu().numpy().astype(np.float64)
-        C = t_np.shape[1]
-        dev_map = np.zeros((B, H, W), np.float64)
-        for b in range(B):
-            lb = lab_np[b].reshape(-1)
-            ok = lb >= 0
-            if not ok.any():
-                continue
-            n = int(lb.max()) + 1
-            cnt = np.maximum(np.bincount(lb[ok], minlength=n), 1)
-            acc = np.zeros(H * W)
-            for c in range(C):
-                tc = t_np[b, c].reshape(-1)
-                mean_c = np.bincount(lb[ok], weights=tc[ok], minlength=n) / cnt
-                acc[ok] += np.abs(tc[ok] - mean_c[lb[ok]])
-            dev_map[b] = np.clip(acc / (2.0 if C > 1 else 1.0), 0.0, 1.0).reshape(H, W)
+        nbk = (kernels._numba_offsets_mod()
+               if kernels.resolve_backend(backend, torch.device("cpu"), B * H * W) == "numba" else None)
+        if nbk is not None:  # the same float64 sums, in the same order, compiled
+            t32 = np.ascontiguousarray(t.detach().cpu().numpy())
+            dev_map = np.stack([nbk.teacher_deviation_np(lab_np[b], t32[b]) for b in range(B)]) if B else \
+                np.zeros((0, H, W), np.float64)
+        else:
+            t_np = t.detach().cpu().numpy().astype(np.float64)
+            C = t_np.shape[1]
+            dev_map = np.zeros((B, H, W), np.float64)
+            for b in range(B):
+                lb = lab_np[b].reshape(-1)
+                ok = lb >= 0
+                if not ok.any():
+                    continue
+                n = int(lb.max()) + 1
+                cnt = np.maximum(np.bincount(lb[ok], minlength=n), 1)
+                acc = np.zeros(H * W)
+                for c in range(C):
+                    tc = t_np[b, c].reshape(-1)
+                    mean_c = np.bincount(lb[ok], weights=tc[ok], minlength=n) / cnt
+                    acc[ok] += np.abs(tc[ok] - mean_c[lb[ok]])
+                dev_map[b] = np.clip(acc / (2.0 if C > 1 else 1.0), 0.0, 1.0).reshape(H, W)
 
     which = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
     nb = kernels._numba_offsets_mod() if which == "numba" else None

@@ -22,6 +22,7 @@ may differ by an ulp.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -410,6 +411,63 @@ def _field(lab, n2, ds, two, eps, max_off, bw, table, dev, tw, use_dev, ox, oy, 
 TABLE_MAX = 1 << 20
 
 
+@njit(cache=True, nogil=True)
+def _region_means(lab, t, n, cnt, sums):
+    """Per-region pixel counts and float64 sums of every channel, pixel order (= np.bincount)."""
+    C, P = t.shape
+    for p in range(P):
+        v = lab[p]
+        if v >= 0:
+            cnt[v] += 1
+    for c in range(C):
+        for p in range(P):
+            v = lab[p]
+            if v >= 0:
+                sums[c, v] += np.float64(t[c, p])
+    for v in range(n):
+        k = max(cnt[v], 1)
+        for c in range(C):
+            sums[c, v] = sums[c, v] / k
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _deviation(lab, t, means, div, out):
+    """out = clip(sum_c |t_c - mean_c(region)| / div, 0, 1) (float64, c ascending); 0 where unassigned."""
+    C, P = t.shape
+    nblk = (P + 4095) // 4096
+    for k in prange(nblk):
+        for p in range(k * 4096, min(P, (k + 1) * 4096)):
+            v = lab[p]
+            if v < 0:
+                out[p] = 0.0
+                continue
+            acc = 0.0
+            for c in range(C):
+                acc += abs(np.float64(t[c, p]) - means[c, v])
+            out[p] = min(max(acc / div, 0.0), 1.0)
+
+
+@_serialized
+def teacher_deviation_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(H,W) labels, (C,H,W) float32 teacher -> (H,W) float64 deviation from the region means.
+
+    Equal to the bincount formulation of :func:`posthoc.offsets.offsets_from_proposals`
+    (same float64 sums in the same order)."""
+    C = t.shape[0]
+    flat = lab.reshape(-1)
+    tt = t.reshape(C, -1)
+    n = int(flat.max()) + 1 if flat.size else 0
+    out = np.zeros(flat.shape[0], np.float64)
+    if n <= 0:
+        return out.reshape(lab.shape)
+    cnt = np.zeros(n, np.int64)
+    sums = np.zeros((C, n), np.float64)
+    _region_means(flat, tt, n, cnt, sums)
+    _deviation(flat, tt, sums, 2.0 if C > 1 else 1.0, out)
+    return out.reshape(lab.shape)
+
+
+@functools.lru_cache(maxsize=16)
 def _conf_table(bw: float, max_n2: int) -> np.ndarray:
     """``exp(-d / bw)`` in float32 exactly as numpy computes it, for d = sqrt(n), n < size.
 
@@ -417,7 +475,9 @@ def _conf_table(bw: float, max_n2: int) -> np.ndarray:
     (104 bw)^2 or ``max_n2``; larger n read past it and are computed by the kernel."""
     size = int(min(max_n2 + 1, TABLE_MAX, (104.0 * bw) ** 2 + 2))
     d = np.sqrt(np.arange(size, dtype=np.float64)).astype(np.float32)
-    return np.exp(-d / np.float32(bw)).astype(np.float32)
+    table = np.exp(-d / np.float32(bw)).astype(np.float32)
+    table.flags.writeable = False  # shared by the calls with the same (bw, size)
+    return table
 
 
 @_serialized
