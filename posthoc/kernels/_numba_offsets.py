@@ -68,13 +68,15 @@ def _resample(s, o, f, sx, sy, out, bad):
         for x in range(W):
             dx = o[b, 0, y, x]
             dy = o[b, 1, y, x]
+            fc = f[b, 0, y, x]
+            if not (fc >= zero and fc <= one):
+                nbad += 1
+            if dx == zero and dy == zero:
+                continue  # zero offset: the pixel itself (the common case of a proposal field)
             if not (abs(dx) <= big and abs(dy) <= big):
                 nbad += 1
                 dx = zero
                 dy = zero
-            fc = f[b, 0, y, x]
-            if not (fc >= zero and fc <= one):
-                nbad += 1
             if sx != one:
                 dx = dx * sx
             if sy != one:
