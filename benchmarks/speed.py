@@ -23,6 +23,9 @@ and in one run:
   ``(R*V).argmax(1)``, and the floor (read R once, write the
   labels once).
 
+* the chain rows of :mod:`posthoc.bench.speed_chain` (issue 10): every other op of the
+  post-hoc chain and the chain per frame against its floor (``--only chain`` runs only them).
+
 Times are medians over ``--repeats`` runs after a warm-up; the floor and our kernel are
 timed interleaved so that load from other processes hits both alike. The table goes to
 stdout, the figures to JSON (``--out``) with device, versions and thread count.
@@ -695,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows))
         for note in _check_targets(rows, device):
             print(note)
+    if device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: OMP_WAIT_POLICY is not PASSIVE: torch's OpenMP threads spin after each op and, on a machine "
+              "with few or shared cores, slow the numba kernels and torch's own small reductions (see docs/kernels.md)")
     if chain_rows:
         from . import speed_chain
 
