@@ -216,7 +216,7 @@ def _soft_assign_numba(r: torch.Tensor, v: torch.Tensor, grid: _Grid) -> torch.T
     kernels._numba_threads()
     B = r.shape[0]
     H, W = grid.y0.numel(), grid.x0.numel()
-    out = torch.empty((B, H, W), dtype=torch.int64)
+    out = kernels._empty_cpu((B, H, W), torch.int64)
     g = [t.contiguous().numpy() for t in (grid.y0, grid.y1, grid.ly0, grid.ly1, grid.x0, grid.x1, grid.lx0, grid.lx1)]
     nb.soft_assign_np(r.contiguous().numpy(), v.contiguous().numpy(), *g, out.numpy())
     return out

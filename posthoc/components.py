@@ -145,15 +145,17 @@ def connected_components(
     lab = np.ascontiguousarray(labels)
     if lab.dtype not in (np.int32, np.int64):
         lab = lab.astype(np.int64)
-    out = np.empty(lab.shape, np.int64)
     if lab.size == 0:
-        return out, np.zeros(lab.shape[0], np.int64)
+        return np.empty(lab.shape, np.int64), np.zeros(lab.shape[0], np.int64)
     if method == "runs" and numba is not None:
-        from .kernels import _numba_threads
+        from .kernels import _empty_cpu, _numba_threads
         from .kernels._numba_cc import label_runs_np
+
+        out = _empty_cpu(tuple(lab.shape), torch.int64).numpy()  # huge pages for a large fresh output
 
         _numba_threads()
         return out, label_runs_np(lab, connectivity == 8, int(min_size), out)
+    out = np.empty(lab.shape, np.int64)
     counts = _cc_equal_labels(lab, connectivity == 8, int(min_size), out)
     return out, np.asarray(counts)
 

@@ -417,9 +417,11 @@ def offsets_from_proposals(
     which = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
     nb = kernels._numba_offsets_mod() if which == "numba" else None
     # the numba path writes every pixel; the numpy path only those of images with a boundary
-    alloc = np.empty if nb is not None else np.zeros
-    offs = alloc((B, 2, H, W), np.float32)
-    conf = alloc((B, 1, H, W), np.float32)
+    if nb is not None:  # fresh outputs on huge pages (fewer page faults; see kernels._empty_cpu)
+        o_t, c_t = kernels._empty_cpu((B, 2, H, W), torch.float32), kernels._empty_cpu((B, 1, H, W), torch.float32)
+        offs, conf = o_t.numpy(), c_t.numpy()
+    else:
+        offs, conf = np.zeros((B, 2, H, W), np.float32), np.zeros((B, 1, H, W), np.float32)
     if nb is not None:
         kernels._numba_threads()
     for b in range(B):  # per image (distance transforms run on the CPU)

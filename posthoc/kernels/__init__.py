@@ -268,7 +268,7 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
 
 
 #: fresh CPU outputs at least this large are backed by transparent huge pages (see _empty_cpu)
-HUGE_MIN_BYTES = 32 << 20
+HUGE_MIN_BYTES = 4 << 20
 
 
 def _empty_cpu(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -296,12 +296,21 @@ def distances_np(n2: np.ndarray) -> np.ndarray:
 # offset is 0 and only the confidence is computed.
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dist64(n, dtab):
+    """float64(d) for a squared distance n: from the table when n is small, else computed."""
+    if n < dtab.shape[0]:
+        return dtab[n]
+    return np.float64(_dist(n))
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _band_blur(n2, k, lim0, lim1, ds):
+def _band_blur(n2, k, lim0, lim1, dtab, ds):
     """Separable blur (replicate border, float64, taps in ascending order) of d = sqrt(n2).
 
     Row by row: the axis-0 pass into a row buffer where n2 < lim0, then the axis-1 pass into
-    ``ds`` where n2 < lim1 (it reads the buffer within r columns, all below lim0)."""
+    ``ds`` where n2 < lim1 (it reads the buffer within r columns, all below lim0).
+    ``dtab[n] = float64(float32(sqrt(n)))`` for small n (the band's distances)."""
     H, W = n2.shape
     n = k.shape[0]
     r = (n - 1) // 2
@@ -313,7 +322,7 @@ def _band_blur(n2, k, lim0, lim1, ds):
                 acc = 0.0
                 for i in range(n):
                     yy = min(max(y + i - r, 0), H - 1)
-                    acc += k[i] * np.float64(_dist(n2[yy, x]))
+                    acc += k[i] * _dist64(n2[yy, x], dtab)
                 tmp[x] = acc
         for x in range(W):
             if row[x] < lim1:
@@ -358,12 +367,13 @@ def _grad(ds, y, x, H, W, two, zero):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _field(lab, n2, ds, two, eps, max_off, bw, table, dev, tw, use_dev, ox, oy, conf):
+def _field(lab, n2, ds, two, eps, max_off, n_off, bw, table, dev, tw, use_dev, ox, oy, conf):
     """Offsets and confidence of :func:`posthoc.offsets.offsets_from_proposals` for one image.
 
     ``ds`` is float64 (blurred) or float32 (``smooth=0``), valid on the band; ``two``/``eps``
     carry its dtype so that the arithmetic matches numpy's on an array of that dtype.
-    ``table[n] = exp(-sqrt(n) / bw)`` (computed by numpy) for squared distances n below its size.
+    ``table[n] = exp(-sqrt(n) / bw)`` (computed by numpy) for squared distances n below its size;
+    ``n_off`` is the smallest n whose float32 distance is >= max_off (so ``d < max_off <=> n < n_off``).
     """
     H, W = lab.shape
     zero = two - two
@@ -378,10 +388,10 @@ def _field(lab, n2, ds, two, eps, max_off, bw, table, dev, tw, use_dev, ox, oy, 
                 conf[y, x] = z32
                 continue
             n = n2[y, x]
-            dd = _dist(n)
             fx = z32
             fy = z32
-            if dd < max_off:
+            if n < n_off:
+                dd = _dist(n)
                 gx, gy = _grad(ds, y, x, H, W, two, zero)
                 norm = np.sqrt(gx * gx + gy * gy)
                 length = min(max(max_off - dd, z32), max_off)
@@ -403,7 +413,7 @@ def _field(lab, n2, ds, two, eps, max_off, bw, table, dev, tw, use_dev, ox, oy, 
                         fy = fy * np.float32(0.5)
             ox[y, x] = fx
             oy[y, x] = fy
-            fc = table[n] if n < nt else np.exp(-dd / bw)
+            fc = table[n] if n < nt else np.exp(-_dist(n) / bw)
             if use_dev:
                 fc = fc * np.float32((1.0 - tw) + tw * dev[y, x])
             conf[y, x] = min(max(fc, z32), np.float32(1.0))
@@ -470,6 +480,23 @@ def teacher_deviation_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
+def _sqrt_table(size: int) -> np.ndarray:
+    """``float64(float32(sqrt(n)))`` for n < size (as :func:`_dist` computes it)."""
+    t = np.sqrt(np.arange(max(1, min(size, TABLE_MAX)), dtype=np.float64)).astype(np.float32).astype(np.float64)
+    t.flags.writeable = False
+    return t
+
+
+def _first_at_least(max_offset: float) -> np.int64:
+    """The smallest n >= 0 with float32(sqrt(n)) >= float32(max_offset): ``d < max_offset <=> n < it``."""
+    m = np.float32(max_offset)
+    n = max(0, int(math.floor(float(m) * float(m))) - 2)
+    while np.float32(np.sqrt(np.float64(n))) < m:
+        n += 1
+    return np.int64(n)
+
+
+@functools.lru_cache(maxsize=16)
 def _conf_table(bw: float, max_n2: int) -> np.ndarray:
     """``exp(-d / bw)`` in float32 exactly as numpy computes it, for d = sqrt(n), n < size.
 
@@ -499,10 +526,11 @@ def offset_field_np(lab, n2, smooth_taps, max_offset, boundary_width, dev, teach
     else:
         r = (smooth_taps.shape[0] - 1) // 2
         ds = np.empty((H, W), np.float64)
-        _band_blur(n2, smooth_taps, sq(mo + r + 2.0), sq(mo + 2.0), ds)
+        _band_blur(n2, smooth_taps, sq(mo + r + 2.0), sq(mo + 2.0), _sqrt_table(int(sq(mo + 2 * r + 3.0))), ds)
     t = ds.dtype.type
     use_dev = dev is not None
     devarr = dev if use_dev else np.zeros((1, 1), np.float64)
     table = _conf_table(float(boundary_width), (H - 1) ** 2 + (W - 1) ** 2 + 1)
-    _field(lab, n2, ds, t(2.0), t(1e-6), np.float32(max_offset), np.float32(boundary_width), table,
+    _field(lab, n2, ds, t(2.0), t(1e-6), np.float32(max_offset), _first_at_least(float(max_offset)),
+           np.float32(boundary_width), table,
            devarr, float(teacher_weight), use_dev, ox, oy, conf)
