@@ -218,7 +218,9 @@ def _soft_assign_numba(r: torch.Tensor, v: torch.Tensor, grid: _Grid) -> torch.T
     H, W = grid.y0.numel(), grid.x0.numel()
     out = kernels._empty_cpu((B, H, W), torch.int64)
     g = [t.contiguous().numpy() for t in (grid.y0, grid.y1, grid.ly0, grid.ly1, grid.x0, grid.x1, grid.lx0, grid.lx1)]
-    nb.soft_assign_np(r.contiguous().numpy(), v.contiguous().numpy(), *g, out.numpy())
+    if nb.soft_assign_np(r.contiguous().numpy(), v.contiguous().numpy(), *g, out.numpy()):
+        check_range(r, "region_scores", 0.0, 1.0)  # raises the usual error
+        raise ValueRangeError("region_scores must be probabilities in [0,1]")  # pragma: no cover
     return out
 
 
@@ -296,9 +298,10 @@ def soft_assign(
             raise ShapeError(
                 f"region_scores must have a non-empty spatial size to be resized; got {shape_str(r.shape)}"
             )
-        check_range(r, "region_scores", 0.0, 1.0)
-        grid = _Grid(h, w, H, W, r.device)
         which = kernels.resolve_backend(backend, r.device, B * N * h * w) if method != "dense" else "dense"
+        if which != "numba":  # the numba kernel checks the range while it reads R
+            check_range(r, "region_scores", 0.0, 1.0)
+        grid = _Grid(h, w, H, W, r.device)
         if which == "numba":
             lab = _soft_assign_numba(r, v, grid)
         elif method == "dense":

@@ -27,9 +27,12 @@ PRUNE_REL = 1e-5
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, ystart, xstart, rel, out):
+def _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, ystart, xstart, rel, out, bad):
     """r (B,N,h,w) f32, v (B,N) f32; per-axis grid arrays; ystart (h+1,), xstart (w+1,): the
-    output rows/columns of each cell row/column (y0, x0 are non-decreasing); out (B,H,W) int64."""
+    output rows/columns of each cell row/column (y0, x0 are non-decreasing); out (B,H,W) int64.
+
+    ``bad[b*h + cy]`` counts the values of R's row cy outside [0,1] (NaN included): the range
+    check of ``soft_assign`` folded into this read of R."""
     B, N, h, w = r.shape
     W = out.shape[2]
     up = np.float32(1.0 + rel)
@@ -37,9 +40,19 @@ def _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, ystart, xstart, rel, out):
     for it in prange(B * h):
         b = it // h
         cy = it % h
+        nbad = 0
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for n in range(N):
+            rr = r[b, n, cy]
+            for cx in range(w):
+                q = rr[cx]
+                if not (q >= zero and q <= one):
+                    nbad += 1
+        bad[it] = nbad
         Y0 = ystart[cy]
         Y1 = ystart[cy + 1]
-        if Y1 == Y0:
+        if Y1 == Y0 or nbad:
             continue
         cy1 = y1[Y0]
         U = np.empty((N, w), np.float32)
@@ -112,7 +125,12 @@ def _starts(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 @_serialized
-def soft_assign_np(r: np.ndarray, v: np.ndarray, y0, y1, ly0, ly1, x0, x1, lx0, lx1, out: np.ndarray) -> None:
-    """Labels (B,H,W) int64 into ``out``; grid arrays as in :class:`posthoc.assign._Grid` (numpy)."""
-    h, w = r.shape[2], r.shape[3]
-    _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, _starts(y0, h), _starts(x0, w), PRUNE_REL, out)
+def soft_assign_np(r: np.ndarray, v: np.ndarray, y0, y1, ly0, ly1, x0, x1, lx0, lx1, out: np.ndarray) -> int:
+    """Labels (B,H,W) int64 into ``out``; grid arrays as in :class:`posthoc.assign._Grid` (numpy).
+
+    Returns the number of values of R outside [0,1] or NaN (then ``out`` is not complete and
+    the caller raises the range error)."""
+    B, _, h, w = r.shape
+    bad = np.zeros(B * h, np.int64)
+    _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, _starts(y0, h), _starts(x0, w), PRUNE_REL, out, bad)
+    return int(bad.sum())

@@ -204,3 +204,15 @@ def test_chain_ops_on_cuda_match_cpu():
     assert a_g.device.type == "cuda" and torch.equal(a_g.cpu(), a)
     comp_g = posthoc.split_components(lab.to(dev))
     assert comp_g.device.type == "cuda" and torch.equal(comp_g.cpu(), posthoc.split_components(lab))
+
+
+@pytest.mark.parametrize("bad", [np.nan, 1.5, -0.1, np.inf])
+def test_soft_assign_numba_range_error_matches_torch(bad):
+    R, V = blob_masks(1, 4, 8, 8, seed=0)
+    R[0, 2, 3, 5] = bad
+    errs = []
+    for backend in ("numba", "torch"):
+        with pytest.raises(ValueRangeError) as e:
+            posthoc.soft_assign(R, V, size=(20, 20), backend=backend)
+        errs.append((type(e.value), str(e.value)))
+    assert errs[0] == errs[1]
