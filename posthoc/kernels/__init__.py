@@ -28,6 +28,12 @@ caller that has already checked the labels (``posthoc.fuse`` with
 :func:`posthoc.validation.check_range`. Inputs are never modified, except ``out`` (which may be ``probs``
 itself for an in-place fusion).
 
+The other ops of the chain have their numba kernels in sibling modules, loaded lazily
+(:func:`_numba_offsets_mod`, :func:`_numba_assign_mod`; ``posthoc.components`` imports
+:mod:`._numba_cc`): ``_numba_offsets`` (offset_resample, offsets_from_proposals),
+``_numba_assign`` (soft_assign with resizing), ``_numba_cc`` (split_components). They use
+:func:`resolve_backend` and :func:`_empty_cpu` from here.
+
 Threads: the numba path uses ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)``
 threads, so ``torch.set_num_threads`` is the single knob for both.
 """
