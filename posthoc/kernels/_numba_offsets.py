@@ -163,53 +163,51 @@ def resample_np(s: np.ndarray, o: np.ndarray, f: np.ndarray, sx: float, sy: floa
 # --------------------------------------------------------------------------- boundary + EDT
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _is_boundary(lab, y, x, H, W):
+    v = lab[y, x]
+    return ((x > 0 and lab[y, x - 1] != v) or (x + 1 < W and lab[y, x + 1] != v)
+            or (y > 0 and lab[y - 1, x] != v) or (y + 1 < H and lab[y + 1, x] != v))
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _boundary(lab, bd):
-    """bd[y,x] = 1 where a 4-neighbour carries another label. Returns the boundary pixel count."""
+def _edt_columns(lab, g, inf):
+    """g[y,x] = vertical distance to the nearest boundary pixel of column x (``inf`` if none),
+    the boundary (4-neighbour of another label) found on the fly. Returns the boundary pixel count."""
     H, W = lab.shape
-    cnt = np.zeros(H, np.int64)
-    for y in prange(H):
-        c = 0
-        for x in range(W):
-            v = lab[y, x]
-            e = False
-            if x > 0 and lab[y, x - 1] != v:
-                e = True
-            elif x + 1 < W and lab[y, x + 1] != v:
-                e = True
-            elif y > 0 and lab[y - 1, x] != v:
-                e = True
-            elif y + 1 < H and lab[y + 1, x] != v:
-                e = True
-            bd[y, x] = e
-            c += e
-        cnt[y] = c
-    return cnt.sum()
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _edt_columns(bd, g, inf):
-    """g[y,x] = vertical distance to the nearest boundary pixel of column x (``inf`` if none)."""
-    H, W = bd.shape
     nblk = (W + 255) // 256
+    cnt = np.zeros(nblk, np.int64)
     for k in prange(nblk):
         x0 = k * 256
         x1 = min(W, x0 + 256)
+        c = 0
         for x in range(x0, x1):
-            g[0, x] = 0 if bd[0, x] else inf
+            if _is_boundary(lab, 0, x, H, W):
+                g[0, x] = 0
+                c += 1
+            else:
+                g[0, x] = inf
         for y in range(1, H):
             for x in range(x0, x1):
-                g[y, x] = 0 if bd[y, x] else min(g[y - 1, x] + 1, inf)
+                if _is_boundary(lab, y, x, H, W):
+                    g[y, x] = 0
+                    c += 1
+                else:
+                    g[y, x] = min(g[y - 1, x] + 1, inf)
         for y in range(H - 2, -1, -1):
             for x in range(x0, x1):
                 t = g[y + 1, x] + 1
                 if t < g[y, x]:
                     g[y, x] = t
+        cnt[k] = c
+    return cnt.sum()
 
 
 @njit(cache=True, parallel=True, nogil=True)
 def _edt_rows(g, n2):
     """Meijster's second phase per row: n2 = min_i (x-i)^2 + g(i)^2 (exact squared distance, int32).
+
+    ``n2`` may be ``g`` itself: each row of g is read into a local buffer before it is written.
 
     The separation point ``1 + floor(num / den)`` is computed in float64: num < 2^31 and den
     < 2^16 here, so a non-integer quotient lies at least 1/den from an integer, far more than
@@ -272,14 +270,12 @@ def boundary_edt_np(lab: np.ndarray):
     exact integer is correctly rounded; float64 -> float32 cannot double-round a sqrt).
     """
     H, W = lab.shape
-    bd = _scratch((H, W), np.bool_)
-    if _boundary(lab, bd) == 0:
-        return None
     inf = np.int32(H + W + 1)
     g = _scratch((H, W), np.int32)
-    _edt_columns(bd, g, inf)
-    n2 = _scratch((H, W), np.int32)
-    _edt_rows(g, n2)
+    if _edt_columns(lab, g, inf) == 0:
+        return None
+    n2 = g
+    _edt_rows(g, n2)  # in place
     return n2
 
 
