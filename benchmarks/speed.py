@@ -23,6 +23,9 @@ and in one run:
   ``(R*V).argmax(1)``, and the floor (read R once, write the
   labels once).
 
+* the chain rows of :mod:`posthoc.bench.speed_chain` (issue 10): every other op of the
+  post-hoc chain and the chain per frame against its floor (``--only chain`` runs only them).
+
 Times are medians over ``--repeats`` runs after a warm-up; the floor and our kernel are
 timed interleaved so that load from other processes hits both alike. The table goes to
 stdout, the figures to JSON (``--out``) with device, versions and thread count.
@@ -571,7 +574,9 @@ def format_markdown(payload: dict[str, Any]) -> str:
             f"`posthoc-bench speed {' '.join(payload['argv'])}` at {payload['time_utc']}.")
     cols = ("| op | shape | ours (kernel) ms | kernel + check ms | `posthoc.*` end to end ms | torch fallback ms "
             "| loop ms | floor ms | kernel/floor | e2e/floor | loop/kernel |")
-    lines = [head, "", cols, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, ""]
+    if payload["rows"]:
+        lines += [cols, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in payload["rows"]:
         t = r["timings"]
         lk = "loop" if "loop" in t else "naive"
@@ -582,6 +587,10 @@ def format_markdown(payload: dict[str, Any]) -> str:
             f"| {_fmt(loop)}{' (naive argmax)' if lk == 'naive' else ''} | {r['floor_ms']:.1f} "
             f"| {r['kernel_over_floor']:.2f} | {r['e2e_over_floor']:.2f} | {_fmt(r.get('loop_over_ours'), '.0f')} |"
         )
+    if payload.get("chain_rows"):
+        from . import speed_chain
+
+        lines += ["", speed_chain.format_chain_markdown(payload["chain_rows"], payload["device"]).rstrip("\n")]
     if payload.get("memory"):
         mcols = ("| input (B,C,H,W) float32 + int32 labels | backend | input MB | extra peak MB (output included) "
                  "| extra / input |")
@@ -613,7 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; numba follows)")
     p.add_argument("--quick", action="store_true", help="4x smaller images, for a smoke test")
     p.add_argument("--no-loop", action="store_true", help="skip the per-region loop baseline for fuse")
-    p.add_argument("--only", choices=["fuse", "assign"], default=None, help="run one of the two ops")
+    p.add_argument("--only", choices=["fuse", "assign", "chain"], default=None,
+                   help="run only the fusion rows, the soft-assignment row, or the chain rows "
+                        "(posthoc.bench.speed_chain)")
+    p.add_argument("--no-fallback", action="store_true", help="chain rows: skip the (slow) torch fallback timings")
     p.add_argument("--memory", action="store_true",
                    help="also measure the extra peak memory of a 4K frame and a batch of 16 1024x2048 (C=19) fusion")
     p.add_argument("--jit", action="store_true",
@@ -648,7 +660,15 @@ def main(argv: list[str] | None = None) -> int:
     fuse_cases = QUICK_FUSE_CASES if args.quick else FUSE_CASES
     assign_case = QUICK_ASSIGN_CASE if args.quick else ASSIGN_CASE
     rows = []
+    chain_rows: list[dict[str, Any]] = []
     with torch.inference_mode():
+        if args.only in (None, "chain"):
+            from . import speed_chain
+
+            hw = (256, 512) if args.quick else (1024, 2048)
+            chain_rows = speed_chain.bench_chain(*hw, device, repeats=args.repeats,
+                                                 fallback_repeats=args.loop_repeats,
+                                                 with_fallback=not args.no_fallback)
         if args.only in (None, "fuse"):
             for case in fuse_cases:
                 rows.append(bench_fuse(case, device, repeats=args.repeats, loop_repeats=args.loop_repeats,
@@ -671,11 +691,22 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     print(f"posthoc speed benchmark on {device} "
           f"({_cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
-          f"{threads} threads, backend={args.backend} -> {', '.join(sorted({r['backend'] for r in rows}))}")
-    print("median ms; floor = same bytes moved by a streaming copy/reduction in this run")
-    print(format_table(rows))
-    for note in _check_targets(rows, device):
-        print(note)
+          f"{threads} threads, backend={args.backend}"
+          + (f" -> {', '.join(sorted({r['backend'] for r in rows}))}" if rows else ""))
+    if rows:
+        print("median ms; floor = same bytes moved by a streaming copy/reduction in this run")
+        print(format_table(rows))
+        for note in _check_targets(rows, device):
+            print(note)
+    if device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: OMP_WAIT_POLICY is not PASSIVE: torch's OpenMP threads spin after each op and, on a machine "
+              "with few or shared cores, slow the numba kernels and torch's own small reductions (see docs/kernels.md)")
+    if chain_rows:
+        from . import speed_chain
+
+        print("chain ops (issue 10): median ms; floor = bytes the op must move / bandwidth of a large copy "
+              "timed interleaved in this run")
+        print(speed_chain.format_chain_table(chain_rows, device))
     for m in memory:
         print(f"memory {tuple(m['shape'])}: input {m['input_MB']:.0f} MB, extra peak {m['extra_peak_MB']:.0f} MB "
               f"(output {m['output_MB']:.0f} MB included) = {m['extra_over_input']:.2f}x input, backend {m['backend']}")
@@ -695,6 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             "git_sha": _git_sha(),
             "targets": {"ours_over_floor": TARGET_FLOOR, "loop_over_ours": TARGET_LOOP},
             "rows": rows,
+            "chain_rows": chain_rows,
             "memory": memory,
             "first_call": jit,
         }

@@ -210,6 +210,20 @@ def _soft_assign_pruned(r, v, grid, budget):
     return lab
 
 
+def _soft_assign_numba(r: torch.Tensor, v: torch.Tensor, grid: _Grid) -> torch.Tensor:
+    """The pruned method as one compiled pass over cell rows (:mod:`posthoc.kernels._numba_assign`)."""
+    nb = kernels._numba_assign_mod()
+    kernels._numba_threads()
+    B = r.shape[0]
+    H, W = grid.y0.numel(), grid.x0.numel()
+    out = kernels._empty_cpu((B, H, W), torch.int64)
+    g = [t.contiguous().numpy() for t in (grid.y0, grid.y1, grid.ly0, grid.ly1, grid.x0, grid.x1, grid.lx0, grid.lx1)]
+    if nb.soft_assign_np(r.contiguous().numpy(), v.contiguous().numpy(), *g, out.numpy()):
+        check_range(r, "region_scores", 0.0, 1.0)  # raises the usual error
+        raise ValueRangeError("region_scores must be probabilities in [0,1]")  # pragma: no cover
+    return out
+
+
 @torch.inference_mode()
 def soft_assign(
     region_scores: Any,
@@ -235,8 +249,11 @@ def soft_assign(
       maximum (memory about B·chunk_regions·H·W floats);
     * ``method="pruned"`` (``"auto"``) bounds every region on every low-resolution cell
       (bilinear weights are convex) and evaluates only the candidates that can win in
-      cells where more than one can — usually a small part of the pixels; it falls back
-      to the dense method when the scores overlap so much that pruning does not pay.
+      cells where more than one can — usually a small part of the pixels. On CPU inputs
+      (``backend`` "auto" with at least ``posthoc.kernels.SMALL`` elements, or "numba")
+      this is one compiled pass over the cell rows (:mod:`posthoc.kernels._numba_assign`);
+      elsewhere torch ops, which fall back to the dense method when the scores overlap so
+      much that pruning does not pay.
 
     Args:
         region_scores: R, (B,N,h,w) or (N,h,w) float, probabilities in [0,1].
@@ -281,9 +298,13 @@ def soft_assign(
             raise ShapeError(
                 f"region_scores must have a non-empty spatial size to be resized; got {shape_str(r.shape)}"
             )
-        check_range(r, "region_scores", 0.0, 1.0)
+        which = kernels.resolve_backend(backend, r.device, B * N * h * w) if method != "dense" else "dense"
+        if which != "numba":  # the numba kernel checks the range while it reads R
+            check_range(r, "region_scores", 0.0, 1.0)
         grid = _Grid(h, w, H, W, r.device)
-        if method == "dense":
+        if which == "numba":
+            lab = _soft_assign_numba(r, v, grid)
+        elif method == "dense":
             lab = _soft_assign_dense(r, v, grid, chunk, backend)
         else:
             lab = _soft_assign_pruned(r, v, grid, budget=chunk * max(H * W // 4, 1))

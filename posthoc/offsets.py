@@ -26,7 +26,8 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
-from .errors import ShapeError, ValueRangeError
+from . import kernels
+from .errors import NonFiniteError, ShapeError, ValueRangeError
 from .validation import (
     as_float32,
     as_scores_4d,
@@ -79,8 +80,69 @@ def _bilinear_border(x: torch.Tensor, px: torch.Tensor, py: torch.Tensor) -> tor
     return torch.minimum(torch.maximum(val, lo), hi)
 
 
+def _check_offset_inputs(scores: Any, offsets: Any, confidence: Any, check_values: bool):
+    """Validate shapes/dtypes (and, with ``check_values``, values) -> (s4, o4, f4, was_numpy, shape)."""
+    s, was_numpy, shape = as_scores_4d(scores, "scores", check=check_values)
+    batched = len(shape) == 4
+    B, _, H, W = s.shape
+    o, o_np = as_torch(offsets, "offsets")
+    o = to_device(o, o_np, s, "offsets", "scores")
+    check_float(o, "offsets")
+    o4 = o if o.ndim == 4 else (o.unsqueeze(0) if (o.ndim == 3 and not batched) else None)
+    want_o = f"(B,2,H,W)=({B},2,{H},{W})" if batched else f"(2,H,W)=(2,{H},{W})"
+    if o4 is None or o4.shape[1] != 2:
+        raise ShapeError(f"offsets must be {want_o} (channel 0 = x, 1 = y); got shape {shape_str(o.shape)}")
+    if o4.shape[0] != B or o4.shape[-2:] != (H, W):
+        axis = "batch axis (0)" if o4.shape[0] != B else "spatial axes (H,W)"
+        raise ShapeError(f"offsets must be {want_o} matching scores; got {shape_str(o.shape)} (mismatch in the {axis})")
+    o4 = as_float32(o4)
+    if check_values:
+        check_finite(o4, "offsets")
+    f, f_np = as_torch(confidence, "confidence")
+    f = to_device(f, f_np, s, "confidence", "scores")
+    check_float(f, "confidence")
+    want_f = f"(B,1,H,W)=({B},1,{H},{W})" if batched else f"(1,H,W) or (H,W)=({H},{W})"
+    if batched:
+        f4 = f if f.ndim == 4 else None
+    else:
+        f4 = (f.reshape(1, 1, H, W)
+              if (f.ndim == 2 or (f.ndim == 3 and f.shape[0] == 1)) and f.shape[-2:] == (H, W) else None)
+    if f4 is None or f4.shape[1] != 1:
+        raise ShapeError(f"confidence must be {want_f}; got shape {shape_str(f.shape)}")
+    if f4.shape[0] != B or f4.shape[-2:] != (H, W):
+        axis = "batch axis (0)" if f4.shape[0] != B else "spatial axes (H,W)"
+        raise ShapeError(
+            f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})"
+        )
+    f4 = as_float32(f4)
+    if check_values:
+        check_range(f4, "confidence", 0.0, 1.0)
+    return s, o4, f4, was_numpy, shape
+
+
+def _resample_torch(s: torch.Tensor, o4: torch.Tensor, f4: torch.Tensor, units: str) -> torch.Tensor:
+    """Eq. 2-4 with torch ops on the inputs' device (the fallback, and the semantics reference)."""
+    B, _, H, W = s.shape
+    ox, oy = o4[:, 0], o4[:, 1]
+    if units == "normalized":
+        ox = ox * ((W - 1) / 2.0)
+        oy = oy * ((H - 1) / 2.0)
+    ys = torch.arange(H, dtype=torch.float32, device=s.device).view(1, H, 1)
+    xs = torch.arange(W, dtype=torch.float32, device=s.device).view(1, 1, W)
+    sampled = _bilinear_border(s, xs + ox, ys + oy)
+    out = s + f4 * (sampled - s)
+    # Eq. 4 is a convex blend: keep it within [min(S, S_s), max(S, S_s)] despite rounding, so
+    # probabilities stay in [0,1] (and a zero offset stays an exact identity)
+    return torch.minimum(torch.maximum(out, torch.minimum(s, sampled)), torch.maximum(s, sampled))
+
+
+def _contig32(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
 @torch.inference_mode()
-def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pixels") -> Any:
+def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pixels", *,
+                    backend: str = "auto") -> Any:
     """Resample scores along an offset field and blend by confidence (OVeNet Eq. 2-4).
 
     ``S_s(p) = S(p + o(p))`` sampled bilinearly with border padding, then
@@ -94,6 +156,11 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
         confidence: (B,1,H,W) (or (1,H,W)/(H,W) for unbatched scores) float in [0,1].
         units: ``"pixels"`` or ``"normalized"`` (the ``grid_sample(align_corners=True)``
             convention: an offset of 2 spans the image, i.e. ``pixels = o * (size-1) / 2``).
+        backend: ``"auto"`` (numba on CPU inputs of at least ``posthoc.kernels.SMALL``
+            elements, else torch on the input's device), ``"numba"`` (CPU: one fused pass
+            with the value checks folded in, see ``posthoc.kernels._numba_offsets``) or
+            ``"torch"`` (gathers on any device). ``"triton"`` runs the on-device torch path
+            (there is no Triton kernel for this op). All give the same floats.
 
     Returns:
         Float32 with the shape of ``scores``; numpy in -> numpy out, torch on its device.
@@ -112,52 +179,24 @@ def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pi
     """
     if units not in ("pixels", "normalized"):
         raise ValueRangeError(f"units must be 'pixels' or 'normalized'; got {units!r}")
-    s, was_numpy, shape = as_scores_4d(scores, "scores")
-    batched = len(shape) == 4
-    B, _, H, W = s.shape
-    o, o_np = as_torch(offsets, "offsets")
-    o = to_device(o, o_np, s, "offsets", "scores")
-    check_float(o, "offsets")
-    o4 = o if o.ndim == 4 else (o.unsqueeze(0) if (o.ndim == 3 and not batched) else None)
-    want_o = f"(B,2,H,W)=({B},2,{H},{W})" if batched else f"(2,H,W)=(2,{H},{W})"
-    if o4 is None or o4.shape[1] != 2:
-        raise ShapeError(f"offsets must be {want_o} (channel 0 = x, 1 = y); got shape {shape_str(o.shape)}")
-    if o4.shape[0] != B or o4.shape[-2:] != (H, W):
-        axis = "batch axis (0)" if o4.shape[0] != B else "spatial axes (H,W)"
-        raise ShapeError(f"offsets must be {want_o} matching scores; got {shape_str(o.shape)} (mismatch in the {axis})")
-    o4 = as_float32(o4)
-    check_finite(o4, "offsets")
-    f, f_np = as_torch(confidence, "confidence")
-    f = to_device(f, f_np, s, "confidence", "scores")
-    check_float(f, "confidence")
-    want_f = f"(B,1,H,W)=({B},1,{H},{W})" if batched else f"(1,H,W) or (H,W)=({H},{W})"
-    if batched:
-        f4 = f if f.ndim == 4 else None
-    else:
-        f4 = (f.reshape(1, 1, H, W)
-              if (f.ndim == 2 or (f.ndim == 3 and f.shape[0] == 1)) and f.shape[-2:] == (H, W) else None)
-    if f4 is None or f4.shape[1] != 1:
-        raise ShapeError(f"confidence must be {want_f}; got shape {shape_str(f.shape)}")
-    if f4.shape[0] != B or f4.shape[-2:] != (H, W):
-        axis = "batch axis (0)" if f4.shape[0] != B else "spatial axes (H,W)"
-        raise ShapeError(
-            f"confidence must be {want_f} matching scores; got {shape_str(f.shape)} (mismatch in the {axis})"
-        )
-    f4 = as_float32(f4)
-    check_range(f4, "confidence", 0.0, 1.0)
+    s_dev = scores.device if isinstance(scores, torch.Tensor) else torch.device("cpu")
+    numel = int(np.prod(getattr(scores, "shape", ()) or (0,)))
+    which = kernels.resolve_backend(backend, s_dev, numel)
+    fused = which == "numba"
+    s, o4, f4, was_numpy, shape = _check_offset_inputs(scores, offsets, confidence, check_values=not fused)
     if s.numel() == 0:
         return restore(s.clone().reshape(shape), was_numpy)
-    ox, oy = o4[:, 0], o4[:, 1]
-    if units == "normalized":
-        ox = ox * ((W - 1) / 2.0)
-        oy = oy * ((H - 1) / 2.0)
-    ys = torch.arange(H, dtype=torch.float32, device=s.device).view(1, H, 1)
-    xs = torch.arange(W, dtype=torch.float32, device=s.device).view(1, 1, W)
-    sampled = _bilinear_border(s, xs + ox, ys + oy)
-    out = s + f4 * (sampled - s)
-    # Eq. 4 is a convex blend: keep it within [min(S, S_s), max(S, S_s)] despite rounding, so
-    # probabilities stay in [0,1] (and a zero offset stays an exact identity)
-    out = torch.minimum(torch.maximum(out, torch.minimum(s, sampled)), torch.maximum(s, sampled))
+    if not fused:
+        return restore(_resample_torch(s, o4, f4, units).reshape(shape), was_numpy)
+    B, C, H, W = s.shape
+    nb = kernels._numba_offsets_mod()
+    kernels._numba_threads()
+    out = kernels._empty_cpu(tuple(s.shape), torch.float32)
+    sx, sy = ((W - 1) / 2.0, (H - 1) / 2.0) if units == "normalized" else (1.0, 1.0)
+    nbad = nb.resample_np(_contig32(s), _contig32(o4), _contig32(f4), sx, sy, out.numpy())
+    if nbad:  # raise the error the unfused checks word (scores, then offsets, then confidence)
+        _check_offset_inputs(scores, offsets, confidence, check_values=True)
+        raise NonFiniteError("offset_resample inputs hold NaN/Inf or a confidence outside [0,1]")  # pragma: no cover
     return restore(out.reshape(shape), was_numpy)
 
 
@@ -198,6 +237,74 @@ def _boundary_map(lab: np.ndarray) -> np.ndarray:
     return b
 
 
+def _field_numpy(lb: np.ndarray, max_offset: float, boundary_width: float, smooth: float,
+                 dev: np.ndarray | None, teacher_weight: float, offs: np.ndarray, conf: np.ndarray) -> None:
+    """The offset field of one (H,W) image into ``offs`` (2,H,W) and ``conf`` (1,H,W) with numpy/scipy.
+
+    The reference of the numba path (:func:`_field_numba`), used by ``backend="torch"``.
+    """
+    H, W = lb.shape
+    assigned = lb >= 0
+    bd = _boundary_map(lb)
+    if not bd.any():  # one region or none: no boundary, nothing moves, zero confidence
+        return
+    # exact EDT (scipy); OpenCV's multithreaded distanceTransform is not bit-reproducible
+    d = ndi.distance_transform_edt(~bd).astype(np.float32)
+    ds = _gaussian_blur(d, float(smooth)) if smooth > 0 else d
+    gy = np.gradient(ds, axis=0) if H > 1 else np.zeros_like(ds)
+    gx = np.gradient(ds, axis=1) if W > 1 else np.zeros_like(ds)
+    norm = np.sqrt(gx * gx + gy * gy)
+    length = np.clip(max_offset - d, 0.0, max_offset)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ux = np.where(norm > 1e-6, gx / norm, 0.0)
+        uy = np.where(norm > 1e-6, gy / norm, 0.0)
+    ox = (ux * length).astype(np.float32)
+    oy = (uy * length).astype(np.float32)
+    ox[~assigned] = 0.0
+    oy[~assigned] = 0.0
+    # keep targets inside the pixel's own region
+    yy, xx = np.mgrid[0:H, 0:W]
+    for it in range(5):
+        tx = np.clip(np.rint(xx + ox), 0, W - 1).astype(np.int64)
+        ty = np.clip(np.rint(yy + oy), 0, H - 1).astype(np.int64)
+        bad = (lb[ty, tx] != lb) & assigned
+        if not bad.any():
+            break
+        scale = 0.0 if it == 4 else 0.5
+        ox[bad] *= scale
+        oy[bad] *= scale
+    f = np.exp(-d / float(boundary_width)).astype(np.float32)
+    f[~assigned] = 0.0
+    if dev is not None:
+        f = f * ((1.0 - teacher_weight) + teacher_weight * dev).astype(np.float32)
+    offs[0], offs[1] = ox, oy
+    conf[0] = np.clip(f, 0.0, 1.0)
+
+
+def _gauss_taps(sigma: float) -> np.ndarray:
+    """The float64 taps of :func:`_gaussian_blur` (radius ceil(3 sigma), normalised)."""
+    r = max(1, int(np.ceil(3.0 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1, dtype=np.float64) / sigma) ** 2)
+    k /= k.sum()
+    return k
+
+
+def _field_numba(nb: Any, lb: np.ndarray, max_offset: float, boundary_width: float, smooth: float,
+                 dev: np.ndarray | None, teacher_weight: float, offs: np.ndarray, conf: np.ndarray) -> None:
+    """:func:`_field_numpy` with the compiled kernels: boundary + exact squared EDT (Meijster),
+    the separable blur on the band where offsets can be non-zero, then
+    gradient/length/halving/confidence fused in one pass. Same floats, except that a zero
+    offset is always +0.0 (numpy's path can give -0.0) and the confidence may differ by an
+    ulp where ``exp`` is evaluated per pixel (squared distances beyond its table)."""
+    n2 = nb.boundary_edt_np(lb)
+    if n2 is None:  # one region or none: no boundary, nothing moves, zero confidence
+        offs.fill(0.0)
+        conf.fill(0.0)
+        return
+    taps = _gauss_taps(float(smooth)) if smooth > 0 else None
+    nb.offset_field_np(lb, n2, taps, max_offset, boundary_width, dev, teacher_weight, offs[0], offs[1], conf[0])
+
+
 @torch.inference_mode()
 def offsets_from_proposals(
     labels: Any,
@@ -207,6 +314,7 @@ def offsets_from_proposals(
     teacher: Any = None,
     teacher_weight: float = 0.5,
     smooth: float = 1.0,
+    backend: str = "auto",
 ) -> tuple[Any, Any]:
     """An OVeNet-style offset field and confidence derived from proposals (not OVeNet).
 
@@ -233,6 +341,10 @@ def offsets_from_proposals(
         teacher: optional (B,C,H,W) (or (C,H,W)/(H,W) for unbatched labels) float scores in [0,1].
         teacher_weight: in [0,1], how much the teacher deviation modulates F.
         smooth: sigma (pixels) of the Gaussian applied to d before taking its gradient (>= 0).
+        backend: ``"auto"`` (numba for images of at least ``posthoc.kernels.SMALL`` pixels),
+            ``"numba"`` (boundary, exact EDT, blur and the per-pixel field as compiled
+            passes, no per-region work) or ``"torch"`` (the numpy/scipy reference path);
+            both compute on the CPU and give the same floats.
 
     Returns:
         ``(offsets, confidence)``: (B,2,H,W) float32 offsets in pixels (channel 0 = x,
@@ -262,7 +374,10 @@ def offsets_from_proposals(
     batched = lab.ndim == 3
     lab3 = lab if batched else lab.unsqueeze(0)
     B, H, W = lab3.shape
-    lab_np = lab3.detach().cpu().numpy().astype(np.int64)
+    lab_np = lab3.detach().cpu().numpy()
+    if lab_np.dtype not in (np.int32, np.int64):
+        lab_np = lab_np.astype(np.int64)
+    lab_np = np.ascontiguousarray(lab_np)
 
     dev_map = None
     if teacher is not None:
@@ -275,64 +390,49 @@ def offsets_from_proposals(
         check_range(t, "teacher", 0.0, 1.0)
         # region means in float64 with bincount: exact enough and bit-reproducible (the result
         # feeds only this CPU-side confidence; the fast kernels may reorder float32 sums)
-        t_np = t.detach().cpu().numpy().astype(np.float64)
-        C = t_np.shape[1]
-        dev_map = np.zeros((B, H, W), np.float64)
-        for b in range(B):
-            lb = lab_np[b].reshape(-1)
-            ok = lb >= 0
-            if not ok.any():
-                continue
-            n = int(lb.max()) + 1
-            cnt = np.maximum(np.bincount(lb[ok], minlength=n), 1)
-            acc = np.zeros(H * W)
-            for c in range(C):
-                tc = t_np[b, c].reshape(-1)
-                mean_c = np.bincount(lb[ok], weights=tc[ok], minlength=n) / cnt
-                acc[ok] += np.abs(tc[ok] - mean_c[lb[ok]])
-            dev_map[b] = np.clip(acc / (2.0 if C > 1 else 1.0), 0.0, 1.0).reshape(H, W)
+        nbk = (kernels._numba_offsets_mod()
+               if kernels.resolve_backend(backend, torch.device("cpu"), B * H * W) == "numba" else None)
+        if nbk is not None:  # the same float64 sums, in the same order, compiled
+            t32 = np.ascontiguousarray(t.detach().cpu().numpy())
+            dev_map = np.stack([nbk.teacher_deviation_np(lab_np[b], t32[b]) for b in range(B)]) if B else \
+                np.zeros((0, H, W), np.float64)
+        else:
+            t_np = t.detach().cpu().numpy().astype(np.float64)
+            C = t_np.shape[1]
+            dev_map = np.zeros((B, H, W), np.float64)
+            for b in range(B):
+                lb = lab_np[b].reshape(-1)
+                ok = lb >= 0
+                if not ok.any():
+                    continue
+                n = int(lb.max()) + 1
+                cnt = np.maximum(np.bincount(lb[ok], minlength=n), 1)
+                acc = np.zeros(H * W)
+                for c in range(C):
+                    tc = t_np[b, c].reshape(-1)
+                    mean_c = np.bincount(lb[ok], weights=tc[ok], minlength=n) / cnt
+                    acc[ok] += np.abs(tc[ok] - mean_c[lb[ok]])
+                dev_map[b] = np.clip(acc / (2.0 if C > 1 else 1.0), 0.0, 1.0).reshape(H, W)
 
-    offs = np.zeros((B, 2, H, W), np.float32)
-    conf = np.zeros((B, 1, H, W), np.float32)
+    which = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
+    nb = kernels._numba_offsets_mod() if which == "numba" else None
+    # the numba path writes every pixel; the numpy path only those of images with a boundary
+    if nb is not None:  # fresh outputs on huge pages (fewer page faults; see kernels._empty_cpu)
+        o_t, c_t = kernels._empty_cpu((B, 2, H, W), torch.float32), kernels._empty_cpu((B, 1, H, W), torch.float32)
+        offs, conf = o_t.numpy(), c_t.numpy()
+    else:
+        offs, conf = np.zeros((B, 2, H, W), np.float32), np.zeros((B, 1, H, W), np.float32)
+    if nb is not None:
+        kernels._numba_threads()
     for b in range(B):  # per image (distance transforms run on the CPU)
         if H == 0 or W == 0:
             break
-        lb = lab_np[b]
-        assigned = lb >= 0
-        bd = _boundary_map(lb)
-        if not bd.any():  # one region or none: no boundary, nothing moves, zero confidence
-            continue
-        # exact EDT (scipy); OpenCV's multithreaded distanceTransform is not bit-reproducible
-        d = ndi.distance_transform_edt(~bd).astype(np.float32)
-        ds = _gaussian_blur(d, float(smooth)) if smooth > 0 else d
-        gy = np.gradient(ds, axis=0) if H > 1 else np.zeros_like(ds)
-        gx = np.gradient(ds, axis=1) if W > 1 else np.zeros_like(ds)
-        norm = np.sqrt(gx * gx + gy * gy)
-        length = np.clip(max_offset - d, 0.0, max_offset)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ux = np.where(norm > 1e-6, gx / norm, 0.0)
-            uy = np.where(norm > 1e-6, gy / norm, 0.0)
-        ox = (ux * length).astype(np.float32)
-        oy = (uy * length).astype(np.float32)
-        ox[~assigned] = 0.0
-        oy[~assigned] = 0.0
-        # keep targets inside the pixel's own region
-        yy, xx = np.mgrid[0:H, 0:W]
-        for it in range(5):
-            tx = np.clip(np.rint(xx + ox), 0, W - 1).astype(np.int64)
-            ty = np.clip(np.rint(yy + oy), 0, H - 1).astype(np.int64)
-            bad = (lb[ty, tx] != lb) & assigned
-            if not bad.any():
-                break
-            scale = 0.0 if it == 4 else 0.5
-            ox[bad] *= scale
-            oy[bad] *= scale
-        f = np.exp(-d / float(boundary_width)).astype(np.float32)
-        f[~assigned] = 0.0
-        if dev_map is not None:
-            f = f * ((1.0 - teacher_weight) + teacher_weight * dev_map[b]).astype(np.float32)
-        offs[b, 0], offs[b, 1] = ox, oy
-        conf[b, 0] = np.clip(f, 0.0, 1.0)
+        if nb is not None:
+            _field_numba(nb, lab_np[b], max_offset, boundary_width, smooth,
+                         None if dev_map is None else dev_map[b], teacher_weight, offs[b], conf[b])
+        else:
+            _field_numpy(lab_np[b], max_offset, boundary_width, smooth,
+                         None if dev_map is None else dev_map[b], teacher_weight, offs[b], conf[b])
     o_t, c_t = torch.from_numpy(offs), torch.from_numpy(conf)
     if not was_numpy and lab.device.type != "cpu":
         o_t, c_t = o_t.to(lab.device), c_t.to(lab.device)

@@ -28,6 +28,12 @@ caller that has already checked the labels (``posthoc.fuse`` with
 :func:`posthoc.validation.check_range`. Inputs are never modified, except ``out`` (which may be ``probs``
 itself for an in-place fusion).
 
+The other ops of the chain have their numba kernels in sibling modules, loaded lazily
+(:func:`_numba_offsets_mod`, :func:`_numba_assign_mod`; ``posthoc.components`` imports
+:mod:`._numba_cc`): ``_numba_offsets`` (offset_resample, offsets_from_proposals),
+``_numba_assign`` (soft_assign with resizing), ``_numba_cc`` (split_components). They use
+:func:`resolve_backend` and :func:`_empty_cpu` from here.
+
 Threads: the numba path uses ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)``
 threads, so ``torch.set_num_threads`` is the single knob for both.
 """
@@ -91,6 +97,26 @@ def _numba_mod():
         return importlib.import_module("posthoc.kernels._numba")
     except ImportError as e:  # numba missing or broken
         log.debug("numba backend unavailable: %s", e)
+        return None
+
+
+@functools.cache
+def _numba_offsets_mod():
+    """The numba kernels of the offset ops (:mod:`._numba_offsets`); None without numba."""
+    try:
+        return importlib.import_module("posthoc.kernels._numba_offsets")
+    except ImportError as e:
+        log.debug("numba offset kernels unavailable: %s", e)
+        return None
+
+
+@functools.cache
+def _numba_assign_mod():
+    """The numba kernel of the resizing soft assignment (:mod:`._numba_assign`); None without numba."""
+    try:
+        return importlib.import_module("posthoc.kernels._numba_assign")
+    except ImportError as e:
+        log.debug("numba assign kernel unavailable: %s", e)
         return None
 
 
@@ -246,7 +272,7 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
 
 
 #: fresh CPU outputs at least this large are backed by transparent huge pages (see _empty_cpu)
-HUGE_MIN_BYTES = 32 << 20
+HUGE_MIN_BYTES = 4 << 20
 
 
 def _empty_cpu(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
