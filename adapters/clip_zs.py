@@ -237,7 +237,7 @@ class ClipRegionClassifier:
         self._text = None
 
     # ------------------------------------------------------------------ text side
-    @torch.inference_mode()
+    @torch.no_grad()
     def text_features(self) -> torch.Tensor:
         """(C,D) float32 unit-norm text embeddings (mean over templates, renormalized); cached."""
         if self._text is None:
@@ -280,7 +280,7 @@ class ClipRegionClassifier:
         return roi_align(src.contiguous(), boxes, output_size=self.image_size, spatial_scale=1.0, sampling_ratio=-1,
                          aligned=True)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def region_probs(self, images: Any, proposals: Proposals | Any) -> torch.Tensor:
         """Class probabilities of every region.
 
@@ -320,7 +320,7 @@ class ClipRegionClassifier:
                 out[b, chunk] = torch.softmax(scale * f @ text.T, dim=-1)
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: Any, proposals: Proposals | Any) -> torch.Tensor:
         """Per-pixel class probabilities (B,C,H,W) float32 in [0,1], channels = seen + unseen names.
 

@@ -203,7 +203,7 @@ class MaskTransformerProposals(ProposalSource):
         """Proposals from precomputed outputs (no model run); see :func:`proposals_from_mask_transformer`."""
         return proposals_from_mask_transformer(mask_logits, class_logits, size, min_size=self.min_size)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
         if self.model is None and self.session is None:
             raise ValueRangeError(
@@ -472,7 +472,7 @@ class MeanShiftProposals(ProposalSource):
             out.append(f)
         return out
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None, *,
                  features: Any = None) -> Proposals:
         x = _images(images)
@@ -594,7 +594,7 @@ class OnnxProposals(ProposalSource):
                  for i in range(0, xin.shape[0], step)]  # a graph exported with a fixed batch: run it in a loop
         return torch.cat([p[names[0]] for p in parts]), torch.cat([p[names[1]] for p in parts])
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
         x = _images(images)
         B, _, H, W = x.shape

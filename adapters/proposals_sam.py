@@ -162,7 +162,7 @@ class SamProposals(ProposalSource):
                              "box_nms_thresh": float(box_nms_thresh)}
         self.generator = _sam_generator_class()(self.model, output_mode="binary_mask", **self.settings)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def masks(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the generator on one (H,W,3) uint8 image.
 
@@ -178,7 +178,7 @@ class SamProposals(ProposalSource):
         stab = torch.as_tensor(np.asarray(data["stability_score"]), dtype=torch.float32).clamp(0.0, 1.0)
         return logits, iou * stab
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
         x = _images(images)
         B, _, H, W = x.shape

@@ -224,7 +224,7 @@ def _soft_assign_numba(r: torch.Tensor, v: torch.Tensor, grid: _Grid) -> torch.T
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def soft_assign(
     region_scores: Any,
     validity: Any,
@@ -316,7 +316,7 @@ def soft_assign(
     return restore(lab, was_numpy)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def hard_assign(
     region_scores: Any,
     validity: Any,

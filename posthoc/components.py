@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import ValueRangeError
-from .validation import as_torch, check_int, check_labels, check_ndim, restore
+from .validation import as_torch, check_int, check_labels, check_ndim, compact_labels, restore
 
 __all__ = ["connected_components", "split_components"]
 
@@ -160,7 +160,7 @@ def connected_components(
     return out, np.asarray(counts)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def split_components(labels: Any, connectivity: int = 8, min_size: int = 0) -> Any:
     """Split every region of a label map into its connected components (CSL mask split).
 
@@ -197,7 +197,8 @@ def split_components(labels: Any, connectivity: int = 8, min_size: int = 0) -> A
         raise ValueRangeError(f"connectivity must be 4 or 8; got {connectivity!r}")
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
         raise ValueRangeError(f"min_size must be a non-negative int; got {min_size!r}")
-    check_labels(lab, "labels")
+    # sparse or huge ids (2**40, RGB-encoded panoptic ids) are renumbered: memory stays bounded by the frame
+    lab, _ = compact_labels(lab, check_labels(lab, "labels"))
     batched = lab.ndim == 3
     lab3 = lab if batched else lab.unsqueeze(0)
     arr = lab3.detach().cpu().numpy()

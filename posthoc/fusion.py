@@ -78,7 +78,7 @@ def _normalize(x: torch.Tensor, normalize: str, name: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- public ops
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def fuse(
     model_logits: Any, proposals: Any, *, normalize: str = "auto", backend: str = "auto", out: Any = None
 ) -> Any:
@@ -176,7 +176,7 @@ def _region_sums(values: Any, labels: Any, vname: str, num_regions: int | None, 
     return sums, counts, was_numpy, batched
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def region_means(
     values: Any,
     labels: Any,
@@ -225,7 +225,7 @@ def _num_regions(n_lab: int, num_regions: int | None) -> int:
     return int(num_regions)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def region_class_logits(
     semantic_logits: Any, labels: Any, num_regions: int | None = None, *, backend: str = "auto"
 ) -> Any:

@@ -284,7 +284,7 @@ def _check_common(score_threshold, mask_threshold, min_masks, chunk_regions):
     return st, mt
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def refinement_mask(
     mask_logits: Any,
     class_logits: Any,
@@ -337,7 +337,7 @@ def refinement_mask(
     return restore(out if batched else out[0], was_numpy)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def refine(
     anomaly: Any,
     mask_logits: Any,
@@ -429,7 +429,7 @@ def _entropy_terms(probs: torch.Tensor, ids: torch.Tensor, mode: str) -> torch.T
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def mine_unknown_instances(
     mask_logits: Any,
     class_logits: Any,

@@ -365,7 +365,7 @@ def _find_modes(start: torch.Tensor, sample: torch.Tensor, chord: float, cos_thr
     return _merge(means, counts, chord)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def meanshift_points(
     points: Any,
     bandwidth: float | None = None,
@@ -536,7 +536,7 @@ def _meanshift_image(feat: torch.Tensor, chord: float, cos_thr: float, projectiv
     return labels, modes
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def meanshift_sphere(
     features: Any,
     bandwidth: float | None = None,

@@ -166,7 +166,7 @@ def _merge_image(levels: list[torch.Tensor], iou_threshold: float, contain_thres
     return _compact(cur)[1].reshape(H, W)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def merge_levels(
     labels_by_level: Sequence[Any],
     *,
@@ -224,7 +224,7 @@ def merge_levels(
     return restore(out, was_np)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def meanshift_multires(
     features_by_level: Sequence[Any],
     bandwidth: float | None = None,

@@ -38,6 +38,7 @@ from .validation import (
     check_labels,
     check_ndim,
     check_range,
+    compact_labels,
     restore,
     shape_str,
     to_device,
@@ -140,7 +141,7 @@ def _contig32(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pixels", *,
                     backend: str = "auto") -> Any:
     """Resample scores along an offset field and blend by confidence (OVeNet Eq. 2-4).
@@ -305,7 +306,7 @@ def _field_numba(nb: Any, lb: np.ndarray, max_offset: float, boundary_width: flo
     nb.offset_field_np(lb, n2, taps, max_offset, boundary_width, dev, teacher_weight, offs[0], offs[1], conf[0])
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def offsets_from_proposals(
     labels: Any,
     *,
@@ -363,7 +364,8 @@ def offsets_from_proposals(
     lab, was_numpy = as_torch(labels, "labels")
     check_int(lab, "labels")
     check_ndim(lab, "labels", (2, 3), "(B,H,W) or (H,W)")
-    check_labels(lab, "labels")
+    # sparse or huge ids (2**40, RGB-encoded panoptic ids) are renumbered: memory stays bounded by the frame
+    lab, _ = compact_labels(lab, check_labels(lab, "labels"))
     for name, v, lo in (("max_offset", max_offset, 0.0), ("smooth", smooth, 0.0)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < lo:
             raise ValueRangeError(f"{name} must be a finite number >= {lo:g}; got {v!r}")

@@ -190,7 +190,7 @@ class Pipeline:
             (B,2,H,W), ``"confidence"`` (B,1,H,W) and ``"resampled"``,
             ``"unknown_instances"`` (B,H,W) int64, and ``"output"`` (the last score map).
         """
-        with torch.inference_mode():
+        with torch.no_grad():
             scores, semantic_logits = self._scores(teacher_output_or_scores, semantic_logits)
             hw = (int(scores.shape[-2]), int(scores.shape[-1]))
             if isinstance(proposals, Proposals):

@@ -79,7 +79,7 @@ def _out(y: torch.Tensor, was_numpy: bool, batched: bool) -> Any:
     return restore(y if batched else y[0], was_numpy)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def msp(logits: Any) -> Any:
     """Maximum-softmax-probability anomaly score, ``1 - max_k softmax(l)_k``.
 
@@ -98,7 +98,7 @@ def msp(logits: Any) -> Any:
     return _out(1.0 - torch.softmax(t, dim=1).amax(dim=1, keepdim=True), was_numpy, batched)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def max_logit(logits: Any) -> Any:
     """Negated maximum logit, ``-max_k l_k`` (Hendrycks et al., "Scaling OOD detection", 2022).
 
@@ -112,7 +112,7 @@ def max_logit(logits: Any) -> Any:
     return _out(-t.amax(dim=1, keepdim=True), was_numpy, batched)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def entropy(logits: Any, *, normalized: bool = False) -> Any:
     """Entropy of the softmax, ``-sum_k p_k log p_k``.
 
@@ -134,7 +134,7 @@ def entropy(logits: Any, *, normalized: bool = False) -> Any:
     return _out(h, was_numpy, batched)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def energy(logits: Any, *, temperature: float = 1.0) -> Any:
     """Free energy, ``E = -T logsumexp(l / T)`` (Liu et al., "Energy-based OOD detection", NeurIPS 2020).
 
@@ -168,7 +168,7 @@ class SMLStats(NamedTuple):
     count: Any
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def fit_sml_stats(logits: Any, *, num_classes: int | None = None, min_std: float = 1e-6) -> SMLStats:
     """Fit SML class statistics: mean and std of the max logit over pixels predicted as each class.
 
@@ -259,7 +259,7 @@ def fit_sml_stats(logits: Any, *, num_classes: int | None = None, min_std: float
     return SMLStats(mean, std, count)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def standardized_max_logit(logits: Any, mean: Any, std: Any, *, anomaly: bool = True) -> Any:
     """Standardized max logit (SML, Jung et al. ICCV 2021, Eq. 1 / official ``deepv3.py``).
 
@@ -348,7 +348,7 @@ def _image_4d(x: Any, name: str) -> tuple[torch.Tensor, bool, tuple]:
     return t4, was_numpy, shape
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def boundary_suppression(
     sml: Any, predictions: Any, width: int = 4, iterations: int = 4, *, smoothing: bool = False
 ) -> Any:
@@ -435,7 +435,7 @@ def _dilated_smoothing_4d(x: torch.Tensor, kernel_size: int, sigma: float, dilat
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def dilated_smoothing(x: Any, kernel_size: int = 7, sigma: float = 1.0, dilation: int = 6) -> Any:
     """SML dilated smoothing: a normalized Gaussian convolved with dilation after replicate padding.
 

@@ -59,7 +59,7 @@ class DaCUPTeacher(_ImageConfig, Teacher):
         return ["anomaly"]
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
             outs = self.runner.run_image(x)
             if self.output_name is None:

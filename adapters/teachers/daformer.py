@@ -57,7 +57,7 @@ class DAFormerTeacher(_ImageConfig, Teacher):
         return list(self.base.class_names)
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self.base(images)
             if self.output == "softmax":
                 return TeacherOutput(torch.softmax(out.scores, dim=1), "semantic", out.class_names,

@@ -101,7 +101,7 @@ class OnnxTeacher(_NamedOutputs, _ImageConfig, Teacher):
         return self.runner.run({self.runner.image.name: x}), hw
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             outs, hw = self.raw(images)
             main = outs[self.output_name]
             feats = {n: v for n, v in outs.items() if n != self.output_name and v.ndim == 4} or None
@@ -173,7 +173,7 @@ class TorchTeacher(_NamedOutputs, _ImageConfig, Teacher):
         return named, hw
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             outs, hw = self.raw(images)
             main_name = _pick_main(outs, self.output_name, type(self.runner.module).__name__)
             main = outs[main_name]

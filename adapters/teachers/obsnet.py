@@ -151,7 +151,7 @@ class ObsNetTeacher(_ImageConfig, Teacher):
         return list(self._names or [])
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             x, hw = self._prepare(images, self.device, self.seg.fixed_hw)
             seg_out, obs_out = self.pair(x)
             logit = obs_out[_pick_main(obs_out, None, "obsnet observer", prefer=("logit",))]

@@ -93,7 +93,7 @@ class _SemanticWrapper(Teacher):
         gen = torch.Generator().manual_seed(int(seed))
         rs, ls, any_lab = [], [], False
         for images, labels in _iter_frames(frames):
-            with torch.inference_mode():
+            with torch.no_grad():
                 out = self._semantic(images)
                 raw = fn(out)
             lab = None
@@ -172,7 +172,7 @@ class ScoreTeacher(_SemanticWrapper):
         return self
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self._semantic(images)
             raw = raw_score(out.scores, self.score)
             if self.needs_calibration:

@@ -113,7 +113,7 @@ class SMLTeacher(_SemanticWrapper):
         k = None
         s1 = s2 = cnt = None
         for images, labels in _iter_frames(frames):
-            with torch.inference_mode():
+            with torch.no_grad():
                 logits = self._semantic(images).scores.float()
                 mx, pred = logits.max(dim=1)
                 keep = torch.ones_like(pred, dtype=torch.bool)
@@ -233,7 +233,7 @@ class SMLTeacher(_SemanticWrapper):
         return sml
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self._semantic(images)
             raw = -self._sml(out.scores)
             if self.calibration is None:

@@ -97,7 +97,7 @@ class ZegFormerTeacher(_ImageConfig, Teacher):
         return list(self._names)
 
     def __call__(self, images: Any) -> TeacherOutput:
-        with torch.inference_mode():
+        with torch.no_grad():
             x, hw = self._prepare(images, self.device, self.runner.fixed_hw)
             outs = self.runner.run_image(x)
             c = len(self._names)
