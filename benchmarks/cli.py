@@ -152,6 +152,9 @@ def _setup_logging(quiet: bool) -> None:
     for h in root.handlers:
         if getattr(h, "_posthoc_cli", False):
             h.setLevel(level)
+            if isinstance(h, logging.StreamHandler) and h.stream is not sys.stderr:
+                h.stream = sys.stderr  # main() called again with another stderr (tests, notebooks); no flush of
+                # the old one, which may be closed
 
 
 def _delegate(command: str, rest: list[str]) -> int:
