@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -218,6 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected and what came), 1 = unexpected failure.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "torch" not in sys.modules:
+        # OpenMP threads that spin after every op cost the small per-frame ops of the chain up to
+        # 40x on small or shared machines (docs/kernels.md); a user's own setting wins
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv and argv[0] in _DELEGATES:
         _setup_logging("--quiet" in argv)
         return _delegate(argv[0], argv[1:])
