@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _DELEGATES = {
     "speed": "posthoc.bench.speed",
     "metrics-speed": "posthoc.bench.metrics_speed",
+    "speed-meanshift": "posthoc.bench.speed_meanshift",
 }
 
 
@@ -136,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "metrics-speed",
         help="metric speed benchmark (posthoc.bench.metrics_speed; its own flags follow)",
+        add_help=False,
+    )
+    sub.add_parser(
+        "speed-meanshift",
+        help="mean-shift speed per level, lines against directions (posthoc.bench.speed_meanshift; its own flags)",
         add_help=False,
     )
     return parser
