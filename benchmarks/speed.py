@@ -23,7 +23,7 @@ and in one run:
   ``(R*V).argmax(1)``, and the floor (read R once, write the
   labels once).
 
-* the chain rows of :mod:`posthoc.bench.speed_chain` (issue 10): every other op of the
+* the chain rows of :mod:`posthoc.bench.speed_chain`: every other op of the
   post-hoc chain and the chain per frame against its floor (``--only chain`` runs only them).
 
 Times are medians over ``--repeats`` runs after a warm-up; the floor and our kernel are
@@ -704,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     if chain_rows:
         from . import speed_chain
 
-        print("chain ops (issue 10): median ms; floor = bytes the op must move / bandwidth of a large copy "
+        print("chain ops: median ms; floor = bytes the op must move / bandwidth of a large copy "
               "timed interleaved in this run")
         print(speed_chain.format_chain_table(chain_rows, device))
     for m in memory:

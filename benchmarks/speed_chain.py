@@ -1,4 +1,4 @@
-"""Speed of the whole post-hoc chain against the memory-bandwidth floor (issue 10).
+"""Speed of the whole post-hoc chain against the memory-bandwidth floor.
 
 ``posthoc-bench speed`` runs these rows after the fusion-core rows of
 :mod:`posthoc.bench.speed` (``--only chain`` runs only these). At (H,W) = 1024x2048
@@ -34,7 +34,7 @@ fuse e2e                    D read twice + labels read twice + output written on
 chain                       the sum of its ops' floors
 =========================  ===============================================================
 
-Targets (issue 10, CPU): soft_assign <= 1.0x, offset_resample <= 3x, offsets_from_proposals
+Targets (CPU): soft_assign <= 1.0x, offset_resample <= 3x, offsets_from_proposals
 <= 10x, refine <= 3x, split_components <= 10x, fuse e2e <= 2x.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ import torch
 __all__ = ["CHAIN_TARGETS", "bench_chain", "blob_masks", "copy_bandwidth", "format_chain_markdown",
            "format_chain_table"]
 
-#: op -> target ours/floor on the CPU (issue 10)
+#: op -> target ours/floor on the CPU
 CHAIN_TARGETS = {
     "soft_assign(size=)": 1.0,
     "offset_resample": 3.0,

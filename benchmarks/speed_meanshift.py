@@ -1,4 +1,4 @@
-"""Speed of mean-shift on the projective sphere against the unchanged direction path and the pre-issue-18 code.
+"""Speed of mean-shift on the projective sphere against the unchanged direction path and the previous implementation.
 
     python -m posthoc.bench.speed_meanshift
     python -m posthoc.bench.speed_meanshift --sizes 128x256 256x512 512x1024 --dim 32 --repeat 3 --json ms.json
@@ -7,7 +7,7 @@ Every variant runs in the same process on the same synthetic (1,dim,h,w) embeddi
 piecewise-constant "objects" on a 32-pixel grid plus noise, the features the bottom-up paper's
 network is trained to emit), per resolution ("level"), best of ``--repeat`` rounds that run every variant once in turn:
 
-* ``today``: the frozen copy of ``posthoc.meanshift`` before issue 18 (tests/reference/meanshift_today.py,
+* ``today``: the frozen copy of ``posthoc.meanshift`` before the projective version (tests/reference/meanshift_today.py,
   importable when run from the repository root), with its default bandwidth sqrt(2)/2;
 * ``directions_bw``: ``meanshift_sphere(f, SPHERE_BANDWIDTH, projective=False)``, the unchanged path
   (its labels must equal ``today``'s; the script checks it);
@@ -16,7 +16,7 @@ network is trained to emit), per resolution ("level"), best of ``--repeat`` roun
 * ``lines_45_signs``: the same on the features with a random sign per pixel (what a network trained
   on the projective sphere may emit; as directions they would be 40 clusters, as lines 20).
 
-It prints each time, the ratio to ``today`` (issue 18's target: lines within 1.2x of today per level),
+It prints each time, the ratio to ``today`` (target: lines within 1.2x of today per level),
 the number of clusters, and the ratio to a memory floor: reading the features once and writing
 int64 labels, at the bandwidth of a large tensor copy measured in the same run (mean-shift is
 GEMM-bound, so this floor is far below what any implementation reaches; it shows how much of the

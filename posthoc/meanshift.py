@@ -17,7 +17,7 @@ basins of a mean-shift over those vectors. The paper's definitions and our readi
   a 45 degree separation": two lines are neighbours when ``|f1.f2| >= cos 45 = sqrt(2)/2``.
   ``angle_deg=45.0`` is that rule. ``bandwidth`` stays as an alias in Euclidean chord
   units on the unit sphere, ``chord = 2 sin(angle/2)``, ``angle = 2 asin(chord/2)``,
-  ``cos(angle) = 1 - chord**2/2``; the pre-issue-18 default ``bandwidth=sqrt(2)/2`` is
+  ``cos(angle) = 1 - chord**2/2``; the earlier default ``bandwidth=sqrt(2)/2`` is
   a chord of 41.41 degrees, and 45 degrees is a chord of 0.7654.
 * ``n_seeds`` (256 by default) seeds are subsampled from the pixels, and each
   mean-shift step moves the seeds against a random subsample of ``n_samples``
