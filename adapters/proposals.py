@@ -11,7 +11,7 @@ images ((B,H,W,3) uint8 or (B,3,H,W) float in [0,1]) and, optionally, the teache
 ``mask_transformer`` Mask2Former / Mask2Anomaly / CA-M2F outputs (mask + class logits);
                validity = 1 - P(no object)
 ``superpixels`` SLIC or Felzenszwalb (scikit-image); needs no weights
-``meanshift``  mean-shift on the hypersphere over per-pixel embeddings (Dille et al.)
+``meanshift``  mean-shift of per-pixel embeddings as lines on the projective sphere, multi-scale (Dille et al.)
 ``onnx``       any ONNX model with outputs "region_scores" (B,N,h,w) and "validity" (B,N)
 ``csl``        ``onnx`` with the bundled CSL region-proposal net as default weights
 ============== ====================================================================
