@@ -37,7 +37,7 @@ def require_matplotlib() -> Any:
 
 
 def label_boundaries(labels: np.ndarray) -> np.ndarray:
-    """(H,W) bool: pixels whose right or lower 4-neighbour has another label (region boundaries).
+    """(H,W) bool: pixels whose right or lower neighbour has another label (1-pixel region boundaries).
 
     Args:
         labels: (H,W) integer region labels, -1 = unassigned.
@@ -46,12 +46,8 @@ def label_boundaries(labels: np.ndarray) -> np.ndarray:
     b = np.zeros(lab.shape, bool)
     if lab.ndim != 2 or lab.size == 0:
         return b
-    dx = lab[:, 1:] != lab[:, :-1]
-    dy = lab[1:, :] != lab[:-1, :]
-    b[:, :-1] |= dx
-    b[:, 1:] |= dx
-    b[:-1, :] |= dy
-    b[1:, :] |= dy
+    b[:, :-1] |= lab[:, 1:] != lab[:, :-1]
+    b[:-1, :] |= lab[1:, :] != lab[:-1, :]
     return b
 
 
@@ -194,9 +190,11 @@ def overlay(image: Any, maps: Mapping[str, Any], proposals: Any = None, gt: Any 
             what.append("void grey")
     ax.set_title(", ".join(what), fontsize=8)
 
+    # one colour per class id across all class-map panels
+    k_all = max([int(a.max()) + 1 for a in arrays.values() if np.issubdtype(a.dtype, np.integer)] or [1])
     for ax, (name, a) in zip(axes[1:], arrays.items(), strict=False):
         if np.issubdtype(a.dtype, np.integer):
-            k = int(a.max()) + 1 if a.size else 1
+            k = k_all
             cmap = ListedColormap(_class_colors(k) / 255.0)
             norm = BoundaryNorm(np.arange(-0.5, k + 0.5), k)
             im = ax.imshow(a, cmap=cmap, norm=norm, interpolation="nearest")
