@@ -420,7 +420,8 @@ def _loop(args, files, names, out, teacher, t_name, prop_objs, steps, explicit, 
                 _png(folder / f"{stem}.png", arr, kind)
                 written[f"{v.key}.npy"] = f"{stem}.npy"
                 written[f"{v.key}.png"] = f"{stem}.png"
-                shown["teacher" if v.source is None else v.display] = arr if kind == "anomaly" else arr.argmax(0).astype(np.int32)
+                shown["teacher" if v.source is None else v.display] = (
+                    arr if kind == "anomaly" else arr.argmax(0).astype(np.int32))
             labels = {}
             for s, p in props.items():
                 lab = p.labels
