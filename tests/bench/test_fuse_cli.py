@@ -243,3 +243,67 @@ def test_python_dash_m_posthoc(setup, tmp_path):
                         "--variants", "csl2"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "1 image(s), 1 computed" in r.stdout and (out / "img0" / "csl2-superpixels.npy").is_file()
+
+
+# ----------------------------------------------------------------------------- the documented commands
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _doc_commands(path: Path, heading: str) -> list[list[str]]:
+    import re
+    import shlex
+
+    text = path.read_text()
+    text = text[text.index(heading):]
+    block = re.search(r"```bash\n(.*?)```", text, flags=re.DOTALL).group(1)
+    return [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.startswith("posthoc fuse")]
+
+
+@pytest.fixture
+def user_folder(setup, tmp_path, monkeypatch):
+    """The folder a README reader has: my_model.onnx, my_segmenter.onnx and photos/ (png and jpg)."""
+    (tmp_path / "my_model.onnx").write_bytes(setup["anom"].read_bytes())
+    (tmp_path / "my_segmenter.onnx").write_bytes(setup["sem"].read_bytes())
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(setup["images"].glob("*.png"))[:2]:
+        (photos / p.name).write_bytes(p.read_bytes())
+        cv2.imwrite(str(photos / (p.stem + "_j.jpg")), cv2.imread(str(p)))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("doc, heading", [("README.md", "## Your own images"), ("docs/inference.md", "# Inference")])
+def test_documented_commands_run(user_folder, doc, heading):
+    cmds = _doc_commands(_ROOT / doc, heading)
+    assert len(cmds) == 3 and all(c[:2] == ["posthoc", "fuse"] for c in cmds)
+    for c in cmds:
+        if "--teacher" in c:  # the bundled obsnet line: test_documented_obsnet_command (slow)
+            continue
+        assert main([*c[1:], "--quiet", "--no-overlay"]) == 0, c
+        out = user_folder / c[c.index("--out") + 1]
+        s = _summary(out)
+        assert s["complete"] and s["counts"]["computed"] == s["counts"]["images"] > 0
+
+
+@pytest.mark.slow
+def test_documented_obsnet_command(user_folder):
+    (c,) = [c for c in _doc_commands(_ROOT / "README.md", "## Your own images") if "--teacher" in c]
+    assert main([*c[1:], "--quiet"]) == 0
+    s = _summary(user_folder / c[c.index("--out") + 1])
+    assert s["complete"] and any(v["key"] == "csl2+refine+offsets@csl" for v in s["variants"])
+
+
+def test_python_recipe_in_docs_equals_the_cli(user_folder):
+    import re
+
+    block = re.findall(r"```python\n(.*?)```", (_ROOT / "docs" / "inference.md").read_text(), flags=re.DOTALL)[0]
+    img = _rgb(user_folder / "photos" / "img0.png")
+    ns: dict = {"images": img[None]}
+    exec(compile(block, "docs/inference.md", "exec"), ns)
+    assert (user_folder / "overlay.png").is_file()
+    assert main(["fuse", "--model", "my_model.onnx", "--images", "photos/img0.png", "--variants", "csl2,offsets",
+                 "--out", "cli", "--quiet", "--no-overlay"]) == 0
+    np.testing.assert_allclose(np.load(user_folder / "cli" / "img0" / "csl2+offsets-superpixels.npy"),
+                               ns["out"]["output"][0, 0].numpy(), atol=1e-6)
