@@ -253,10 +253,9 @@ def run_fuse(args: argparse.Namespace) -> dict:
         PosthocError: bad settings or inputs (the message names the flag or the file).
     """
     from posthoc import adapters
-    from posthoc.adapters.io import atomic_path, save_npy_atomic, write_json_atomic
+    from posthoc.adapters.io import write_json_atomic
 
-    from .datasets import read_image
-    from .infer import Timer, progress
+    from .infer import Timer
 
     t_start = time.perf_counter()
     # ---- everything that can be checked before any work, and before --out is created
@@ -320,7 +319,7 @@ def run_fuse(args: argparse.Namespace) -> dict:
     }
     try:
         _loop(args, files, names, out, teacher, t_name, prop_objs, steps, explicit, config_sha, draw, notes,
-              summary, timer, read_image, progress, save_npy_atomic, write_json_atomic, atomic_path)
+              summary, timer)
         summary["complete"] = True
     finally:
         summary["seconds"] = {k: round(v, 4) for k, v in timer.t.items()}
@@ -329,16 +328,22 @@ def run_fuse(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _loop(args, files, names, out, teacher, t_name, prop_objs, steps, explicit, config_sha, draw, notes,
-          summary, timer, read_image, progress, save_npy_atomic, write_json_atomic, atomic_path) -> None:
+def _loop(args: argparse.Namespace, files: list[Path], names: list[str], out: Path, teacher: Any, t_name: str,
+          prop_objs: dict, steps: list[str], explicit: bool, config_sha: str, draw: bool, notes: list[str],
+          summary: dict, timer: Any) -> None:
+    """Compute (or resume) every image; fills ``summary`` as it goes. ``steps`` and ``notes`` are
+    updated in place when a step turns out not to apply (known after the first image)."""
     import torch
 
+    from posthoc.adapters.io import atomic_path, save_npy_atomic, write_json_atomic
     from posthoc.types import TeacherOutput
 
-    from .variants import VariantMaps, suppress_choice, variant_chain
+    from .datasets import read_image
+    from .infer import progress
+    from .variants import Variant, VariantMaps, suppress_choice, variant_chain
 
-    chain = None
-    vmaps = None
+    chain: list[Variant] = []
+    vmaps: VariantMaps | None = None
     kind = None
     bar = progress(None, len(files), "posthoc fuse", not args.quiet)
     with torch.inference_mode():
@@ -459,7 +464,7 @@ def _loop(args, files, names, out, teacher, t_name, prop_objs, steps, explicit, 
     if bar is not None:
         bar.close()
     if "variants" not in summary:  # every image resumed: describe the variants from the first record
-        chain = variant_chain(["teacher", *steps], list(prop_objs)) if chain is None else chain
+        chain = chain or variant_chain(["teacher", *steps], list(prop_objs))
         summary["variants"] = [{"key": v.key, "display": v.display, "file": slug(v.key)} for v in chain
                                if f"{v.key}.npy" in summary["images"][0]["files"]] if summary["images"] else []
 

@@ -184,7 +184,7 @@ def overlay(image: Any, maps: Mapping[str, Any], proposals: Any = None, gt: Any 
         if (g == 1).any():
             ax.contour(g == 1, levels=[0.5], colors="cyan", linewidths=0.9)
             what.append("GT outlined")
-        if void_rgba is not None:
+        if void_rgba is not None and void is not None:
             ax.imshow(void_rgba, interpolation="nearest")
             ax.contourf(void.astype(np.float32), levels=[0.5, 1.5], colors="none", hatches=["///"])
             what.append("void grey")
