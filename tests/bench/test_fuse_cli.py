@@ -307,3 +307,12 @@ def test_python_recipe_in_docs_equals_the_cli(user_folder):
                  "--out", "cli", "--quiet", "--no-overlay"]) == 0
     np.testing.assert_allclose(np.load(user_folder / "cli" / "img0" / "csl2+offsets-superpixels.npy"),
                                ns["out"]["output"][0, 0].numpy(), atol=1e-6)
+
+
+def test_progress_bar_on_stderr(setup, tmp_path, capsys):
+    pytest.importorskip("tqdm")
+    assert main(["fuse", "--model", str(setup["anom"]), "--images", str(setup["images"] / "img0.png"),
+                 "--variants", "csl2", "--out", str(tmp_path / "o"), "--no-overlay"]) == 0
+    cap = capsys.readouterr()
+    assert "posthoc fuse" in cap.err and "1/1" in cap.err
+    assert "1 image(s), 1 computed, 0 resumed" in cap.out
