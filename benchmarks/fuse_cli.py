@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "are fused class probabilities. Default: from the model's output channels (1 = anomaly)")
     f.add_argument("--activation", choices=("sigmoid",), default=None,
                    help="a 1-channel --model that outputs logits: apply a fixed sigmoid")
+    f.add_argument("--mean", default=None, metavar="R,G,B",
+                   help="--model's input normalization (x - mean) / std on [0,1] pixels; default ImageNet "
+                        "0.485,0.456,0.406 (values > 1 mean 0..255 pixels)")
+    f.add_argument("--std", default=None, metavar="R,G,B", help="see --mean; default ImageNet 0.229,0.224,0.225")
     f.add_argument("--images", required=True, metavar="DIR_OR_GLOB",
                    help=f"a folder (its {', '.join(IMAGE_SUFFIXES)} files) or a glob such as 'data/**/*.png'")
     f.add_argument("--proposals", default="superpixels",
@@ -160,9 +164,12 @@ def _resolve_teacher(args: argparse.Namespace) -> tuple[str, Any, dict, list[str
     if args.model is None:
         if args.activation is not None:
             raise BenchError("--activation applies to --model; a registered --teacher calibrates its own scores")
+        if args.mean is not None or args.std is not None:
+            raise BenchError("--mean/--std apply to --model; a registered --teacher has its official preprocessing")
         return args.teacher, parse_weights(args.weights), {}, notes
     if args.weights:
         raise BenchError("--weights goes with --teacher NAME; with --model the .onnx file is the weights")
+    norm = {k: _triple(getattr(args, k), f"--{k}") for k in ("mean", "std") if getattr(args, k) is not None}
     path = Path(args.model).expanduser()
     if not path.is_file():
         raise BenchError(f"--model {args.model}: file {path} does not exist")
@@ -182,16 +189,27 @@ def _resolve_teacher(args: argparse.Namespace) -> tuple[str, Any, dict, list[str
                              f"{channels} classes and is scored with MSP (a probability already)")
         notes.append(f"{path.name} outputs {channels} classes: its anomaly map is MSP, 1 - max softmax "
                      "(Hendrycks & Gimpel, ICLR 2017)")
-        return "msp", str(path), {}, notes
+        return "msp", str(path), norm, notes
     if kind == "semantic" and channels == 1:
         raise BenchError(f"--kind semantic: {path.name} outputs 1 channel; a semantic model outputs K>1 class "
                          "logits. Use --kind anomaly for a 1-channel anomaly model")
-    kw: dict = {"path": str(path), "kind": kind}
+    kw: dict = {"path": str(path), "kind": kind, **norm}
     if args.activation is not None:
         if kind != "anomaly":
             raise BenchError("--activation sigmoid applies to --kind anomaly (a 1-channel model that outputs logits)")
         kw["activation"] = args.activation
     return "onnx", None, kw, notes
+
+
+def _triple(text: str, flag: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 3 or not all(np.isfinite(vals)) or (flag == "--std" and min(vals) <= 0):
+        raise BenchError(f"{flag} must be three {'positive ' if flag == '--std' else ''}numbers R,G,B "
+                         f"such as 0.5,0.5,0.5; got {text!r}")
+    return vals
 
 
 def _teacher_fingerprint(name: str, weights: Any, kw: dict) -> dict:

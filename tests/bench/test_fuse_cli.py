@@ -316,3 +316,22 @@ def test_progress_bar_on_stderr(setup, tmp_path, capsys):
     cap = capsys.readouterr()
     assert "posthoc fuse" in cap.err and "1/1" in cap.err
     assert "1 image(s), 1 computed, 0 resumed" in cap.out
+
+
+def test_mean_std_reach_the_model(setup, tmp_path, capsys):
+    from posthoc.adapters.teachers import OnnxTeacher
+
+    out = tmp_path / "o"
+    assert _run("--model", setup["anom"], "--mean", "0,0,0", "--std", "1,1,1", "--images",
+                setup["images"] / "img0.png", "--variants", "csl2", "--out", out, "--no-overlay") == 0
+    img = _rgb(setup["images"] / "img0.png")
+    ref = OnnxTeacher(setup["anom"], kind="anomaly", mean=(0, 0, 0), std=(1, 1, 1))(img[None]).anomaly
+    default = OnnxTeacher(setup["anom"], kind="anomaly")(img[None]).anomaly
+    assert not torch.allclose(ref, default)
+    np.testing.assert_allclose(np.load(out / "img0" / "teacher.npy"), ref[0, 0].numpy(), atol=1e-6)
+    assert "three positive numbers" in _err(capsys, "--model", setup["anom"], "--std", "1,0,1", "--images",
+                                            setup["images"], "--out", out)
+    assert "three numbers" in _err(capsys, "--model", setup["anom"], "--mean", "1,2", "--images",
+                                   setup["images"], "--out", out)
+    assert "apply to --model" in _err(capsys, "--teacher", "obsnet", "--mean", "0,0,0", "--images",
+                                      setup["images"], "--out", out)
