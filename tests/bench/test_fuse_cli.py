@@ -314,7 +314,7 @@ def test_progress_bar_on_stderr(setup, tmp_path, capsys):
     assert main(["fuse", "--model", str(setup["anom"]), "--images", str(setup["images"] / "img0.png"),
                  "--variants", "csl2", "--out", str(tmp_path / "o"), "--no-overlay"]) == 0
     cap = capsys.readouterr()
-    assert "posthoc fuse" in cap.err and "1/1" in cap.err
+    assert "posthoc fuse:" in cap.err and "/1 [" in cap.err  # the bar, with the image count as its total
     assert "1 image(s), 1 computed, 0 resumed" in cap.out
 
 
