@@ -160,16 +160,6 @@ def plot_curves(
     return out
 
 
-def _label_colors(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    n = int(labels.max()) + 1 if labels.size else 0
-    rng = np.random.default_rng(seed)
-    pal = rng.integers(40, 255, size=(max(n, 1), 3)).astype(np.uint8)
-    out = np.zeros(labels.shape + (3,), np.uint8)
-    valid = labels >= 0
-    out[valid] = pal[labels[valid]]
-    return out
-
-
 def plot_overlay(
     dest: os.PathLike,
     image: np.ndarray,
@@ -178,7 +168,8 @@ def plot_overlay(
     proposals: np.ndarray | None,
     title: str,
 ) -> Path:
-    """Qualitative figure: image (GT anomaly outlined), each score map, and the proposals.
+    """Qualitative figure (:func:`posthoc.viz.overlay`): the image with the GT anomaly outlined,
+    void greyed and the proposal boundaries drawn, then each score map with a colour bar.
 
     Args:
         image: (H,W,3) uint8 RGB.
@@ -186,38 +177,11 @@ def plot_overlay(
         maps: display name -> (H,W) float scores in [0,1] (e.g. teacher, fused).
         proposals: (H,W) int region labels (-1 unassigned) or None.
     """
-    import matplotlib
+    from posthoc.viz import overlay
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    panels = 1 + len(maps) + (proposals is not None)
-    cols = min(panels, 2)
-    rows = math.ceil(panels / cols)
-    h, w = image.shape[:2]
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows * h / max(w, 1) + 0.4), squeeze=False)
-    axes = axes.ravel()
-    ax = axes[0]
-    ax.imshow(image)
-    if label is not None and (label == 1).any():
-        ax.contour(label == 1, levels=[0.5], colors="cyan", linewidths=0.8)
-    ax.set_title("image (GT anomaly outlined)", fontsize=8)
-    i = 1
-    for name, m in maps.items():
-        axes[i].imshow(np.asarray(m, np.float32), cmap="inferno", vmin=0, vmax=1)
-        axes[i].set_title(name, fontsize=8)
-        i += 1
-    if proposals is not None:
-        axes[i].imshow((0.45 * image + 0.55 * _label_colors(proposals)).astype(np.uint8))
-        n = int(proposals.max()) + 1 if proposals.size else 0
-        axes[i].set_title(f"proposals ({n} regions)", fontsize=8)
-        i += 1
-    for ax in axes:
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=8)
-    dest = _savefig(fig, Path(dest))
-    plt.close(fig)
-    return dest
+    fig = overlay(image, {k: np.asarray(m, np.float32) for k, m in maps.items()}, proposals=proposals, gt=label,
+                  title=title)
+    return _savefig(fig, Path(dest))
 
 
 #: metrics of the condensed cross-track summary: (key, header, lower is better)
