@@ -315,7 +315,8 @@ def _plots(out: Path, runs: list[Path], mans: list[dict], e_idx: int, ev0: dict,
     named = {label[k]: c for k, c in curves.items() if c is not None}
     files = plot_curves(out / f"pr_{tag}.png", out / f"roc_{tag}.png", named,
                         {label[k]: m for k, m in metrics.items()},
-                        f"{ev0['dataset']} — {t} ({mode_text(mode).split(' (')[0]})")
+                        f"{ev0['dataset']} — {t} ({mode_text(mode).split(' (')[0]})",
+                        synthetic=bool(ev0.get("synthetic")))
     copied = []
     for r, m in zip(runs, mans, strict=True):
         for p in m["results"]["evaluations"][e_idx]["teachers"][t].get("overlays", []):
