@@ -243,9 +243,11 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
         MergeError: a folder that is not a shard run, shards of different splits or
             configurations, a missing shard, a shard given twice, unreadable state files.
     """
-    from .runner import _timing_md, evaluation_table, teacher_rows
+    from .runner import _timing_md, evaluation_table, require_module, teacher_rows
 
     t0 = time.perf_counter()
+    if plots:  # before any work, like a run
+        require_module("matplotlib", "plots (PR/ROC curves, overlays)", "--no-plots")
     if not runs:
         raise MergeError("merge needs the run folders of the shards; got none")
     runs = [Path(r) for r in runs]

@@ -102,14 +102,20 @@ def check_extras(cfg: BenchConfig) -> None:
     if cfg.export_smiyc:
         need.append(("h5py", "--export-smiyc (SMIYC submission .hdf5 files)", None))
     for module, what, off in need:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            alt = f", or pass {off}" if off else ""
-            raise MissingExtraError(
-                f"{what} need {module}, which is not installed; run `pip install 'posthoc[bench]'`{alt} "
-                f"(import error: {e})"
-            ) from e
+        require_module(module, what, off)
+
+
+def require_module(module: str, what: str, off: str | None = None) -> None:
+    """Import ``module`` or raise :class:`MissingExtraError` naming the ``[bench]`` extra (and the
+    flag ``off`` that avoids needing it)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        alt = f", or pass {off}" if off else ""
+        raise MissingExtraError(
+            f"{what} need {module}, which is not installed; run `pip install 'posthoc[bench]'`{alt} "
+            f"(import error: {e})"
+        ) from e
 
 
 def curves_json(c: dict | None, max_points: int = CURVE_POINTS) -> dict | None:

@@ -134,3 +134,13 @@ def test_plot_curves_marks_fpr95_synthetic_title_many_variants(tmp_path, monkeyp
     titles.clear()
     report.plot_curves(tmp_path / "pr2.png", tmp_path / "roc2.png", curves, metrics, "real")
     assert titles == ["real", "real"]
+
+
+def test_merge_names_missing_matplotlib_before_work(tmp_path, monkeypatch):
+    from posthoc.bench import merge
+
+    _fail_import(monkeypatch, "matplotlib")
+    monkeypatch.setattr(merge, "_read", lambda r: pytest.fail("work started"))
+    with pytest.raises(MissingExtraError, match="matplotlib.*--no-plots"):
+        merge.merge_runs([tmp_path / "s0"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
