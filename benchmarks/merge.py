@@ -243,7 +243,7 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
         MergeError: a folder that is not a shard run, shards of different splits or
             configurations, a missing shard, a shard given twice, unreadable state files.
     """
-    from .runner import _timing_md, evaluation_table, require_module, teacher_rows
+    from .runner import _timing_md, curves_json, evaluation_table, require_module, teacher_rows
 
     t0 = time.perf_counter()
     if plots:  # before any work, like a run
@@ -287,6 +287,8 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
         for t in ev0["teachers"]:
             rec, metrics, curves = _merge_teacher(runs, mans, e_idx, t, keys, mode, ev0["track"],
                                                   cfg.get("threshold_dtype", "float64"))
+            if metrics:  # the merged curves, as a single run stores them
+                rec["curves"] = {k: curves_json(c) for k, c in curves.items()}
             if plots and metrics:
                 rec.update(_plots(out, runs, mans, e_idx, ev0, t, displays, metrics, curves, mode,
                                   int(cfg.get("overlays", 0))))
