@@ -1,7 +1,7 @@
 """Image batch plumbing shared by teachers and proposal sources.
 
 Every adapter is called on a batch of RGB images in one of two layouts
-(DESIGN.md, "Data flow"; ``adapters.base.Teacher``):
+(docs/architecture.md, "Data flow"; ``adapters.base.Teacher``):
 
 * ``(B,H,W,3)`` ``uint8`` numpy array or torch tensor, values 0..255;
 * ``(B,3,H,W)`` floating-point torch tensor (or numpy array), values in [0,1].

@@ -1,4 +1,4 @@
-"""Safe loading of torch checkpoints (DESIGN.md, Conventions 6): nothing is unpickled."""
+"""Safe loading of torch checkpoints (docs/architecture.md, Conventions 6): nothing is unpickled."""
 from __future__ import annotations
 
 import logging
@@ -19,7 +19,7 @@ class UnsafeCheckpointError(PosthocError, ValueError):
 
 
 def load_state_dict(path: Any, *, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Load a torch state dict without unpickling arbitrary objects (DESIGN.md, Conventions 6).
+    """Load a torch state dict without unpickling arbitrary objects (docs/architecture.md, Conventions 6).
 
     ``.safetensors`` files are read with safetensors; anything else with
     ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.

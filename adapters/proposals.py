@@ -356,7 +356,7 @@ class SuperpixelProposals(ProposalSource):
 
 @register_proposals("meanshift")
 class MeanShiftProposals(ProposalSource):
-    """Mean-shift on the projective sphere over per-pixel embeddings (Dille et al.; DESIGN.md).
+    """Mean-shift on the projective sphere over per-pixel embeddings (Dille et al.; docs/architecture.md).
 
     The embeddings come from (first match wins):
 

@@ -1,4 +1,4 @@
-"""Name -> factory registry for teachers and proposal sources (DESIGN.md, Conventions 5).
+"""Name -> factory registry for teachers and proposal sources (docs/architecture.md, Conventions 5).
 
 Built-in adapters are listed here as ``name -> "module:factory"`` and imported only when
 that name is looked up, so ``get_teacher("obsnet")`` imports the ObsNet module and what it

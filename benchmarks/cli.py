@@ -23,7 +23,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from posthoc.errors import PosthocError
@@ -76,7 +75,8 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
     p.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (default 0)")
     p.add_argument(
-        "--out", default=None, help="run folder (default runs/<timestamp>); rerun with the same folder to resume"
+        "--out", default=None,
+        help="run folder (default runs/<track>-<teacher>-<timestamp>); rerun with the same folder to resume"
     )
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)} (default: all)")
     p.add_argument(
@@ -87,6 +87,9 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
     )
     p.add_argument("--overlays", type=int, default=3, help="qualitative overlays per teacher and data set (default 3)")
     p.add_argument("--no-plots", action="store_true", help="skip PR/ROC curves and overlays")
+    p.add_argument("--no-cache", action="store_true",
+                   help="one-shot run: maps go to a scratch folder deleted at the end (nothing kept in --out/cache; "
+                   "no resume)")
     p.add_argument(
         "--strict",
         action="store_true",
@@ -247,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _merge(args)
 
     from . import distributed
-    from .runner import BenchConfig, run_benchmark
+    from .runner import BenchConfig, default_run_dir, run_benchmark
 
     try:
         shard = distributed.parse_shard(args.shard) if args.shard is not None else None
@@ -261,7 +264,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("posthoc-bench: error: under torchrun pass --out DIR: every rank must use the same run folder",
               file=sys.stderr)
         return 2
-    out = args.out or str(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     cfg = BenchConfig(
         dataset=args.command,
         track=getattr(args, "track", "anomaly"),
@@ -276,16 +278,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit=args.limit,
         seed=args.seed,
         world_seed=args.world_seed,
-        out=out,
+        out=args.out,
         variants=_csv(args.variants),
         export_smiyc=args.export_smiyc,
         metric_mode=args.metric_mode,
         plots=not args.no_plots,
+        cache=not args.no_cache,
         overlays=args.overlays,
         progress=not args.quiet,
         strict=args.strict,
         threshold_dtype=args.threshold_dtype,
     )
+    if cfg.out is None:
+        cfg.out = str(default_run_dir(cfg))
+    out = cfg.out
     try:
         results = run_benchmark(cfg, scale=scale)
     except (PosthocError, ValueError, OSError, KeyError) as e:

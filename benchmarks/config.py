@@ -54,6 +54,8 @@ class BenchConfig:
         export_smiyc: folder for official submission files (None = no export).
         metric_mode: ``"smiyc"`` (official binning) or ``"exact"``.
         plots: write PR/ROC and overlay PNGs.
+        cache: keep every variant's maps in ``out/cache`` so a rerun resumes; False
+            (``--no-cache``) computes them into a scratch folder deleted at the end.
         overlays: number of frames with qualitative overlays per teacher and data set.
         progress: show tqdm progress bars (stderr).
         strict: a frame whose label file is missing while other frames have theirs is an
@@ -81,6 +83,7 @@ class BenchConfig:
     export_smiyc: str | None = None
     metric_mode: str = "smiyc"
     plots: bool = True
+    cache: bool = True
     overlays: int = 3
     progress: bool = True
     strict: bool = False

@@ -243,9 +243,11 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
         MergeError: a folder that is not a shard run, shards of different splits or
             configurations, a missing shard, a shard given twice, unreadable state files.
     """
-    from .runner import _timing_md, evaluation_table, teacher_rows
+    from .runner import _timing_md, curves_json, evaluation_table, require_module, teacher_rows
 
     t0 = time.perf_counter()
+    if plots:  # before any work, like a run
+        require_module("matplotlib", "plots (PR/ROC curves, overlays)", "--no-plots")
     if not runs:
         raise MergeError("merge needs the run folders of the shards; got none")
     runs = [Path(r) for r in runs]
@@ -285,6 +287,8 @@ def merge_runs(runs: list[Path], out: Path, *, plots: bool = True) -> dict:
         for t in ev0["teachers"]:
             rec, metrics, curves = _merge_teacher(runs, mans, e_idx, t, keys, mode, ev0["track"],
                                                   cfg.get("threshold_dtype", "float64"))
+            if metrics:  # the merged curves, as a single run stores them
+                rec["curves"] = {k: curves_json(c) for k, c in curves.items()}
             if plots and metrics:
                 rec.update(_plots(out, runs, mans, e_idx, ev0, t, displays, metrics, curves, mode,
                                   int(cfg.get("overlays", 0))))
@@ -315,7 +319,8 @@ def _plots(out: Path, runs: list[Path], mans: list[dict], e_idx: int, ev0: dict,
     named = {label[k]: c for k, c in curves.items() if c is not None}
     files = plot_curves(out / f"pr_{tag}.png", out / f"roc_{tag}.png", named,
                         {label[k]: m for k, m in metrics.items()},
-                        f"{ev0['dataset']} — {t} ({mode_text(mode).split(' (')[0]})")
+                        f"{ev0['dataset']} — {t} ({mode_text(mode).split(' (')[0]})",
+                        synthetic=bool(ev0.get("synthetic")))
     copied = []
     for r, m in zip(runs, mans, strict=True):
         for p in m["results"]["evaluations"][e_idx]["teachers"][t].get("overlays", []):

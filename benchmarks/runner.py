@@ -22,7 +22,11 @@ code logs; nothing here prints.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 
 from posthoc.adapters.io import write_json_atomic, write_text_atomic
+from posthoc.errors import MissingExtraError
+from posthoc.metrics.pixel import reduce_curve
 
 from . import evaluations as evaluations_mod
 from . import fingerprint
@@ -62,9 +68,63 @@ __all__ = [
     "BenchConfig",
     "BenchError",
     "PrecomputedScores",
+    "CURVE_POINTS",
     "default_proposals",
+    "default_run_dir",
     "run_benchmark",
 ]
+
+#: at most about this many points of each variant's PR and ROC curve go into results.json
+CURVE_POINTS = 256
+
+
+def default_run_dir(cfg: BenchConfig, now: datetime | None = None) -> Path:
+    """``runs/<track>-<teacher>-<timestamp>``, the run folder when ``--out`` is not given.
+
+    The track is ``smiyc-anomaly``/``smiyc-obstacle``/``smiyc-both`` for SMIYC, else the data
+    set's name; several teachers are joined by ``+``; an ONNX path or a folder of maps is
+    named by its stem. The timestamp is local time, ``YYYYMMDD-HHMMSS``.
+    """
+    track = f"smiyc-{cfg.track}" if cfg.dataset == "smiyc" else cfg.dataset
+    names = [Path(t.strip()).stem if ("/" in t or t.lower().endswith(".onnx")) else t.strip()
+             for t in cfg.teachers if t.strip()]
+    teacher = re.sub(r"[^A-Za-z0-9_.+-]+", "_", "+".join(names)) or "teacher"
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{track}-{teacher}-{stamp}"
+
+
+def check_extras(cfg: BenchConfig) -> None:
+    """Raise :class:`MissingExtraError` before any work when a package the run will need is absent:
+    matplotlib for plots (unless ``--no-plots``), h5py for ``--export-smiyc``."""
+    need = []
+    if cfg.plots:
+        need.append(("matplotlib", "plots (PR/ROC curves, overlays)", "--no-plots"))
+    if cfg.export_smiyc:
+        need.append(("h5py", "--export-smiyc (SMIYC submission .hdf5 files)", None))
+    for module, what, off in need:
+        require_module(module, what, off)
+
+
+def require_module(module: str, what: str, off: str | None = None) -> None:
+    """Import ``module`` or raise :class:`MissingExtraError` naming the ``[bench]`` extra (and the
+    flag ``off`` that avoids needing it)."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        alt = f", or pass {off}" if off else ""
+        raise MissingExtraError(
+            f"{what} need {module}, which is not installed; run `pip install 'posthoc[bench]'`{alt} "
+            f"(import error: {e})"
+        ) from e
+
+
+def curves_json(c: dict | None, max_points: int = CURVE_POINTS) -> dict | None:
+    """A pixel-pass curve dict, downsampled (:func:`posthoc.metrics.pixel.reduce_curve`) to lists of floats."""
+    if c is None:
+        return None
+    r = reduce_curve(c, max_points)
+    return {k: [float(x) for x in np.asarray(r[k], dtype=np.float64)] for k in ("precision", "recall", "tpr", "fpr",
+                                                                              "thresholds") if k in r}
 
 
 def _timing_md(t: dict) -> str:
@@ -99,7 +159,7 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
     n_frames, n_cached, n_labelled = scale.sum([len(inf.processed), inf.cached, len(inf.labelled)])
     res: dict = {
         "refine_suppress": reading if any("refine" in v.steps for v in chain) else None,
-        "cache": str(cache.dir),
+        "cache": str(cache.dir) if cfg.cache else None,
         "cache_key": cache.hash,
         "frames": n_frames,
         "frames_cached": n_cached,
@@ -116,12 +176,14 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
                                     show_progress=cfg.progress, timer=timer, desc=desc,
                                     threshold_dtype=cfg.threshold_dtype, reduce=scale.reduce_hook(pixel_states))
     res["variants"] = metrics
+    # PR (precision, recall) and ROC (fpr, tpr) of each variant, downsampled; the numbers use the full curves
+    res["curves"] = {k: curves_json(c) for k, c in curves.items()}
     if scale.active and not scale.torchrun:
         res["shard"] = save_shard_teacher(out, ev.key, spec.display, dataset, cache, inf, pixel_states)
     if cfg.plots and scale.writes_results:
         with timer("plots"):
             res.update(plot_teacher(out, ev.key, dataset, spec.display, chain, cache, metrics, curves,
-                                    inf.overlay_ids, cfg.metric_mode))
+                                    inf.overlay_ids, cfg.metric_mode, synthetic=bool(ev.synthetic)))
     return res
 
 
@@ -207,7 +269,12 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
     """
     cfg.validate()
     scale = scale or Scale()
-    out = Path(cfg.out) if cfg.out else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not cfg.cache and scale.active:
+        raise BenchError("--no-cache cannot be used with --shard or torchrun: "
+                         "merging the shards needs their cached maps")
+    check_extras(cfg)
+    _check_names(cfg)  # a bad --teacher or --proposals leaves no run folder behind
+    out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     targets = [(out, "--out")] + ([(cfg.export_smiyc, "--export-smiyc")] if cfg.export_smiyc else [])
     for path, flag in targets:  # nothing is created while any of them is bad
         if Path(path).expanduser().exists() and not Path(path).expanduser().is_dir():
@@ -220,7 +287,33 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
         return _run_locked(cfg, out, lock, scale)
 
 
+def _check_names(cfg: BenchConfig) -> None:
+    """Unknown teacher or proposal names, before anything is created (the message lists the known ones)."""
+    from posthoc import adapters
+
+    known = adapters.list_teachers()
+    for s in teacher_specs(cfg):
+        if s.name not in known and s.name != PRECOMPUTED:
+            raise BenchError(f"unknown teacher {s.name!r}; known teachers: {', '.join(known) or '(none)'}")
+    if cfg.proposals and any(v != "teacher" for v in cfg.variants):
+        known_p = adapters.list_proposals()
+        for p in cfg.proposals:
+            if p not in known_p:
+                raise BenchError(f"unknown proposal source {p!r}; known proposal sources: {', '.join(known_p)}")
+
+
 def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale) -> dict:
+    if cfg.cache:
+        return _run_cached(cfg, out, lock, scale, out)
+    # --no-cache: the maps live in a scratch folder next to the results and are deleted at the end
+    scratch = Path(tempfile.mkdtemp(prefix=".nocache-", dir=out))
+    try:
+        return _run_cached(cfg, out, lock, scale, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_root: Path) -> dict:
     t_start = time.perf_counter()
     timer = Timer()
     torch.manual_seed(cfg.seed)
@@ -298,7 +391,7 @@ def _run_locked(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale) -> dic
                 # edits to the code that computes the maps change them too
                 "code": fingerprint.code_fingerprint(),
             }
-            cache = RunCache(out, ev.key, spec.display, key_obj, owner=lock.exclusive, shard=lock.shard)
+            cache = RunCache(cache_root, ev.key, spec.display, key_obj, owner=lock.exclusive, shard=lock.shard)
             tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo, scale)
             ev_res["teachers"][spec.display] = tres
             rows += teacher_rows(spec.display, tres, displays)

@@ -142,14 +142,16 @@ def metrics_of(res: dict, keys: Sequence[str]) -> tuple[dict, dict]:
 
 
 def plot_teacher(out: Path, ev_key: str, dataset: Any, display: str, chain: Sequence[Variant], cache: RunCache,
-                 metrics: dict, curves: dict, overlay_ids: Sequence[str], mode: str) -> dict:
-    """PR/ROC curves of every variant and qualitative overlays; returns the file lists."""
+                 metrics: dict, curves: dict, overlay_ids: Sequence[str], mode: str, *,
+                 synthetic: bool = False) -> dict:
+    """PR/ROC curves of every variant and qualitative overlays; returns the file lists.
+    ``synthetic`` puts SYNTHETIC WORLD in the titles."""
     tag = f"{slug(ev_key)}_{slug(display)}"
     label = {v.key: ("teacher alone" if v.source is None else v.display) for v in chain}
     named = {label[k]: c for k, c in curves.items() if c is not None}
     files = plot_curves(
         out / f"pr_{tag}.png", out / f"roc_{tag}.png", named, {label[k]: m for k, m in metrics.items()},
-        f"{dataset.name} — {display} ({mode_text(mode).split(' (')[0]})",
+        f"{dataset.name} — {display} ({mode_text(mode).split(' (')[0]})", synthetic=synthetic,
     )
     final_by_src = {}
     for v in chain:
@@ -168,5 +170,5 @@ def plot_teacher(out: Path, ev_key: str, dataset: Any, display: str, chain: Sequ
             if cache.labels_path(first_src, fid).is_file():
                 props = load_npy(cache.labels_path(first_src, fid))
         ov_files.append(plot_overlay(out / "overlays" / f"{tag}_{slug(fid)}.png", fr.image, fr.label, maps, props,
-                                     f"{dataset.name} {fid} — {display}"))
+                                     ("SYNTHETIC WORLD — " if synthetic else "") + f"{dataset.name} {fid} — {display}"))
     return {"plots": [str(f) for f in files], "overlays": [str(f) for f in ov_files]}

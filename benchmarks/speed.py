@@ -1,4 +1,4 @@
-"""Speed benchmark of the fusion core against the memory-bandwidth floor (issue 6).
+"""Speed benchmark of the fusion core against the memory-bandwidth floor.
 
 ``posthoc-bench speed`` (or ``python -m posthoc.bench.speed``) times, on the current device
 and in one run:
@@ -32,7 +32,7 @@ stdout, the figures to JSON (``--out``) with device, versions and thread count.
 ``--memory`` also measures the extra peak memory of a fusion of a 4K frame and of a batch of
 16 Cityscapes frames (C=19), relative to the input size.
 
-Targets (issue 6): on CPU ours/floor <= 2.0 and loop/ours >= 30; on GPU ours/floor <= 2.0.
+Targets: on CPU ours/floor <= 2.0 and loop/ours >= 30; on GPU ours/floor <= 2.0.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ __all__ = [
     "voronoi_labels",
 ]
 
-#: (B, C, H, W, N) of the issue
+#: (B, C, H, W, N) of the default sizes
 FUSE_CASES = [(1, 1, 1024, 2048, 100), (1, 19, 1024, 2048, 100), (8, 19, 512, 1024, 100)]
 ASSIGN_CASE = (1, 100, 1024, 2048)
 QUICK_FUSE_CASES = [(1, 1, 256, 512, 100), (1, 19, 256, 512, 100), (2, 19, 128, 256, 100)]

@@ -403,7 +403,7 @@ def assign_labels(
 ) -> Any:
     """Soft region proposals -> the final label map: assignment, then the mask split.
 
-    This is the one place where proposals become regions (DESIGN.md, data flow): proposal
+    This is the one place where proposals become regions (docs/architecture.md, data flow): proposal
     sources call it to finish their :class:`posthoc.Proposals` (``labels_final=True``) and
     :class:`posthoc.Pipeline` calls it for proposals whose labels are not final.
 

@@ -1,4 +1,4 @@
-"""The errors posthoc raises on purpose (DESIGN.md, Conventions 4).
+"""The errors posthoc raises on purpose (docs/architecture.md, Conventions 4).
 
 Every error is a subclass of :class:`PosthocError` and of ``ValueError``/``TypeError``/
 ``ImportError``, so ``except ValueError`` keeps working. There is one type per condition:

@@ -5,7 +5,7 @@ This is the clustering step of the bottom-up class-agnostic segmentation paper
 a network maps every pixel to a unit vector, pixels of one entity are (nearly)
 parallel and different entities are (nearly) orthogonal, and segments are the
 basins of a mean-shift over those vectors. The paper's definitions and our readings
-(DESIGN.md, "Mean-shift on the sphere"):
+(docs/architecture.md, "Mean-shift on the sphere"):
 
 * **Features are lines** (Eq. 1): ``||f|| = 1`` and ``f == -f``, with distance
   ``1 - |f1.f2|`` (Eq. 2). ``projective=True`` (default) works on lines: every
@@ -34,7 +34,7 @@ basins of a mean-shift over those vectors. The paper's definitions and our readi
 With ``projective=False``, ``n_samples`` at least the number of points and the same
 seeds, the result is scikit-learn's ``MeanShift(bandwidth=chord, seeds=...)``
 (tests/posthoc/test_meanshift.py checks ARI >= 0.99); scikit-learn's ``bin_seeding`` is
-not used because it breaks on unit vectors (DESIGN.md, "Mean-shift on unit vectors").
+not used because it breaks on unit vectors (docs/architecture.md, "Mean-shift on unit vectors").
 
 The paper's multi-resolution refinement (§4.1: run the network at several input
 resolutions, cluster each, and merge the segments from coarse to fine) is
@@ -146,7 +146,7 @@ def _canon(m: torch.Tensor) -> torch.Tensor:
 def _dedupe(means: torch.Tensor, idx: torch.Tensor, still: torch.Tensor, active: torch.Tensor,
             follow: torch.Tensor) -> None:
     """Seeds that landed on the same point (same neighbour set) have the same future: keep one walker
-    per position and let the others follow it (DESIGN.md: "drop duplicate seeds"). In place."""
+    per position and let the others follow it (docs/architecture.md: "drop duplicate seeds"). In place."""
     if int(still.sum()) > 1:
         live = idx[still]
         key = torch.round(means[live] * 1e6)
@@ -555,7 +555,7 @@ def meanshift_sphere(
     """Segment a batch of per-pixel embeddings by mean-shift on the projective sphere (Dille et al.).
 
     See the module docstring for the algorithm and the paper's definitions (Eq. 1-2, the 45 degree
-    neighbourhood) and DESIGN.md for the decided semantics.
+    neighbourhood) and docs/architecture.md for the decided semantics.
 
     Args:
         features: (B,F,h,w) float embeddings, any finite range; they are L2-normalized over F.

@@ -1,4 +1,4 @@
-"""``Pipeline``: holds settings and composes the functional core (DESIGN.md, data flow).
+"""``Pipeline``: holds settings and composes the functional core (docs/architecture.md, data flow).
 
     proposals ─▶ labels: as given when ``Proposals.labels_final``, else
                  assign_labels (soft_assign | hard_assign, then split_components)

@@ -14,7 +14,7 @@ function                       definition                          range
 =============================  ==================================  ============
 
 Unbounded scores must be calibrated globally (fitted once on data) before fusion; that
-is the teacher adapters' job (DESIGN.md "Scores").
+is the teacher adapters' job (docs/architecture.md "Scores").
 
 SML follows the official code of Jung et al., "Standardized Max Logits" (ICCV 2021),
 github.com/shjung13/Standardized-max-logits: class statistics of the max logit over

@@ -1,6 +1,6 @@
 """Input checks and numpy/torch plumbing shared by every public entry point.
 
-Convention (DESIGN.md, "Conventions" 1 and 4): user input is checked here, never with
+Convention (docs/architecture.md, "Conventions" 1 and 4): user input is checked here, never with
 ``assert``; every error is one of :mod:`posthoc.errors`, whose message names what was
 expected and what came. Functions take numpy arrays or torch tensors and return what
 they were given (:func:`as_torch` / :func:`restore`); a torch result stays on the input's
@@ -149,7 +149,7 @@ def check_device(x: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -
 def to_device(x: torch.Tensor, was_numpy: bool, ref: torch.Tensor, name: str, ref_name: str) -> torch.Tensor:
     """Move a numpy-born tensor to ``ref``'s device; refuse a torch tensor on another device.
 
-    A caller's torch tensor is never moved silently (DESIGN.md, Conventions 1): it raises
+    A caller's torch tensor is never moved silently (docs/architecture.md, Conventions 1): it raises
     DeviceError instead.
     """
     if x.device == ref.device:

@@ -51,3 +51,23 @@ def test_quoted_error_message_is_the_real_one():
         assert str(e) == quoted
     else:  # pragma: no cover
         raise AssertionError("no error raised")
+
+
+def test_own_torch_model_pipeline_example_runs():
+    """The four-line Pipeline example for a user's own PyTorch model, with a random-init module."""
+    import textwrap
+
+    import torch
+
+    block = textwrap.dedent(next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+                                 if "TorchTeacher(my_module" in b))
+    torch.manual_seed(0)
+    ns: dict = {
+        "my_module": torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Sigmoid()),
+        "images": np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8),
+    }
+    exec(compile(block, "README.md", "exec"), ns)
+    out = ns["out"]
+    for key in ("fused", "resampled"):
+        assert tuple(out[key].shape) == (2, 1, 48, 64)
+        assert 0.0 <= float(out[key].min()) and float(out[key].max()) <= 1.0

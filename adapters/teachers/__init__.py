@@ -30,7 +30,7 @@ torch module or an already-built semantic teacher; None = the bundled default fr
 Anomaly teachers return ``kind="anomaly"`` scores (B,1,H,W), probabilities in [0,1]
 with higher = more anomalous, and put the semantic logits they were computed from in
 ``TeacherOutput.logits``. Scores that are not probabilities (max logit, energy, SML)
-are mapped to [0,1] with one *global* sigmoid fitted on data (DESIGN.md, "Scores"):
+are mapped to [0,1] with one *global* sigmoid fitted on data (docs/architecture.md, "Scores"):
 never a per-image min-max, since pixel AP/FPR95 pool pixels over a whole data set.
 
 JSON formats (written atomically; WORLD ships bundled files in these formats)

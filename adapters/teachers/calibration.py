@@ -1,4 +1,4 @@
-"""Global score calibration (DESIGN.md, "Scores"): one sigmoid fitted once on data, never a per-image
+"""Global score calibration (docs/architecture.md, "Scores"): one sigmoid fitted once on data, never a per-image
 min-max, plus the frame iteration the fits and statistics use."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _read_json(path: Any, fmt: str) -> dict:
 class SigmoidCalibration:
     """A global monotone map of a raw anomaly score to [0,1]: ``p = sigmoid((raw - shift) / scale)``.
 
-    One map for the whole data set (DESIGN.md, "Scores"), so the pooled ranking of
+    One map for the whole data set (docs/architecture.md, "Scores"), so the pooled ranking of
     pixels, and with it AP/AUROC/FPR95, is unchanged; never a per-image min-max.
 
     Attributes:

@@ -3,7 +3,7 @@
 Semantics are those of :mod:`posthoc.kernels._torch` (the reference); this module only
 makes them fast on a multi-core CPU.
 
-Design (DESIGN.md, "Kernels"): the work is memory-bound, so the kernels aim at the
+Design (docs/architecture.md, "Kernels"): the work is memory-bound, so the kernels aim at the
 bandwidth floor -- read the scores twice, the labels twice, write the output once.
 
 * Labels are spatially coherent, so instead of scattering each pixel into its region's

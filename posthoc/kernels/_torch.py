@@ -4,7 +4,7 @@ Every function here runs on the device of its input. Work is done per chunk of i
 channels / pixels so that the temporaries stay bounded (``chunk_elems`` elements, default
 2**24 = 64 MiB of float32) instead of growing with the batch: a batch of 16 Cityscapes
 frames with 19 classes or a 4K frame needs far less than twice its input size in extra
-memory (DESIGN.md, "Kernels"; issue 6, "Memory").
+memory (docs/architecture.md, "Kernels").
 
 Semantics (CSL, Zhang et al. AAAI 2024, Eq. 2 and Eq. 3):
 

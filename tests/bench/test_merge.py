@@ -49,6 +49,13 @@ def test_three_shards_merged_equal_one_run(runs, capsys):
         assert t["frames"] == N_FRAMES and t["frames_labelled"] == N_FRAMES
         assert {"ap", "fpr95", "siou_gt", "f1_mean", "n_gt_components"} <= set(t["variants"]["teacher"])
         assert len(t["overlays"]) == 2 and all(p.endswith(".png") for p in t["plots"])
+    # the merged PR/ROC curves are the single run's
+    for ev_s, ev_m in zip(single["evaluations"], merged["evaluations"], strict=True):
+        cs, cm = ev_s["teachers"]["_bench_fake"]["curves"], ev_m["teachers"]["_bench_fake"]["curves"]
+        assert set(cs) == set(cm) and cs
+        for k in cs:
+            for key in ("precision", "recall", "tpr", "fpr"):
+                np.testing.assert_allclose(cm[k][key], cs[k][key], rtol=1e-9, atol=1e-12)
     # each shard alone holds only its block of frames
     assert [load(tmp / f"s{i}")["evaluations"][0]["teachers"]["_bench_fake"]["frames"] for i in range(3)] == [2, 2, 3]
     assert "Shard 0/3" in (tmp / "s0" / "results.md").read_text()

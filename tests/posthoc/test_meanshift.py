@@ -180,7 +180,7 @@ def test_cuda_matches_cpu():
 
 @pytest.mark.slow
 def test_agrees_with_sklearn_at_20k():
-    """DESIGN.md: on the same data and seeds it agrees with sklearn (ARI >= 0.99) at 20k points.
+    """docs/architecture.md: on the same data and seeds it agrees with sklearn (ARI >= 0.99) at 20k points.
 
     The speed comparison is a benchmark, not a unit test: scripts/bench_meanshift.py.
     """

@@ -12,7 +12,7 @@ This is the clustering step of the bottom-up class-agnostic segmentation paper
 (Dille et al., "A Bottom-Up Approach to Class-Agnostic Image Segmentation", 2024):
 a network maps every pixel to a unit vector, pixels of one entity are (nearly)
 parallel and different entities are (nearly) orthogonal, and segments are the
-basins of a mean-shift over those vectors. DESIGN.md fixes the reading we follow:
+basins of a mean-shift over those vectors. docs/architecture.md fixes the reading we follow:
 
 * features are L2-normalized along the channel axis;
 * the bandwidth is ``sqrt(2)/2``: two unit vectors are neighbours when their
@@ -31,7 +31,7 @@ basins of a mean-shift over those vectors. DESIGN.md fixes the reading we follow
 With ``n_samples`` at least the number of points and the same seeds, the result is
 scikit-learn's ``MeanShift(bandwidth, seeds=...)`` (tests/posthoc/test_meanshift.py
 checks ARI >= 0.99); scikit-learn's ``bin_seeding`` is not used because it breaks on
-unit vectors (DESIGN.md, "Mean-shift on unit vectors").
+unit vectors (docs/architecture.md, "Mean-shift on unit vectors").
 
 Multi-resolution refinement (``levels > 1``) is our reading of "coarse to fine":
 the feature map is average-pooled by ``2**(levels-1)`` and re-normalized, the modes
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SPHERE_BANDWIDTH", "MeanShiftSphere", "meanshift_points", "meanshift_sphere"]
 
-#: sqrt(2)/2: the bandwidth of the bottom-up paper (DESIGN.md), in Euclidean units on the unit sphere.
+#: sqrt(2)/2: the bandwidth of the bottom-up paper (docs/architecture.md), in Euclidean units on the unit sphere.
 SPHERE_BANDWIDTH = math.sqrt(2.0) / 2.0
 
 
@@ -123,7 +123,7 @@ def _shift(seeds: torch.Tensor, sample: torch.Tensor, bandwidth: float, max_iter
         done = (~has) | (moved <= stop)
         active[idx[done]] = False
         # seeds that landed on the same point (same neighbour set) have the same future: keep one
-        # walker per position and let the others follow it (DESIGN.md: "drop duplicate seeds")
+        # walker per position and let the others follow it (docs/architecture.md: "drop duplicate seeds")
         still = ~done
         if int(still.sum()) > 1:
             live = idx[still]
@@ -356,7 +356,7 @@ def meanshift_sphere(
 ) -> Any:
     """Segment a batch of per-pixel embeddings by mean-shift on the hypersphere (Dille et al.).
 
-    See the module docstring for the algorithm and DESIGN.md for the decided semantics.
+    See the module docstring for the algorithm and docs/architecture.md for the decided semantics.
 
     Args:
         features: (B,F,h,w) float embeddings, any finite range; they are L2-normalized over F.

@@ -1,0 +1,69 @@
+"""Packaging facts the README states: one version source, the LICENSE shipped, [bench] enough for the
+default benchmark (an ONNX runtime included), and no library import of the dev-only packages."""
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import posthoc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _names(reqs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].lower() for r in reqs}
+
+
+def test_one_version_source():
+    p = _pyproject()
+    assert "version" not in p["project"] and "version" in p["project"]["dynamic"]
+    assert p["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "posthoc.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", posthoc.__version__)
+
+
+def test_license_and_urls():
+    p = _pyproject()
+    assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert "LICENSE" in p["tool"]["setuptools"]["license-files"]
+    assert p["project"]["urls"]
+    assert (ROOT / "CITATION.cff").is_file() and (ROOT / "CHANGELOG.md").is_file()
+
+
+def test_bench_extra_brings_an_onnx_runtime_and_the_plot_and_hdf5_packages():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    bench = extras["bench"]
+    assert {"matplotlib", "h5py", "tqdm"} <= _names(bench)
+    gpu = [r for r in bench if r.startswith("onnxruntime-gpu")]
+    cpu = [r for r in bench if re.match(r"onnxruntime[<>=]", r)]
+    assert len(gpu) == 1 and len(cpu) == 1  # complementary markers: exactly one runtime per platform
+    assert "onnxruntime-gpu" in _names(extras["onnx"]) and "onnxruntime" in _names(extras["onnx-cpu"])
+
+
+def test_dev_only_packages_are_not_imported_by_the_library():
+    core = _names(_pyproject()["project"]["dependencies"])
+    assert "kornia" not in core and "scikit-learn" not in core
+    assert {"kornia", "scikit-learn"} <= _names(_pyproject()["project"]["optional-dependencies"]["dev"])
+    offenders = []
+    for folder in ("posthoc", "adapters", "benchmarks"):
+        for f in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for m in mods:
+                    if m.split(".")[0] in ("kornia", "sklearn"):
+                        offenders.append(f"{f.relative_to(ROOT)}:{node.lineno} {m}")
+    # the one allowed use: metrics-speed's optional pooled-sklearn baseline (skipped when absent)
+    assert all(o.startswith("benchmarks/metrics_speed.py") for o in offenders), offenders
