@@ -40,12 +40,13 @@ Targets (CPU): soft_assign <= 1.0x, offset_resample <= 3x, offsets_from_proposal
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+
+from .speed import time_calls
 
 __all__ = ["CHAIN_TARGETS", "bench_chain", "blob_masks", "copy_bandwidth", "format_chain_markdown",
            "format_chain_table"]
@@ -73,29 +74,9 @@ def blob_masks(batch: int, num: int, height: int, width: int, *, seed: int = 0) 
     return r.float().contiguous(), torch.rand(batch, num, generator=g)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def copy_bandwidth(src: torch.Tensor, dst: torch.Tensor) -> Callable[[], Any]:
     """A large copy (read + write ``src.nbytes`` each); its time gives the bandwidth of the run."""
     return lambda: dst.copy_(src)
-
-
-def _time(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, list[float]]:
-    """Warm every function up once, then run them interleaved ``repeats`` times (seconds per call)."""
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for f in fns.values():
-        f()
-    for _ in range(repeats):
-        for k, f in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            f()
-            _sync(device)
-            out[k].append(time.perf_counter() - t0)
-    return out
 
 
 def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, repeats: int = 5,
@@ -177,7 +158,7 @@ def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, r
     ]
     rows: list[dict[str, Any]] = []
     for op, shape, ours, fallback, nb_, fb_name in rows_spec:
-        t = _time({"ours": ours, "copy": copy}, dev, repeats)
+        t = time_calls({"ours": ours, "copy": copy}, dev, repeats)
         rows.append(_make_row(op, shape, t, nb_, 2 * big.numel() * 4, fallback if with_fallback else None,
                               fb_name, dev, fallback_repeats))
     # the chain per frame
@@ -186,7 +167,7 @@ def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, r
         b_ops = (fb[f"soft_assign(size=)N=32 {h}x{w} -> {H}x{W}"] + fb[f"split_components100 regions {H}x{W}"]
                  + nbytes((2 * C * P, 4), (2 * P, 8), (C * P, 4)) + fb[f"refine100 masks {h}x{w} -> {H}x{W}"]
                  + fb[f"offsets_from_proposals100 regions {H}x{W}"] + nbytes((C * P, 8), (3 * P, 4)))
-        t = _time({"ours": lambda D=D: chain(D, "auto"), "copy": copy}, dev, repeats)
+        t = time_calls({"ours": lambda D=D: chain(D, "auto"), "copy": copy}, dev, repeats)
         rows.append(_make_row("chain", f"C={C} {H}x{W} (CSL2+refine+offsets)", t, b_ops, 2 * big.numel() * 4,
                               (lambda D=D: chain(D, "torch")) if with_fallback else None, "torch", dev,
                               fallback_repeats))
@@ -210,7 +191,7 @@ def _make_row(op: str, shape: str, t: dict[str, list[float]], nbytes_op: int, nb
                            "ours_over_floor": ours / floor, "fallback": fb_name, "fallback_ms": None,
                            "fallback_over_ours": None, "target": CHAIN_TARGETS.get(op)}
     if fallback is not None:
-        tf = _time({"fb": fallback}, dev, fb_repeats)
+        tf = time_calls({"fb": fallback}, dev, fb_repeats)
         row["fallback_ms"] = statistics.median(tf["fb"]) * 1e3
         row["fallback_over_ours"] = row["fallback_ms"] / ours
     return row
