@@ -9,6 +9,10 @@ reference implementation ``cocodataset/panopticapi``, ``pq_compute_single_core``
   predicted pixels on void GT left out of the union; matches are unique by construction;
 * unmatched GT segments are FN; unmatched predicted segments are FP unless more than half
   of them lies on void GT;
+* crowd (``gt_crowd``): the GT crowd pixels of a class form one crowd segment of that class;
+  it is never matched and never a FN, and an unmatched prediction of the class counts its
+  pixels on it as void for the "> half on void" test (panopticapi keeps one crowd segment
+  per category and image, which is what COCO panoptic has);
 * per class ``PQ = sum IoU(TP) / (TP + FP/2 + FN/2) = SQ * RQ``, with
   ``SQ = sum IoU(TP) / TP`` and ``RQ = TP / (TP + FP/2 + FN/2)``; averages run over the
   classes with TP + FP + FN > 0.
@@ -168,17 +172,23 @@ class PanopticQuality:
             raise ValueRangeError(f"{name} must hold instance ids >= 0; got minimum {int(a.min())}")
         return a
 
-    def _segments(self, sem: np.ndarray, inst: np.ndarray, mult: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-pixel segment index (-1 = none), segment classes, number of segments."""
+    def _segments(self, sem: np.ndarray, inst: np.ndarray, mult: int,
+                  crowd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+        """Per-pixel segment index (-1 = none), segment classes, number of segments, crowd flags."""
         valid = sem >= 0
-        key = sem * mult + np.where(self._is_thing[np.maximum(sem, 0)], inst, 0)
+        own = self._is_thing[np.maximum(sem, 0)]
+        if crowd is not None:
+            own = own | crowd
+        key = sem * mult + np.where(own, inst, 0)
         keys, inv = np.unique(key[valid], return_inverse=True)
         seg = np.full(sem.shape, -1, np.int64)
         seg[valid] = inv.ravel()
-        return seg, keys // mult, keys.shape[0]
+        is_crowd = (keys % mult == mult - 1) if crowd is not None else np.zeros(keys.shape[0], bool)
+        return seg, keys // mult, keys.shape[0], is_crowd
 
     # ----------------------------------------------------------------- update / compute
-    def update(self, pred_semantic: Any, pred_instance: Any, gt_semantic: Any, gt_instance: Any) -> None:
+    def update(self, pred_semantic: Any, pred_instance: Any, gt_semantic: Any, gt_instance: Any,
+               gt_crowd: Any = None) -> None:
         """Add frames.
 
         Args:
@@ -188,6 +198,8 @@ class PanopticQuality:
                 pixels; each distinct (class, id) pair is one segment; ignored for stuff).
             gt_semantic: same shape, GT class per pixel (``ignore_index`` = void).
             gt_instance: same shape, GT instance ids >= 0.
+            gt_crowd: optional same-shape bool map of GT crowd pixels (``iscrowd`` segments);
+                the crowd pixels of a class form one crowd segment (see the module docstring).
         """
         ps = self._classes(pred_semantic, "pred_semantic")
         gs = self._classes(gt_semantic, "gt_semantic")
@@ -196,14 +208,28 @@ class PanopticQuality:
                              f"got {shape_str(ps.shape)}")
         pi = self._instances(pred_instance, "pred_instance", ps.shape)
         gi = self._instances(gt_instance, "gt_instance", gs.shape)
-        mult = int(max(pi.max(initial=0), gi.max(initial=0))) + 1
+        crowd = None
+        if gt_crowd is not None:
+            crowd = as_batch(to_numpy(gt_crowd, "gt_crowd"), "gt_crowd")
+            if crowd.dtype != np.bool_:
+                raise DTypeError(f"gt_crowd must be a bool map; got dtype {crowd.dtype}")
+            if crowd.shape != gs.shape:
+                raise ShapeError(f"gt_crowd must be (B,H,W) matching gt_semantic {shape_str(gs.shape)}; "
+                                 f"got {shape_str(crowd.shape)}")
+        # one id past every instance id is the crowd segment of a class
+        mult = int(max(pi.max(initial=0), gi.max(initial=0))) + 2
         for b in range(gs.shape[0]):
-            self._update_frame(ps[b].ravel(), pi[b].ravel(), gs[b].ravel(), gi[b].ravel(), mult)
+            g_inst = gi[b].ravel()
+            is_crowd = None
+            if crowd is not None and crowd[b].any():
+                is_crowd = crowd[b].ravel() & (gs[b].ravel() >= 0)
+                g_inst = np.where(is_crowd, mult - 1, g_inst)
+            self._update_frame(ps[b].ravel(), pi[b].ravel(), gs[b].ravel(), g_inst, mult, is_crowd)
             self.n_frames += 1
 
-    def _update_frame(self, ps, pi, gs, gi, mult) -> None:
-        g_seg, g_cls, n_g = self._segments(gs, gi, mult)
-        p_seg, p_cls, n_p = self._segments(ps, pi, mult)
+    def _update_frame(self, ps, pi, gs, gi, mult, crowd=None) -> None:
+        g_seg, g_cls, n_g, g_crowd = self._segments(gs, gi, mult, crowd)
+        p_seg, p_cls, n_p, _ = self._segments(ps, pi, mult)
         g_seg[g_seg < 0] = n_g  # void GT
         p_seg[p_seg < 0] = n_p  # no predicted segment
         width = n_p + 1
@@ -234,6 +260,11 @@ class PanopticQuality:
             inter = table[cand_g, cand_p].astype(np.float64)
         same = g_cls[cand_g] == p_cls[cand_p]
         cand_g, cand_p, inter = cand_g[same], cand_p[same], inter[same]
+        # pixels of a prediction on the crowd segment of its class count as void for the FP test
+        on_crowd = g_crowd[cand_g]
+        crowd_inter = np.zeros(n_p)
+        np.add.at(crowd_inter, cand_p[on_crowd], inter[on_crowd])
+        cand_g, cand_p, inter = cand_g[~on_crowd], cand_p[~on_crowd], inter[~on_crowd]
         union = pred_area[cand_p] + gt_area[cand_g] - inter - void_inter[cand_p]
         iou = inter / union
         match = iou > 0.5
@@ -245,8 +276,8 @@ class PanopticQuality:
         g_matched[mg] = True
         p_matched = np.zeros(n_p, bool)
         p_matched[mp] = True
-        np.add.at(self.fn, g_cls[~g_matched], 1)
-        fp_seg = ~p_matched & (void_inter <= 0.5 * pred_area)
+        np.add.at(self.fn, g_cls[~g_matched & ~g_crowd], 1)
+        fp_seg = ~p_matched & (void_inter + crowd_inter <= 0.5 * pred_area)
         np.add.at(self.fp, p_cls[fp_seg], 1)
 
     def compute(self) -> dict:
