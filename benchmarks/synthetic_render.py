@@ -26,7 +26,7 @@ import numpy as np
 from posthoc.errors import PosthocError, ShapeError
 
 from .datasets import Frame
-from .synthetic_scene import ANOMALY, ROAD, SIDEWALK, TERRAIN, VOID, render_scene, shade
+from .synthetic_scene import ANOMALY, ROAD, SIDEWALK, TERRAIN, THING_IDS, VOID, render_scene, shade
 
 __all__ = [
     "DEFAULT",
@@ -175,7 +175,7 @@ def check_track(track: str) -> str:
 
 
 def render_frame(seed: int | Sequence[int] | np.random.Generator, size: Sequence[int] = DEFAULT.size, *,
-                 track: str = "anomaly", anomalies: bool = True) -> Frame:
+                 track: str = "anomaly", anomalies: bool = True, instances: bool = False) -> Frame:
     """Render one synthetic road frame.
 
     Args:
@@ -186,6 +186,9 @@ def render_frame(seed: int | Sequence[int] | np.random.Generator, size: Sequence
             ego-vehicle hood) or ``"obstacle"`` (1-3 small objects lying on the road, void =
             everything that is not road).
         anomalies: False renders an anomaly-free frame (the "train" split).
+        instances: also return the instance GT as ``extras["instances"]`` (H,W) int32: every
+            car and person its own id (1..), every anomaly object ``1000 +`` its paste
+            order, 0 elsewhere (the arrays and files of the frame are the same either way).
 
     Returns:
         :class:`posthoc.bench.datasets.Frame` with ``image`` (H,W,3) uint8 RGB, ``label``
@@ -200,6 +203,7 @@ def render_frame(seed: int | Sequence[int] | np.random.Generator, size: Sequence
     img = shade(rng, cv_, geo)
     classes = cv_.cls.copy()
     anomaly = np.zeros((h, w), bool)
+    anomaly_inst = np.zeros((h, w), np.int32)
     if anomalies:
         yh, span, ego = geo["yh"], geo["span"], geo["ego"]
         n_obj = int(rng.choice([1, 1, 2, 2, 3]))
@@ -250,6 +254,7 @@ def render_frame(seed: int | Sequence[int] | np.random.Generator, size: Sequence
             m[cy0:cy1, cx0:cx1] = a >= 0.5
             m &= cv_.cls != VOID  # the hood occludes objects behind it
             anomaly |= m
+            anomaly_inst[m] = anomaly_inst.max(initial=0) + 1
     # global photometry: exposure, tint, gamma, blur, sensor noise
     img = img * rng.uniform(0.65, 1.25) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
     img = 255.0 * (np.clip(img, 0, 255) / 255.0) ** rng.uniform(0.8, 1.25)
@@ -264,5 +269,12 @@ def render_frame(seed: int | Sequence[int] | np.random.Generator, size: Sequence
         label[cv_.cls != ROAD] = VOID
     label[void] = VOID
     label[anomaly] = ANOMALY
-    return Frame(image=image, label=label, classes=classes)
+    # instance GT (in extras, not written by the anomaly layout): cars and persons keep their
+    # drawing id (1..), anomaly objects are 1000 + their paste order; 0 elsewhere
+    extras = {}
+    if instances:
+        inst = np.where(np.isin(classes, THING_IDS), cv_.inst, 0).astype(np.int32)
+        inst[anomaly] = 1000 + anomaly_inst[anomaly]
+        extras["instances"] = inst
+    return Frame(image=image, label=label, classes=classes, extras=extras)
 

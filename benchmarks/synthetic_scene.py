@@ -54,6 +54,9 @@ class Canvas:
         self.rgb: list[np.ndarray] = [np.zeros(3, np.float32)]
         self.amp: list[tuple[float, float]] = [(0.0, 0.0)]
         self._m = np.zeros((h, w), np.uint8)
+        # instance id of every pixel (0 = none): each car and person drawn gets its own id
+        self.inst = np.zeros((h, w), np.int32)
+        self.cur_inst = 0
 
     def colour(self, rgb, lf: float = 0.08, hf: float = 0.04) -> int:
         self.rgb.append(np.clip(np.asarray(rgb, np.float32), 0, 255))
@@ -64,6 +67,7 @@ class Canvas:
         m = self._m.view(bool)
         self.cls[m] = cls
         self.col[m] = col
+        self.inst[m] = self.cur_inst
         self._m[:] = 0
 
     def poly(self, pts, cls: int, col: int) -> None:
@@ -251,7 +255,8 @@ def render_scene(rng: np.random.Generator, h: int, w: int):
     for _ in range(int(rng.integers(0, 5))):
         things.append(("person", yh + span * rng.uniform(0.08, 0.85)))
     things.sort(key=lambda t: t[1])
-    for kind, y in things:
+    for n_thing, (kind, y) in enumerate(things, 1):
+        cv_.cur_inst = n_thing
         u = y - yh
         if kind == "car":
             xc = rng.uniform(at(xl, y), at(xr, y))
@@ -287,6 +292,7 @@ def render_scene(rng: np.random.Generator, h: int, w: int):
             cv_.rect(xc - 0.5 * bw, y - 0.85 * ph, xc + 0.5 * bw, y - 0.45 * ph, PERSON, shirt)
             cv_.ellipse(xc, y - 0.92 * ph, 0.24 * bw, 0.08 * ph, PERSON, skin)
 
+    cv_.cur_inst = 0
     # --- ego-vehicle hood: void
     if ego < h:
         hood = cv_.colour(_jit(rng, [40, 40, 45], 10), 0.05, 0.02)
