@@ -110,6 +110,56 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
     )
 
 
+def _add_panoptic(sub) -> None:
+    from .panoptic_track import PANOPTIC_VARIANTS
+
+    p = sub.add_parser("coco-panoptic", help="open-set panoptic: COCO panoptic with 5/10/20 %% unknown thing classes "
+                       "(synthetic world without --data-root)")
+    p.add_argument("--unknown", type=int, default=5, choices=(5, 10, 20), help="unknown split in %% (default 5)")
+    p.add_argument("--teacher", default="obsnet", help="anomaly teacher with semantic logits (default obsnet)")
+    p.add_argument("--weights", default=None, help="weights of the teacher")
+    p.add_argument("--proposals", default=None, help="proposal source (default: csl when bundled, else superpixels)")
+    p.add_argument("--data-root", default=None, help="COCO root in the panopticapi layout (default: synthetic world)")
+    p.add_argument("--split", default=None, help="split (default val2017; synthetic world: test)")
+    p.add_argument("--device", default=None, help="device for the teacher and proposals")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N frames")
+    p.add_argument("--val-limit", type=int, default=None, help="val frames for the threshold (default --limit)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (clustering) (default 0)")
+    p.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world (default 0)")
+    p.add_argument("--out", default=None, help="run folder (default runs/coco-panoptic-<teacher>-<timestamp>)")
+    p.add_argument("--variants", default=",".join(PANOPTIC_VARIANTS),
+                   help=f"subset of {','.join(PANOPTIC_VARIANTS)} (default: all)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="anomaly threshold of the unknown class (default: best pixel F1 on the val split)")
+    p.add_argument("--min-area", type=int, default=16, help="minimum instance/segment area in pixels (default 16)")
+    p.add_argument("--delta-d", type=float, default=0.5, help="clustering: merge distance of cluster means")
+    p.add_argument("--export-panoptic", default=None, metavar="DIR",
+                   help="write predictions and the open-set GT in the panopticapi format to DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only on stderr")
+
+
+def _panoptic(args: argparse.Namespace) -> int:
+    from .panoptic_track import PanopticConfig, run_panoptic
+
+    cfg = PanopticConfig(
+        teacher=args.teacher, weights=args.weights, proposals=args.proposals, data_root=args.data_root,
+        split=args.split, unknown=args.unknown, device=args.device, limit=args.limit, val_limit=args.val_limit,
+        seed=args.seed, world_seed=args.world_seed, out=args.out, variants=_csv(args.variants),
+        threshold=args.threshold, min_area=args.min_area, delta_d=args.delta_d,
+        export_panoptic=args.export_panoptic, progress=not args.quiet,
+    )
+    try:
+        results = run_panoptic(cfg)
+    except (PosthocError, ValueError, OSError, KeyError) as e:
+        log.debug("run failed", exc_info=True)
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"posthoc-bench: error: {msg}", file=sys.stderr)
+        return 2
+    print(results["markdown"])
+    print(f"results: {Path(results['config']['out']) / 'results.json'}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posthoc-bench",
@@ -127,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("streethazards", "StreetHazards test"),
     ):
         _add_common(sub.add_parser(name, help=helptext))
+    _add_panoptic(sub)
     ps = sub.add_parser("summary", help="one markdown table across the tracks of a run's results.json")
     ps.add_argument("results", help="results.json of a posthoc-bench run (or its run folder)")
     ps.add_argument("--metrics", default=None, help="comma list of metric keys (default ap,fpr95,siou_gt,f1_mean)")
@@ -248,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _summary(args)
     if args.command == "merge":
         return _merge(args)
+    if args.command == "coco-panoptic":
+        return _panoptic(args)
 
     from . import distributed
     from .runner import BenchConfig, default_run_dir, run_benchmark
