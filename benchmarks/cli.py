@@ -174,9 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("road-anomaly", "Road Anomaly (Lis et al. 2019)"),
         ("laf", "LostAndFound test / NoKnown (--subset noknown)"),
         ("fishyscapes", "Fishyscapes LostAndFound / Static (--subset static)"),
-        ("streethazards", "StreetHazards test"),
+        ("streethazards", "StreetHazards test (+ open-set miou_known / open_miou)"),
     ):
-        _add_common(sub.add_parser(name, help=helptext))
+        sp = sub.add_parser(name, help=helptext)
+        _add_common(sp)
+        if name == "streethazards":
+            sp.add_argument("--open-threshold", type=float, default=None,
+                            help="anomaly threshold of the unknown class for open_miou (default: 95 %% TPR on the "
+                            "validation split)")
     _add_panoptic(sub)
     ps = sub.add_parser("summary", help="one markdown table across the tracks of a run's results.json")
     ps.add_argument("results", help="results.json of a posthoc-bench run (or its run folder)")
@@ -341,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.quiet,
         strict=args.strict,
         threshold_dtype=args.threshold_dtype,
+        open_threshold=getattr(args, "open_threshold", None),
     )
     if cfg.out is None:
         cfg.out = str(default_run_dir(cfg))

@@ -63,6 +63,8 @@ class BenchConfig:
         threshold_dtype: component metrics' threshold comparison, ``"float64"`` (numpy >= 2)
             or ``"float16"`` (the numpy-1.x SMIYC server; see
             :class:`posthoc.metrics.ComponentMetrics`).
+        open_threshold: StreetHazards open-set metrics: anomaly threshold of the unknown
+            class (None = 95 % TPR on the validation split; :mod:`posthoc.bench.open_semantic`).
     """
 
     dataset: str = "smiyc"
@@ -88,6 +90,7 @@ class BenchConfig:
     progress: bool = True
     strict: bool = False
     threshold_dtype: str = "float64"
+    open_threshold: float | None = None
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -123,6 +126,8 @@ class BenchConfig:
         if self.threshold_dtype not in THRESHOLD_DTYPES:
             raise BenchError(f"--threshold-dtype must be one of {', '.join(THRESHOLD_DTYPES)}; "
                              f"got {self.threshold_dtype!r}")
+        if self.open_threshold is not None and not 0.0 <= self.open_threshold <= 1.0:
+            raise BenchError(f"--open-threshold must lie in [0,1]; got {self.open_threshold}")
         self.device = check_device(self.device)
 
 

@@ -23,9 +23,10 @@ Variants (cumulative, each on top of the previous one):
 
 Every variant's candidate segments (one per stuff class, per thing instance, per unknown
 instance) go through :func:`posthoc.panoptic.panoptic_fusion` (Mask2Former's rules) with
-soft masks ``1 - a`` on the known segments' pixels and ``a`` on the unknown segments'
-pixels (``a`` = that variant's anomaly map), and scores = the mean of the mask over the
-segment: known and unknown segments compete per pixel.
+soft masks ``1 - u`` on the known segments' pixels and ``u`` on the unknown segments'
+pixels, where ``u`` is that variant's anomaly map rescaled piecewise linearly so that its
+threshold maps to 0.5 (:func:`unknown_probability`), and scores = the mean of the mask over
+the segment: known and unknown segments compete per pixel.
 
 The anomaly threshold of each variant is ``--threshold`` or, on the synthetic world, the
 pixel best-F1 threshold of "unknown vs known" on the val split (never the test split);
@@ -59,7 +60,7 @@ from .panoptic_readers import SYNTHETIC_UNKNOWN, UNKNOWN_SPLITS, CocoPanopticRea
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PANOPTIC_VARIANTS", "PanopticConfig", "run_panoptic"]
+__all__ = ["PANOPTIC_VARIANTS", "PanopticConfig", "run_panoptic", "unknown_probability"]
 
 PANOPTIC_VARIANTS = ("baseline", "csl2", "mining", "clustering")
 _TITLES = {"baseline": "baseline", "csl2": "+CSL2", "mining": "+mining", "clustering": "+clustering"}
@@ -169,10 +170,17 @@ def _components(mask: np.ndarray, min_area: int) -> np.ndarray:
     return comp[0]
 
 
+def unknown_probability(a: np.ndarray, thr: float) -> np.ndarray:
+    """The anomaly map rescaled piecewise linearly so that ``thr`` maps to 0.5 (0 -> 0, 1 -> 1)."""
+    t = min(max(float(thr), 1e-6), 1 - 1e-6)
+    return np.where(a < t, 0.5 * a / t, 0.5 + 0.5 * (a - t) / (1 - t)).astype(np.float32)
+
+
 def _fuse(setup: _Setup, sem: np.ndarray, a: np.ndarray, things: np.ndarray, unknown: np.ndarray,
-          min_area: int) -> tuple[np.ndarray, np.ndarray, list]:
+          min_area: int, thr: float) -> tuple[np.ndarray, np.ndarray, list]:
     """Candidates (stuff classes, thing instances, unknown instances) through Mask2Former's fusion."""
     masks, classes = [], []
+    a = unknown_probability(a, thr)
     known_w = (1.0 - a).astype(np.float32)
     for c in np.unique(sem).tolist():
         if c in setup.things:
@@ -226,7 +234,7 @@ def _predict(setup: _Setup, m: dict, variant: str, thr: float, cfg: PanopticConf
         base_u = (unknown >= 0) if prev_unknown is None else prev_unknown
         unknown = semantic_guided_clustering(f, np.where(base_u, setup.K, -1)[None], [setup.K],
                                              delta_d=cfg.delta_d, min_size=cfg.min_area, seed=cfg.seed)[0]
-    psem, seg, segs = _fuse(setup, sem, a, things, unknown, cfg.min_area)
+    psem, seg, segs = _fuse(setup, sem, a, things, unknown, cfg.min_area, thr)
     return psem, seg, segs, unknown >= 0
 
 

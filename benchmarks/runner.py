@@ -175,6 +175,12 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
     metrics, curves = score_teacher(dataset, keys, cache, inf.labelled, mode=cfg.metric_mode,
                                     show_progress=cfg.progress, timer=timer, desc=desc,
                                     threshold_dtype=cfg.threshold_dtype, reduce=scale.reduce_hook(pixel_states))
+    if cfg.dataset == "streethazards" and scale.writes_results:
+        from .open_semantic import add_open_set
+
+        with timer("open-set"):
+            res["open_set"] = add_open_set(cfg, dataset, teacher, prop_objs, chain, cache, inf.labelled, metrics,
+                                           suppress)
     res["variants"] = metrics
     # PR (precision, recall) and ROC (fpr, tpr) of each variant, downsampled; the numbers use the full curves
     res["curves"] = {k: curves_json(c) for k, c in curves.items()}

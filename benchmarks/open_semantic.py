@@ -1,0 +1,131 @@
+"""Open-set semantic metrics of the ``streethazards`` track: ``miou_known`` and ``open_miou``.
+
+Definition (Grcić & Šegvić, DenseHybrid, "Hybrid Open-set Segmentation with Synthetic
+Negative Data", arXiv 2301.08555, open-set evaluation; :class:`posthoc.metrics.OpenIoU`):
+every pixel is classified into the K = 13 known StreetHazards classes (the teacher's
+semantic argmax) or "unknown" where the variant's anomaly score is ``>= t``; per known
+class ``open-IoU_c = TP_c / (TP_c + FP_c^os + FN_c^os)`` in the (K+1)x(K+1) confusion
+matrix (the GT anomaly class, PNG 14, is the unknown class), and ``open_miou`` is its mean
+over the known classes. ``miou_known`` is the closed-set mIoU of the teacher's argmax on the
+known pixels (the anomaly pixels left out), the same for every variant: the gap
+``miou_known - open_miou`` is what the outliers and the unknown decisions cost.
+
+The threshold ``t`` is ``--open-threshold`` or, per variant, the threshold at 95 % TPR of the
+anomaly pixels of the **validation** split (DenseHybrid's operating point), read with the
+same reader from ``<data root>/validation`` (or ``<data root>/train`` holding ``images/validation``);
+without a validation split and without ``--open-threshold`` the open-set metrics are not
+computed and ``results.json`` says why. The anomaly numbers are not touched.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from posthoc.metrics import OpenIoU, SemanticMetrics
+
+from .datasets import DatasetLayoutError, read_label_png
+from .variants import VariantMaps, as_anomaly
+
+log = logging.getLogger(__name__)
+
+__all__ = ["K_STREETHAZARDS", "add_open_set", "gt_open_classes"]
+
+K_STREETHAZARDS = 13
+
+
+def gt_open_classes(raw: np.ndarray) -> np.ndarray:
+    """StreetHazards annotation (class + 1) -> int64 known id 0..12, 13 = unknown (anomaly), 255 void."""
+    r = raw.astype(np.int64)
+    return np.where((r >= 1) & (r <= K_STREETHAZARDS + 1), r - 1, 255)
+
+
+def _semantic(teacher_out: Any) -> np.ndarray | None:
+    lg = getattr(teacher_out, "logits", None)
+    if lg is None or lg.shape[1] != K_STREETHAZARDS:
+        return None
+    return torch.as_tensor(lg).argmax(1).cpu().numpy()
+
+
+def _val_reader(root: Path):
+    from .anomaly_readers import StreetHazardsReader
+
+    for r in (root.parent, root.parent / "train", root, root / "train"):
+        try:
+            return StreetHazardsReader(r, "validation")
+        except DatasetLayoutError:
+            continue
+    return None
+
+
+def _val_thresholds(cfg, dataset, teacher, prop_objs: dict, chain: list, suppress) -> tuple[dict | None, str]:
+    val = _val_reader(Path(dataset.root))
+    if val is None:
+        return None, (f"no StreetHazards validation split next to {dataset.root} (images/validation); pass "
+                      "--open-threshold to compute the open-set metrics")
+    vm = VariantMaps(chain, suppress)
+    scores: dict = {v.key: [] for v in chain}
+    n = 0
+    with torch.inference_mode():
+        for ref in val.refs:
+            if cfg.limit is not None and n >= cfg.limit:
+                break
+            fr = val.load(ref)
+            if fr.label is None or not (fr.label == 1).any():
+                continue
+            n += 1
+            t_out = teacher(fr.image[None])
+            props = {s: o(fr.image[None], teacher_output=t_out) for s, o in prop_objs.items()}
+            maps = vm(as_anomaly(t_out, "teacher"), t_out, props)
+            pos = fr.label == 1
+            for k, m in maps.items():
+                scores[k].append(m[0, 0].float().cpu().numpy()[pos])
+    if not n:
+        return None, f"the validation split at {val.root} has no anomaly pixels; pass --open-threshold"
+    thr = {k: float(np.quantile(np.concatenate(s), 0.05, method="lower")) for k, s in scores.items()}
+    return thr, f"95 % TPR of the anomaly pixels of {n} validation frames ({val.root})"
+
+
+def add_open_set(cfg, dataset, teacher, prop_objs: dict, chain: list, cache, labelled: list, metrics: dict,
+                 suppress) -> dict:
+    """Add ``miou_known``, ``open_miou`` (and ``open_threshold``) to every variant's ``metrics``;
+    returns a note for results.json (how the threshold was chosen, or why nothing was added)."""
+    keys = [v.key for v in chain if v.key in metrics]
+    if not labelled or not keys:
+        return {"computed": False, "reason": "no labelled frames"}
+    refs = {r.id: r for r in dataset.refs}
+    first = dataset.load(refs[labelled[0]])
+    with torch.inference_mode():
+        sem0 = _semantic(teacher(first.image[None]))
+    if sem0 is None:
+        reason = (f"the teacher gives no semantic logits over the {K_STREETHAZARDS} StreetHazards classes "
+                  "(TeacherOutput.logits)")
+        log.warning("open-set metrics skipped: %s", reason)
+        return {"computed": False, "reason": reason}
+    if cfg.open_threshold is not None:
+        thr, how = dict.fromkeys(keys, float(cfg.open_threshold)), "given (--open-threshold)"
+    else:
+        thr, how = _val_thresholds(cfg, dataset, teacher, prop_objs, chain, suppress)
+        if thr is None:
+            log.warning("open-set metrics skipped: %s", how)
+            return {"computed": False, "reason": how}
+    closed = SemanticMetrics(K_STREETHAZARDS)
+    opened = {k: OpenIoU(K_STREETHAZARDS) for k in keys}
+    with torch.inference_mode():
+        for fid in labelled:
+            ref = refs[fid]
+            gt = gt_open_classes(read_label_png(ref.label_path))
+            sem = _semantic(teacher(dataset.load(ref, label=False).image[None]))[0]
+            closed.update(sem, np.where(gt == K_STREETHAZARDS, 255, gt))
+            for k in keys:
+                a = cache.load_map(k, fid).astype(np.float32).reshape(gt.shape)
+                opened[k].update(np.where(a >= thr[k], K_STREETHAZARDS, sem), gt)
+    miou_known = closed.compute()["miou"]
+    for k in keys:
+        metrics[k]["miou_known"] = miou_known
+        metrics[k]["open_miou"] = opened[k].compute()["open_miou"]
+        metrics[k]["open_threshold"] = thr[k]
+    return {"computed": True, "threshold": how, "definition": "DenseHybrid open-IoU (arXiv 2301.08555)"}
