@@ -152,7 +152,12 @@ def _teacher_maps(setup: _Setup, image: np.ndarray, cfg: PanopticConfig) -> dict
     if getattr(t_out, "kind", None) != "anomaly" or t_out.logits is None:
         raise BenchError(f"teacher {cfg.teacher!r} must be an anomaly teacher that also returns its semantic "
                          "logits (TeacherOutput.logits), e.g. obsnet, msp, maxlogit, energy, sml")
-    names = getattr(setup.teacher, "semantic_class_names", None) or setup.names
+    names = getattr(setup.teacher, "semantic_class_names", None)
+    if not names:
+        if t_out.logits.shape[1] != setup.K:
+            raise BenchError(f"teacher {cfg.teacher!r} names no semantic classes and has {t_out.logits.shape[1]} "
+                             f"logits; coco-panoptic needs class names or exactly the {setup.K} known classes")
+        names = setup.names
     idx = setup.class_index(names)
     logits = torch.as_tensor(t_out.logits).float()[:, idx]
     probs = torch.softmax(logits, dim=1)[0].numpy()

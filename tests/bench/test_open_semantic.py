@@ -45,7 +45,7 @@ def test_open_set_keys_threshold_on_validation(tmp_path):
     res = _run(tmp_path)
     t = res["evaluations"][0]["teachers"]["obsnet"]
     assert t["open_set"]["computed"] and "validation" in t["open_set"]["threshold"]
-    for k, m in t["variants"].items():
+    for m in t["variants"].values():
         assert 0.0 <= m["open_miou"] <= 1.0 and 0.0 < m["miou_known"] <= 1.0
         assert 0.0 <= m["open_threshold"] <= 1.0
         assert "ap" in m  # the anomaly numbers are still there

@@ -33,7 +33,7 @@ def pq_compute_frames(frames, categories):
         pred_segms = {el["id"]: dict(el) for el in pred_info}
         pred_labels_set = set(el["id"] for el in pred_info)
         labels, labels_cnt = np.unique(pan_pred, return_counts=True)
-        for label, label_cnt in zip(labels, labels_cnt):
+        for label, label_cnt in zip(labels, labels_cnt, strict=True):
             if label not in pred_segms:
                 if label == VOID:
                     continue
@@ -47,7 +47,7 @@ def pq_compute_frames(frames, categories):
         pan_gt_pred = pan_gt.astype(np.uint64) * OFFSET + pan_pred.astype(np.uint64)
         gt_pred_map = {}
         labels, labels_cnt = np.unique(pan_gt_pred, return_counts=True)
-        for label, intersection in zip(labels, labels_cnt):
+        for label, intersection in zip(labels, labels_cnt, strict=True):
             gt_pred_map[(int(label // OFFSET), int(label % OFFSET))] = intersection
         gt_matched, pred_matched = set(), set()
         for (gt_label, pred_label), intersection in gt_pred_map.items():
