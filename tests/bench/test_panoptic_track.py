@@ -28,6 +28,13 @@ def test_id_rgb_roundtrip():
     assert np.array_equal(pr.rgb2id(pr.id2rgb(ids)), ids)
 
 
+def test_unknown_probability_maps_threshold_to_half():
+    a = np.array([0.0, 0.1, 0.2, 0.6, 1.0], np.float32)
+    u = pt.unknown_probability(a, 0.2)
+    assert u.tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert (np.diff(pt.unknown_probability(np.linspace(0, 1, 50), 0.7)) >= 0).all()
+
+
 def _coco_folder(root, n=2):
     """A tiny COCO panoptic folder: synthetic frames, the world's classes plus three COCO classes
     (so --unknown 5 holds out car, cow, pizza, toilet), non-contiguous category ids and a crowd segment."""

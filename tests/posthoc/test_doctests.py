@@ -16,6 +16,7 @@ WITH_EXAMPLES = [
     "posthoc.validation",
     "posthoc.metrics.pixel",
     "posthoc.metrics.semantic",
+    "posthoc.panoptic",
 ]
 #: the other public core modules: any example they hold must pass too
 OTHERS = [
