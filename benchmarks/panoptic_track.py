@@ -34,6 +34,8 @@ on real data without ``--threshold`` it is 0.5.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,7 +46,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from posthoc.adapters.io import write_json_atomic, write_text_atomic
+from posthoc.adapters.io import atomic_path, write_json_atomic, write_text_atomic
 from posthoc.components import connected_components
 from posthoc.fusion import region_class_logits
 from posthoc.mask2anomaly import mine_unknown_instances
@@ -351,6 +353,62 @@ def run_panoptic(cfg: PanopticConfig) -> dict:
         return _run(cfg, out)
 
 
+class _FrameCache:
+    """Per-frame predictions of every variant in ``<out>/cache/coco-panoptic-<key>/<frame id>.npz``
+    (atomic writes), keyed by the settings, the thresholds, the teacher's weight files and the
+    code; a frame whose image or panoptic PNG changed is recomputed. A rerun into the same
+    ``--out`` resumes."""
+
+    def __init__(self, out: Path, cfg: PanopticConfig, reader: CocoPanopticReader, thr: dict) -> None:
+        try:
+            weights = fingerprint.hash_files(fingerprint.weight_files(cfg.teacher, cfg.weights))
+        except Exception:  # a teacher without weight files (or an unreadable one) is keyed by its name
+            weights = {}
+        here = Path(__file__).resolve()
+        key = {"format": 1, "root": str(reader.root.resolve()), "split": reader.split,
+               "unknown": reader.unknown_ids, "teacher": cfg.teacher, "weights": weights,
+               "proposals": cfg.proposals, "variants": sorted(cfg.variants), "min_area": cfg.min_area,
+               "delta_d": cfg.delta_d, "seed": cfg.seed, "thresholds": thr, "code": fingerprint.code_fingerprint(),
+               "track": hashlib.sha256(here.read_bytes() + (here.parents[1] / "posthoc" / "panoptic.py").read_bytes()
+                                       if (here.parents[1] / "posthoc" / "panoptic.py").is_file()
+                                       else here.read_bytes()).hexdigest()[:16]}
+        h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.dir = out / "cache" / f"coco-panoptic-{h}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.dir / "key.json", key)
+        self.reader = reader
+
+    def _inputs(self, fr) -> str:
+        d = hashlib.blake2b(digest_size=16)
+        im = self.reader.images[fr.image_id]["file_name"]
+        for p in (self.reader.image_dir / im, self.reader.png_dir / fr.file_name):
+            d.update(p.read_bytes())
+        return d.hexdigest()
+
+    def get(self, fr, variants: list) -> dict | None:
+        p = self.dir / f"{fr.id}.npz"
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if str(z["inputs"]) != self._inputs(fr):
+                    log.warning("coco-panoptic cache: %s changed since %s was written; recomputing", fr.id, p)
+                    return None
+                return {v: (z[f"sem_{v}"], z[f"seg_{v}"], json.loads(str(z[f"segs_{v}"]))) for v in variants}
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("coco-panoptic cache: %s is unreadable (%s); recomputing", p, e)
+            return None
+
+    def put(self, fr, preds: dict) -> None:
+        arrays = {"inputs": np.array(self._inputs(fr))}
+        for v, (psem, seg, segs) in preds.items():
+            arrays[f"sem_{v}"] = psem.astype(np.int64)
+            arrays[f"seg_{v}"] = seg.astype(np.int64)
+            arrays[f"segs_{v}"] = np.array(json.dumps(segs))
+        with atomic_path(self.dir / f"{fr.id}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
 def _run(cfg: PanopticConfig, out: Path) -> dict:
     t0 = time.perf_counter()
     timer = Timer()
@@ -383,14 +441,25 @@ def _run(cfg: PanopticConfig, out: Path) -> dict:
     store: dict = {}
     gt_frames = []
     n = min(len(reader), cfg.limit or len(reader))
+    cache = _FrameCache(out, cfg, reader, thr)
+    n_cached = 0
     for fr in progress(reader.frames(cfg.limit), n, "coco-panoptic", cfg.progress):
-        with timer("teacher+proposals"):
-            m = _teacher_maps(setup, fr.image, cfg)
-        prev_u = None
+        preds = cache.get(fr, variants)
+        if preds is None:
+            with timer("teacher+proposals"):
+                m = _teacher_maps(setup, fr.image, cfg)
+            preds = {}
+            prev_u = None
+            for v in variants:
+                with timer(f"variant:{v}"):
+                    psem, seg, segs, u = _predict(setup, m, v, thr[v], cfg, prev_u if v == "clustering" else None)
+                prev_u = u
+                preds[v] = (psem, seg, segs)
+            cache.put(fr, preds)
+        else:
+            n_cached += 1
         for v in variants:
-            with timer(f"variant:{v}"):
-                psem, seg, segs, u = _predict(setup, m, v, thr[v], cfg, prev_u if v == "clustering" else None)
-            prev_u = u
+            psem, seg, segs = preds[v]
             metrics[v].update(psem, seg, fr.semantic, fr.instance, gt_crowd=fr.crowd)
             if cfg.export_panoptic:
                 _export(Path(cfg.export_panoptic), reader, v, fr, segs, seg, store)
@@ -426,6 +495,8 @@ def _run(cfg: PanopticConfig, out: Path) -> dict:
         "known_classes": setup.names,
         "threshold": {"per_variant": thr, "chosen": how},
         "frames": n,
+        "frames_cached": n_cached,
+        "cache": str(cache.dir),
         "variants": res_v,
         "variant_names": displays,
         "export": str(cfg.export_panoptic) if cfg.export_panoptic else None,

@@ -146,6 +146,11 @@ def test_synthetic_world_all_variants_deterministic(tmp_path, monkeypatch):
     for v in pt.PANOPTIC_VARIANTS:
         assert json.dumps(a["variants"][v], sort_keys=True) == json.dumps(b["variants"][v], sort_keys=True)
     assert a["variants"]["clustering"]["per_class"][11]["name"] == "person"
+    assert a["frames_cached"] == 0
+    again = pt.run_panoptic(pt.PanopticConfig(proposals="superpixels", limit=2, out=str(tmp_path / "r0"),
+                                              progress=False))  # resumes from the run folder's cache
+    assert again["frames_cached"] == 2
+    assert json.dumps(again["variants"], sort_keys=True) == json.dumps(a["variants"], sort_keys=True)
     # the panoptic world's GT has every car, person and anomaly as its own segment
     root = orig(split="test", seed=0, n_frames=2, size=SIZE)
     meta = json.loads((root / "annotations" / "panoptic_test.json").read_text())
