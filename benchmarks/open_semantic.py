@@ -32,7 +32,7 @@ from .variants import VariantMaps, as_anomaly
 
 log = logging.getLogger(__name__)
 
-__all__ = ["K_STREETHAZARDS", "add_open_set", "gt_open_classes"]
+__all__ = ["K_STREETHAZARDS", "add_open_set", "gt_open_classes", "open_set_table"]
 
 K_STREETHAZARDS = 13
 
@@ -129,3 +129,23 @@ def add_open_set(cfg, dataset, teacher, prop_objs: dict, chain: list, cache, lab
         metrics[k]["open_miou"] = opened[k].compute()["open_miou"]
         metrics[k]["open_threshold"] = thr[k]
     return {"computed": True, "threshold": how, "definition": "DenseHybrid open-IoU (arXiv 2301.08555)"}
+
+
+def open_set_table(ev_res: dict, displays: dict) -> str:
+    """Markdown table of ``miou_known`` / ``open_miou`` per teacher and variant ("" when none was computed)."""
+    rows, notes = [], []
+    for teacher, t in ev_res.get("teachers", {}).items():
+        note = t.get("open_set") or {}
+        if not note.get("computed"):
+            if note.get("reason"):
+                notes.append(f"Open-set metrics of {teacher}: not computed ({note['reason']}).")
+            continue
+        rows += [f"| {teacher} | {displays.get(k, k)} | {100 * m['miou_known']:.1f} | {100 * m['open_miou']:.1f} | "
+                 f"{m['open_threshold']:.3f} |" for k, m in t["variants"].items() if "open_miou" in m]
+        notes.append(f"Threshold of {teacher}: {note['threshold']}.")
+    if not rows and not notes:
+        return ""
+    head = ["### Open-set semantic (DenseHybrid open-IoU)", ""]
+    if rows:
+        head += ["| teacher | variant | mIoU known | open-mIoU | threshold |", "|---|---|---:|---:|---:|", *rows, ""]
+    return "\n".join(head + notes) + "\n"

@@ -402,6 +402,10 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
             ev_res["teachers"][spec.display] = tres
             rows += teacher_rows(spec.display, tres, displays)
         table = evaluation_table(ev_res, rows, cfg.metric_mode, cfg.limit)
+        if cfg.dataset == "streethazards":
+            from .open_semantic import open_set_table
+
+            table += "\n" + open_set_table(ev_res, displays)
         md_parts.append(table)
         results["evaluations"].append(ev_res)
 

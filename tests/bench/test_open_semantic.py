@@ -50,6 +50,8 @@ def test_open_set_keys_threshold_on_validation(tmp_path):
         assert 0.0 <= m["open_threshold"] <= 1.0
         assert "ap" in m  # the anomaly numbers are still there
     assert t["variants"]["teacher"]["miou_known"] == t["variants"]["csl2@superpixels"]["miou_known"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "open-mIoU" in md and f"{100 * t['variants']['teacher']['open_miou']:.1f}" in md
 
 
 def test_open_miou_matches_a_direct_computation(tmp_path):
