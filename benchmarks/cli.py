@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("streethazards", "StreetHazards test"),
     ):
         _add_common(sub.add_parser(name, help=helptext))
-    from .semantic_track import SEMANTIC_DATASETS, SEMANTIC_VARIANTS
+    from .semantic_track import SEMANTIC_VARIANTS
 
     for name, helptext in (
         ("cityscapes", "Cityscapes semantic segmentation, DA (synthetic target domain without --data-root)"),

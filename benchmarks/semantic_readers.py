@@ -31,8 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import CorruptFileError, Dataset, DatasetLayoutError, Frame, FrameRef, _listing, read_image, \
-    read_label_png
+from .datasets import (
+    CorruptFileError,
+    Dataset,
+    DatasetLayoutError,
+    Frame,
+    FrameRef,
+    _listing,
+    read_image,
+    read_label_png,
+)
 
 __all__ = [
     "CITYSCAPES_LABELS",

@@ -33,7 +33,6 @@ ZS3 mIoU(seen), mIoU(unseen) and hIoU = 2SU/(S+U) as ZegFormer computes it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

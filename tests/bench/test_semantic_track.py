@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from posthoc.bench.cli import main
-from posthoc.bench.semantic_readers import CITYSCAPES_TRAIN_CLASSES, COCO_STUFF_CLASSES, COCO_STUFF_UNSEEN, \
-    LABELID_TO_TRAINID
+from posthoc.bench.semantic_readers import (
+    CITYSCAPES_TRAIN_CLASSES,
+    COCO_STUFF_CLASSES,
+    COCO_STUFF_UNSEEN,
+    LABELID_TO_TRAINID,
+)
 from posthoc.bench.semantic_track import region_vote
 from tests.reference import cityscapes_eval as ref
 
