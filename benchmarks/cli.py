@@ -182,6 +182,27 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--open-threshold", type=float, default=None,
                             help="anomaly threshold of the unknown class for open_miou (default: 95 %% TPR on the "
                             "validation split)")
+    from .semantic_track import SEMANTIC_VARIANTS
+
+    for name, helptext in (
+        ("cityscapes", "Cityscapes semantic segmentation, DA (synthetic target domain without --data-root)"),
+        ("acdc", "ACDC semantic segmentation, DA (--subset fog|night|rain|snow)"),
+        ("dark-zurich", "Dark Zurich semantic segmentation, DA"),
+        ("coco-stuff", "COCO-Stuff zero-shot (ZegFormer 156 seen / 15 unseen)"),
+        ("pascal-voc", "PASCAL VOC zero-shot (ZegFormer 15 seen / 5 unseen)"),
+    ):
+        pp = sub.add_parser(name, help=helptext)
+        _add_common(pp, split_default="val")
+        pp.set_defaults(teacher=None, variants=None)  # per track: daformer / zegformer; all semantic variants
+        pp.add_argument("--export-pseudo-labels", default=None, metavar="DIR",
+                        help="write the chosen variant's class map (PNG, 255 = low confidence) and a float16 "
+                        "confidence map per frame to DIR")
+        pp.add_argument("--pseudo-threshold", default="0.9",
+                        help="pseudo-label confidence: a fixed value (0.9) or top:P (each class keeps its most "
+                        "confident P %% of pixels)")
+        pp.add_argument("--pseudo-variant", default=None,
+                        help=f"variant exported as pseudo-labels (default csl2@<first source>); variants: "
+                        f"{','.join(SEMANTIC_VARIANTS)}")
     _add_panoptic(sub)
     ps = sub.add_parser("summary", help="one markdown table across the tracks of a run's results.json")
     ps.add_argument("results", help="results.json of a posthoc-bench run (or its run folder)")
@@ -306,6 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _merge(args)
     if args.command == "coco-panoptic":
         return _panoptic(args)
+    from .semantic_track import SEMANTIC_DATASETS as _SEM
+
+    if args.command in _SEM:
+        from .semantic_track import main_semantic
+
+        return main_semantic(args)
 
     from . import distributed
     from .runner import BenchConfig, default_run_dir, run_benchmark

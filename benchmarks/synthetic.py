@@ -149,8 +149,12 @@ def default_root() -> Path:
 
 
 def world_config(*, split: str = "test", track: str = "anomaly", n_frames: int | None = None,
-                 size: Sequence[int] | None = None, seed: int = 0) -> dict:
-    """The configuration a world folder is generated from (and checked against when cached)."""
+                 size: Sequence[int] | None = None, seed: int = 0, domain: str | None = None) -> dict:
+    """The configuration a world folder is generated from (and checked against when cached).
+
+    ``domain`` (:data:`posthoc.bench.synthetic_domains.DOMAINS`, e.g. ``"night"``) asks for a
+    target domain of the world (domain-adaptation track); None is the source world, whose
+    config and frames are unchanged by this option."""
     _check_split(split)
     check_track(track)
     h, w = check_size(DEFAULT.size if size is None else size)
@@ -168,7 +172,17 @@ def world_config(*, split: str = "test", track: str = "anomaly", n_frames: int |
         "size": [h, w],
         "seed": int(seed),
         "anomalies": split != "train",
-    }
+    } | _domain_entry(domain)
+
+
+def _domain_entry(domain: str | None) -> dict:
+    if domain is None:
+        return {}
+    from .synthetic_domains import DOMAINS
+
+    if domain not in DOMAINS:
+        raise SyntheticWorldError(f"domain must be None or one of {list(DOMAINS)}; got {domain!r}")
+    return {"domain": domain}
 
 
 def world_root(root: os.PathLike | str | None, cfg: dict) -> Path:
@@ -183,7 +197,7 @@ def world_root(root: os.PathLike | str | None, cfg: dict) -> Path:
     """
     if root is not None:
         return Path(root)
-    base = default_root()
+    base = default_root() / (f"domain-{cfg['domain']}" if cfg.get("domain") else "")
     if tuple(cfg["size"]) == tuple(DEFAULT.size) and cfg["n_frames"] == DEFAULT.n_frames[cfg["split"]]:
         return base
     key = hashlib.sha256(json.dumps([cfg["size"], cfg["n_frames"]]).encode()).hexdigest()[:10]
@@ -196,7 +210,8 @@ def frame_ids(split: str, n_frames: int) -> list[str]:
 
 
 def _frame_seed(cfg: dict, i: int) -> list[int]:
-    return [cfg["seed"], _SPLIT_CODE[cfg["split"]], _TRACK_CODE[cfg["track"]], i]
+    extra = [101 + sorted(("fog", "night", "rain")).index(cfg["domain"])] if cfg.get("domain") else []
+    return [cfg["seed"], _SPLIT_CODE[cfg["split"]], _TRACK_CODE[cfg["track"]], i, *extra]
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
@@ -228,7 +243,8 @@ def _complete(track_dir: Path, cfg: dict) -> bool:
 
 
 def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", track: str = "anomaly",
-                 n_frames: int | None = None, size: Sequence[int] | None = None, seed: int = 0) -> Path:
+                 n_frames: int | None = None, size: Sequence[int] | None = None, seed: int = 0,
+                 domain: str | None = None) -> Path:
     """Return the track folder of the synthetic world, generating it if needed.
 
     Generation is deterministic for ``(seed, split, track, n_frames, size)``, cached
@@ -246,11 +262,13 @@ def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", 
         n_frames: number of frames; default ``DEFAULT.n_frames[split]``.
         size: (H, W); default ``DEFAULT.size``.
         seed: non-negative int.
+        domain: None (the source world) or a target domain (:mod:`posthoc.bench.synthetic_domains`),
+            stored under ``<default root>/domain-<name>/``.
 
     Returns:
         ``<root>/<split>/dataset_AnomalyTrack`` or ``.../dataset_ObstacleTrack``.
     """
-    cfg = world_config(split=split, track=track, n_frames=n_frames, size=size, seed=seed)
+    cfg = world_config(split=split, track=track, n_frames=n_frames, size=size, seed=seed, domain=domain)
     root = world_root(root, cfg)
     parent = root / split
     target = parent / TRACK_DIRS[track]
@@ -267,6 +285,10 @@ def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", 
                  split, track, len(ids), cfg["size"][0], cfg["size"][1], seed, target)
         for i, fid in enumerate(ids):
             fr = render_frame(_frame_seed(cfg, i), cfg["size"], track=track, anomalies=cfg["anomalies"])
+            if domain is not None:
+                from .synthetic_domains import apply_domain
+
+                fr.image = apply_domain(fr.image, _frame_seed(cfg, i), domain)
             _write_png(tmp / "images" / f"{fid}.png", fr.image)
             _write_png(tmp / "labels_masks" / f"{fid}_labels_semantic.png", fr.label)
             _write_png(tmp / "labels_masks" / f"{fid}_labels_classes.png", fr.classes)

@@ -207,6 +207,77 @@ def _edt_columns(lab, g, inf):
 def _edt_rows(g, n2):
     """Meijster's second phase per row: n2 = min_i (x-i)^2 + g(i)^2 (exact squared distance, int32).
 
+    The envelope buffers are int32 (half the cache footprint of :func:`_edt_rows64`), valid while
+    ``W^2 + max(g)^2 < 2^31`` (the caller checks it and uses :func:`_edt_rows64` otherwise), and
+    the top of the envelope stack (s[q], t[q], g2[s[q]]) is kept in registers instead of being
+    re-read on every comparison. Same envelopes, same integer results as :func:`_edt_rows64`.
+    ``n2`` may be ``g`` itself: each row of g is read into a local buffer before it is written.
+    The separation point is computed as in :func:`_edt_rows64` (float64 floor, exact here).
+    """
+    H, W = g.shape
+    for y in prange(H):
+        s = np.empty(W, np.int32)
+        t = np.empty(W, np.int32)
+        g2 = np.empty(W, np.int32)
+        for u in range(W):
+            gv = g[y, u]
+            g2[u] = gv * gv
+        q = 0
+        s[0] = 0
+        t[0] = 0
+        sq = 0
+        tq = 0
+        g2s = g2[0]
+        for u in range(1, W):
+            gu2 = g2[u]
+            while True:  # pop the parabolas that u's is below at their segment start
+                a = tq - sq
+                b = tq - u
+                if a * a + g2s > b * b + gu2:
+                    q -= 1
+                    if q < 0:
+                        break
+                    sq = s[q]
+                    tq = t[q]
+                    g2s = g2[sq]
+                else:
+                    break
+            if q < 0:
+                q = 0
+                s[0] = u
+                t[0] = 0
+                sq = u
+                tq = 0
+                g2s = gu2
+            else:
+                num = u * u - sq * sq + gu2 - g2s
+                w = 1 + int(np.floor(np.float64(num) / np.float64(2 * (u - sq))))
+                if w < W:
+                    q += 1
+                    s[q] = u
+                    t[q] = w
+                    sq = u
+                    tq = w
+                    g2s = gu2
+        nrow = n2[y]
+        sq = s[q]
+        g2s = g2[sq]
+        tq = t[q]
+        for u in range(W - 1, -1, -1):
+            a = u - sq
+            nrow[u] = a * a + g2s
+            if u == tq:
+                q -= 1
+                if q >= 0:
+                    sq = s[q]
+                    g2s = g2[sq]
+                    tq = t[q]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _edt_rows64(g, n2):
+    """Meijster's second phase per row in int64 arithmetic (images too large for :func:`_edt_rows`).
+
     ``n2`` may be ``g`` itself: each row of g is read into a local buffer before it is written.
 
     The separation point ``1 + floor(num / den)`` is computed in float64: num < 2^31 and den
@@ -275,7 +346,10 @@ def boundary_edt_np(lab: np.ndarray):
     if _edt_columns(lab, g, inf) == 0:
         return None
     n2 = g
-    _edt_rows(g, n2)  # in place
+    if int(W) ** 2 + int(inf) ** 2 < 2**31:
+        _edt_rows(g, n2)  # in place
+    else:
+        _edt_rows64(g, n2)
     return n2
 
 

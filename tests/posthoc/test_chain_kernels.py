@@ -138,6 +138,24 @@ def test_edt_equals_scipy():
         np.testing.assert_array_equal(nbo.distances_np(n2), ndi.distance_transform_edt(~bd).astype(np.float32))
 
 
+
+def test_edt_row_pass_int32_equals_int64():
+    """The int32 row pass (registers for the stack top) gives the int64 pass's squared distances."""
+    rng = np.random.default_rng(11)
+    maps = [voronoi_labels(1, 96, 160, 12, seed=2)[0], rng.integers(0, 2, (41, 67)).astype(np.int32),
+            (rng.random((53, 97)) < 0.002).astype(np.int64).cumsum(axis=1), np.zeros((9, 13), np.int64)]
+    maps[-1][:, -1] = 1  # one boundary column at the right edge: long envelopes
+    for lab in maps:
+        H, W = lab.shape
+        g = np.empty((H, W), np.int32)
+        nbo._edt_columns(lab, g, np.int32(H + W + 1))
+        a, b = g.copy(), g.copy()
+        nbo._edt_rows(g, a)
+        nbo._edt_rows64(g, b)
+        np.testing.assert_array_equal(a, b)
+        bd = posthoc.offsets._boundary_map(lab)
+        np.testing.assert_array_equal(nbo.distances_np(a), ndi.distance_transform_edt(~bd).astype(np.float32))
+
 # ----------------------------------------------------------------------------- split_components
 @HYP
 @given(label_maps(), st.sampled_from([4, 8]), st.sampled_from([0, 1, 3, 10]))
