@@ -314,27 +314,33 @@ def _export(dir_: Path, reader: CocoPanopticReader, variant: str, frame, segs: l
                                           "segments_info": info})
 
 
-def _export_gt(dir_: Path, reader: CocoPanopticReader, frames: list, store: dict) -> None:
-    from .panoptic_readers import write_panoptic_png
-
+def _gt_categories(reader: CocoPanopticReader) -> tuple[list, list]:
     unk_cat = max(c["id"] for c in reader.categories) + 1
     cats = [dict(c) for c in reader.known] + [{"id": unk_cat, "name": "unknown", "isthing": 1}]
-    cat_of = [c["id"] for c in reader.known] + [unk_cat]
+    return cats, [c["id"] for c in reader.known] + [unk_cat]
+
+
+def _export_gt_frame(dir_: Path, reader: CocoPanopticReader, fr, gt_anns: list) -> None:
+    """Write one frame's open-set GT (held-out classes as ``unknown``) in the panopticapi layout."""
+    from .panoptic_readers import write_panoptic_png
+
+    _, cat_of = _gt_categories(reader)
     (dir_ / "gt" / "panoptic_gt").mkdir(parents=True, exist_ok=True)
-    anns, images = [], []
-    for fr in frames:
-        pan = np.zeros(fr.semantic.shape, np.int64)
-        info = []
-        for sid in np.unique(fr.instance[fr.semantic != 255]).tolist():
-            m = (fr.instance == sid) & (fr.semantic != 255)
-            c = int(fr.semantic[m][0])
-            pan[m] = sid
-            info.append({"id": int(sid), "category_id": cat_of[c], "iscrowd": int(fr.crowd[m].any()),
-                         "area": int(m.sum())})
-        write_panoptic_png(dir_ / "gt" / "panoptic_gt" / fr.file_name, pan)
-        anns.append({"image_id": fr.image_id, "file_name": fr.file_name, "segments_info": info})
-        images.append({"id": fr.image_id, "file_name": fr.file_name})
-    write_json_atomic(dir_ / "gt" / "panoptic_gt.json", {"images": images, "annotations": anns, "categories": cats})
+    pan = np.zeros(fr.semantic.shape, np.int64)
+    info = []
+    for sid in np.unique(fr.instance[fr.semantic != 255]).tolist():
+        m = (fr.instance == sid) & (fr.semantic != 255)
+        pan[m] = sid
+        info.append({"id": int(sid), "category_id": cat_of[int(fr.semantic[m][0])],
+                     "iscrowd": int(fr.crowd[m].any()), "area": int(m.sum())})
+    write_panoptic_png(dir_ / "gt" / "panoptic_gt" / fr.file_name, pan)
+    gt_anns.append({"image_id": fr.image_id, "file_name": fr.file_name, "segments_info": info})
+
+
+def _export_json(dir_: Path, reader: CocoPanopticReader, gt_anns: list, store: dict) -> None:
+    cats, _ = _gt_categories(reader)
+    images = [{"id": a["image_id"], "file_name": a["file_name"]} for a in gt_anns]
+    write_json_atomic(dir_ / "gt" / "panoptic_gt.json", {"images": images, "annotations": gt_anns, "categories": cats})
     for v, a in store.items():
         write_json_atomic(dir_ / v / "panoptic_pred.json", {"images": images, "annotations": a, "categories": cats})
 
@@ -439,7 +445,7 @@ def _run(cfg: PanopticConfig, out: Path) -> dict:
             thr[v] = _best_f1_threshold(sc["a"] if v == "baseline" else sc["fused"], ys)
     metrics = {v: PanopticQuality(setup.K, setup.things, unknown_id=setup.K) for v in variants}
     store: dict = {}
-    gt_frames = []
+    gt_anns: list = []
     n = min(len(reader), cfg.limit or len(reader))
     cache = _FrameCache(out, cfg, reader, thr)
     n_cached = 0
@@ -464,12 +470,12 @@ def _run(cfg: PanopticConfig, out: Path) -> dict:
             if cfg.export_panoptic:
                 _export(Path(cfg.export_panoptic), reader, v, fr, segs, seg, store)
         if cfg.export_panoptic:
-            gt_frames.append(fr)
+            _export_gt_frame(Path(cfg.export_panoptic), reader, fr, gt_anns)
     if not n:
         raise BenchError(f"coco-panoptic: no frames in {reader.root}")
     if cfg.export_panoptic:
         with timer("export"):
-            _export_gt(Path(cfg.export_panoptic), reader, gt_frames, store)
+            _export_json(Path(cfg.export_panoptic), reader, gt_anns, store)
     names = setup.names + ["unknown"]
     res_v = {}
     for v in variants:
