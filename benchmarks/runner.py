@@ -175,7 +175,7 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
     metrics, curves = score_teacher(dataset, keys, cache, inf.labelled, mode=cfg.metric_mode,
                                     show_progress=cfg.progress, timer=timer, desc=desc,
                                     threshold_dtype=cfg.threshold_dtype, reduce=scale.reduce_hook(pixel_states))
-    if cfg.dataset == "streethazards" and scale.writes_results:
+    if cfg.dataset == "streethazards" and not scale.active:  # open-set states are not sharded (yet)
         from .open_semantic import add_open_set
 
         with timer("open-set"):
