@@ -43,14 +43,14 @@ def _dilated_smoothing(score: torch.Tensor) -> torch.Tensor:
     return S.dilated_smoothing(score)
 
 
-@register_teacher("sml")
-
 def _fitted(t: torch.Tensor | None) -> torch.Tensor:
     """A statistic that is set together with ``mean`` (checked by the caller)."""
     if t is None:  # pragma: no cover - set together with mean
         raise NotFittedError("SML statistics are not fitted; call fit(frames) or load_stats(path)")
     return t
 
+
+@register_teacher("sml")
 class SMLTeacher(_SemanticWrapper):
     """Standardized Max Logits (Jung et al., ICCV 2021; official code shjung13/Standardized-max-logits).
 
