@@ -276,7 +276,7 @@ class Dataset:
         return self.remap(raw)
 
     def load(self, ref: FrameRef, *, image: bool = True, label: bool = True) -> Frame:
-        """Read one frame (image and/or label; the class map and extras whenever present; ``image=False``: an empty image)."""
+        """Read one frame (image and/or label; class map and extras whenever present). ``image=False``: empty image."""
         img = read_image(ref.image_path) if image else np.zeros((0, 0, 3), np.uint8)
         lab = None
         if label and ref.label_path is not None:
