@@ -224,7 +224,7 @@ class ClipRegionClassifier:
                 raise ValueRangeError("pass tokenizer= together with model=")
         if not callable(tokenizer):
             raise DTypeError(f"tokenizer must be callable; got {type(tokenizer).__name__}")
-        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        self.model: Any = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.mean, self.std = check_mean_std(mean if mean is not None else pp.get("mean", OPENAI_CLIP_MEAN),
                                              std if std is not None else pp.get("std", OPENAI_CLIP_STD))
@@ -234,7 +234,7 @@ class ClipRegionClassifier:
         if isinstance(image_size, (tuple, list)):
             image_size = int(image_size[0])
         self.image_size = int(image_size)
-        self._text = None
+        self._text: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ text side
     @torch.no_grad()

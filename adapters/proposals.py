@@ -414,7 +414,7 @@ class MeanShiftProposals(ProposalSource):
                 "resolutions, Dille et al. §4.1) are two multi-resolution methods; use one of them")
         _check_merge_settings(iou_threshold, contain_threshold, merge_min_size)
         # with split=True the regions are connected components, so the merge matches components too
-        self.merge_kw = {"iou_threshold": iou_threshold, "contain_threshold": contain_threshold,
+        self.merge_kw: dict[str, Any] = {"iou_threshold": iou_threshold, "contain_threshold": contain_threshold,
                          "min_size": merge_min_size, "connectivity": 8 if split else None}
         self.split, self.min_size = bool(split), int(min_size)
 

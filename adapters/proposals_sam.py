@@ -31,7 +31,7 @@ def _sam_generator_class():
     256x256 frame of the padded 1024 input) cropped to the un-padded image area, and
     skips the RLE encoding we do not need.
     """
-    sa = _require("segment_anything", "sam", "the 'sam' proposal source")
+    sa: Any = _require("segment_anything", "sam", "the 'sam' proposal source")
     amg = _require("segment_anything.utils.amg", "sam", "the 'sam' proposal source")
 
     class _SoftMaskGenerator(sa.SamAutomaticMaskGenerator):
@@ -127,9 +127,9 @@ class SamProposals(ProposalSource):
         for name, v in (("points_per_side", points_per_side), ("points_per_batch", points_per_batch)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueRangeError(f"{name} must be an integer >= 1; got {v!r}")
-        for name, v in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
-            if not (0.0 <= float(v) <= 1.0):
-                raise ValueRangeError(f"{name} must lie in [0,1]; got {v!r}")
+        for name, t in (("pred_iou_thresh", pred_iou_thresh), ("stability_score_thresh", stability_score_thresh)):
+            if not (0.0 <= float(t) <= 1.0):
+                raise ValueRangeError(f"{name} must lie in [0,1]; got {t!r}")
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         if model is None:

@@ -216,7 +216,7 @@ class LostAndFoundReader(Dataset):
 
     def keep_remapped(self, frame: Frame) -> bool:
         # raw id 0 -> 255 and every raw id > 200 -> 255 as well; an all-zero source gives an all-void label
-        return bool((frame.label != 255).any())
+        return frame.label is not None and bool((frame.label != 255).any())
 
 
 # --------------------------------------------------------------------------------------

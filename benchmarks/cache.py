@@ -283,7 +283,7 @@ class RunLock:
     def _lock(self, path: Path, mode: int) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)  # type: ignore[union-attr]
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)  # type: ignore[union-attr, unused-ignore]  # fcntl is None on Windows
         except BlockingIOError:
             os.close(fd)
             raise RunLockedError(
@@ -327,7 +327,7 @@ class RunLock:
             try:
                 if self.exclusive or fd != self._fds[0]:
                     os.ftruncate(fd, 0)  # this run no longer holds it
-                fcntl.flock(fd, fcntl.LOCK_UN)  # type: ignore[union-attr]
+                fcntl.flock(fd, fcntl.LOCK_UN)  # type: ignore[union-attr, unused-ignore]  # fcntl is None on Windows
             finally:
                 os.close(fd)
         self._fds = []

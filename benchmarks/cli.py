@@ -236,11 +236,11 @@ def _setup_logging(quiet: bool) -> None:
         h._posthoc_cli = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.setLevel(level)
-    for h in root.handlers:
-        if getattr(h, "_posthoc_cli", False):
-            h.setLevel(level)
-            if isinstance(h, logging.StreamHandler) and h.stream is not sys.stderr:
-                h.stream = sys.stderr  # main() called again with another stderr (tests, notebooks); no flush of
+    for handler in root.handlers:
+        if getattr(handler, "_posthoc_cli", False):
+            handler.setLevel(level)
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+                handler.stream = sys.stderr  # main() called again with another stderr (tests, notebooks); no flush of
                 # the old one, which may be closed
 
 

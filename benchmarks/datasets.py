@@ -123,7 +123,7 @@ class Frame:
             are ``posthoc.bench.synthetic.CLASS_NAMES``.
     """
 
-    image: np.ndarray
+    image: np.ndarray  # empty (0,0,3) for ``load(ref, image=False)``
     label: np.ndarray | None
     id: str = ""
     extras: dict = field(default_factory=dict)
@@ -276,12 +276,12 @@ class Dataset:
         return self.remap(raw)
 
     def load(self, ref: FrameRef, *, image: bool = True, label: bool = True) -> Frame:
-        """Read one frame (image and/or label; the class map and extras whenever present)."""
-        img = read_image(ref.image_path) if image else None
+        """Read one frame (image and/or label; class map and extras whenever present). ``image=False``: empty image."""
+        img = read_image(ref.image_path) if image else np.zeros((0, 0, 3), np.uint8)
         lab = None
         if label and ref.label_path is not None:
             raw = read_label_png(ref.label_path)
-            if img is not None and raw.shape != img.shape[:2]:
+            if image and raw.shape != img.shape[:2]:
                 raise CorruptFileError(
                     f"label file {ref.label_path} must be {img.shape[:2]} like its image {ref.image_path}; "
                     f"got {raw.shape}"
@@ -340,7 +340,7 @@ def _remap_usual_anomaly(raw: np.ndarray, usual: int | Sequence[int], anomaly_lo
 # --------------------------------------------------------------------------------------
 
 
-def resolve_root(dataset: str, root: os.PathLike | None = None) -> Path | None:
+def resolve_root(dataset: str, root: str | os.PathLike | None = None) -> Path | None:
     """Find the root folder of ``dataset``.
 
     Order: the explicit ``root``; the data set's own environment variable (``ENV_VARS``);

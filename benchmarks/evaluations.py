@@ -40,6 +40,7 @@ def _read_world_meta(track_dir: Path) -> dict | None:
 
 def evaluations(cfg: BenchConfig) -> list[Evaluation]:
     evs = []
+    reader: ds.Dataset
     if cfg.dataset == "smiyc":
         tracks = ["anomaly", "obstacle"] if cfg.track == "both" else [cfg.track]
         root = ds.resolve_root("smiyc", cfg.data_root)

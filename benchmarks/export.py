@@ -41,7 +41,7 @@ def method_slug(name: str) -> str:
     return s
 
 
-def submission_path(out_dir: os.PathLike, method: str, dataset_name: str, frame_id: str) -> Path:
+def submission_path(out_dir: str | os.PathLike, method: str, dataset_name: str, frame_id: str) -> Path:
     """``<out_dir>/anomaly_p/<method>/<dataset_name>/<frame_id>.hdf5``."""
     if not frame_id or "/" in frame_id or frame_id.startswith("."):
         raise ValueError(f"frame id must be a plain file stem; got {frame_id!r}")
@@ -49,7 +49,7 @@ def submission_path(out_dir: os.PathLike, method: str, dataset_name: str, frame_
 
 
 def write_submission_frame(
-    out_dir: os.PathLike,
+    out_dir: str | os.PathLike,
     method: str,
     dataset_name: str,
     frame_id: str,

@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from . import datasets as ds
 from .cache import RunCache, frame_inputs
 from .precomputed import PrecomputedScores
 from .variants import VariantMaps, as_anomaly
+
+if TYPE_CHECKING:
+    from .distributed import ShardView
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ class ProposalMemo:
 
 
 
-def batches(dataset: ds.Dataset, limit: int | None, batch_size: int, skip: Callable[[Any], bool]):
+def batches(dataset: ds.Dataset | ShardView, limit: int | None, batch_size: int, skip: Callable[[Any], bool]):
     """Yield lists of (ref, Frame) of equal image size; frames with ``skip(ref)`` are yielded as (ref, None)."""
     batch: list = []
     n = 0
@@ -137,7 +140,7 @@ class InferenceResult:
         return [fid for fid, has in self.processed if has]
 
 
-def infer_teacher(dataset: ds.Dataset, name: str, teacher: Any, prop_objs: dict, variant_maps: VariantMaps,
+def infer_teacher(dataset: ds.Dataset | ShardView, name: str, teacher: Any, prop_objs: dict, variant_maps: VariantMaps,
                   cache: RunCache, *, limit: int | None, batch_size: int, overlays: int, show_progress: bool,
                   timer: Timer, desc: str, prop_memo: ProposalMemo | None = None) -> InferenceResult:
     """Compute and cache every variant map of every frame of ``dataset`` for one teacher.
@@ -190,13 +193,13 @@ def infer_teacher(dataset: ds.Dataset, name: str, teacher: Any, prop_objs: dict,
             props_by_src = {}
             for src, obj in prop_objs.items():
                 shared = prop_memo is not None and prop_memo.shareable(obj)
-                hit = prop_memo.get(src, ids) if shared else None
+                hit = prop_memo.get(src, ids) if shared and prop_memo is not None else None
                 if hit is not None:
                     props_by_src[src] = hit
                     continue
                 with timer(f"proposals:{src}"):
                     props_by_src[src] = obj(images, teacher_output=t_out)
-                if shared:
+                if shared and prop_memo is not None:
                     prop_memo.put(src, ids, props_by_src[src])
             maps = variant_maps(anomaly, t_out, props_by_src, timer)
             with timer("cache:write"):

@@ -159,7 +159,7 @@ def _check_same(runs: list[Path], mans: list[dict]) -> None:
             for r, m in keyed:
                 tres = m["results"]["evaluations"][e_idx]["teachers"][t]
                 keys.append((r, m["shard"][0], _cache_key(r, tres) if "shard" in tres else None))
-            have = [k for k in keys if k[2] is not None]
+            have = [(r, i, k) for r, i, k in keys if k is not None]
             if not have:
                 continue
             r0, i0, k0 = have[0]
@@ -321,7 +321,7 @@ def _plots(out: Path, runs: list[Path], mans: list[dict], e_idx: int, ev0: dict,
                         {label[k]: m for k, m in metrics.items()},
                         f"{ev0['dataset']} — {t} ({mode_text(mode).split(' (')[0]})",
                         synthetic=bool(ev0.get("synthetic")))
-    copied = []
+    copied: list[str] = []
     for r, m in zip(runs, mans, strict=True):
         for p in m["results"]["evaluations"][e_idx]["teachers"][t].get("overlays", []):
             if len(copied) >= n_overlays:

@@ -31,6 +31,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def default_run_dir(cfg: BenchConfig, now: datetime | None = None) -> Path:
 def check_extras(cfg: BenchConfig) -> None:
     """Raise :class:`MissingExtraError` before any work when a package the run will need is absent:
     matplotlib for plots (unless ``--no-plots``), h5py for ``--export-smiyc``."""
-    need = []
+    need: list[tuple[str, str, str | None]] = []
     if cfg.plots:
         need.append(("matplotlib", "plots (PR/ROC curves, overlays)", "--no-plots"))
     if cfg.export_smiyc:
@@ -363,7 +364,7 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
     md_parts = [f"# posthoc-bench {cfg.dataset}\n"]
 
     for ev in evaluations:
-        ev_res = {
+        ev_res: dict[str, Any] = {
             "key": ev.key,
             "dataset": ev.dataset.name,
             "track": ev.dataset.track,

@@ -52,7 +52,7 @@ def component_text(track: str) -> str:
 
 def clean(d: dict) -> dict:
     """A metrics dict with plain JSON numbers (non-finite -> None); arrays (curves) are dropped."""
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, (np.floating, float)):
             v = float(v)
@@ -70,6 +70,7 @@ def clean(d: dict) -> dict:
 def export_maps(cfg: BenchConfig, dataset: Any, display: str, keys: Sequence[str], cache: RunCache,
                 inf: InferenceResult) -> dict:
     """Write every processed frame's maps as official SMIYC submission files."""
+    assert cfg.export_smiyc is not None  # the runner calls this only with --export-smiyc
     for k in keys:
         method = f"posthoc_{display}" if k == "teacher" else f"posthoc_{display}_{k.replace('@', '_')}"
         for fid, _ in inf.processed:

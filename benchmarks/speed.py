@@ -139,7 +139,7 @@ def _stats(ts: list[float]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- floors
-_NB_FLOOR = None
+_NB_FLOOR: Any = None
 
 
 def _numba_floor():

@@ -39,6 +39,7 @@ Targets (CPU): soft_assign <= 1.0x, offset_resample <= 3x, offsets_from_proposal
 """
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -167,9 +168,9 @@ def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, r
         b_ops = (fb[f"soft_assign(size=)N=32 {h}x{w} -> {H}x{W}"] + fb[f"split_components100 regions {H}x{W}"]
                  + nbytes((2 * C * P, 4), (2 * P, 8), (C * P, 4)) + fb[f"refine100 masks {h}x{w} -> {H}x{W}"]
                  + fb[f"offsets_from_proposals100 regions {H}x{W}"] + nbytes((C * P, 8), (3 * P, 4)))
-        t = time_calls({"ours": lambda D=D: chain(D, "auto"), "copy": copy}, dev, repeats)
+        t = time_calls({"ours": functools.partial(chain, D, "auto"), "copy": copy}, dev, repeats)
         rows.append(_make_row("chain", f"C={C} {H}x{W} (CSL2+refine+offsets)", t, b_ops, 2 * big.numel() * 4,
-                              (lambda D=D: chain(D, "torch")) if with_fallback else None, "torch", dev,
+                              functools.partial(chain, D, "torch") if with_fallback else None, "torch", dev,
                               fallback_repeats))
     return rows
 

@@ -285,6 +285,7 @@ def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", 
                  split, track, len(ids), cfg["size"][0], cfg["size"][1], seed, target)
         for i, fid in enumerate(ids):
             fr = render_frame(_frame_seed(cfg, i), cfg["size"], track=track, anomalies=cfg["anomalies"])
+            assert fr.label is not None and fr.classes is not None  # a rendered frame has both
             if domain is not None:
                 from .synthetic_domains import apply_domain
 
@@ -314,7 +315,7 @@ def ensure_world(root: os.PathLike | str | None = None, *, split: str = "test", 
             try:
                 os.replace(target, stale)
             except OSError:
-                stale = None
+                pass  # the rename below then reports the problem
             else:
                 shutil.rmtree(stale, ignore_errors=True)
         try:

@@ -121,7 +121,7 @@ def _cutout(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
     crop = cv2.resize(src[y0:y0 + ch, x0:x0 + cw], (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    alpha = np.zeros((h, w), np.uint8)
+    alpha: np.ndarray = np.zeros((h, w), np.uint8)
     if kind < 0.4:  # ellipse cut-out
         cv2.ellipse(alpha, (w // 2, h // 2), (max(1, int(w * rng.uniform(0.35, 0.5))),
                     max(1, int(h * rng.uniform(0.35, 0.5)))), float(rng.uniform(-20, 20)), 0, 360, 1, -1)
@@ -147,7 +147,7 @@ def _cutout(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.nd
     if rng.random() < 0.3:  # look-alike: keep the texture, take an in-distribution colour
         lum = crop.mean(2, keepdims=True) / 128.0
         crop = np.clip(lum * _LOOKALIKE[rng.integers(len(_LOOKALIKE))], 0, 255)
-    a = alpha.astype(np.float32)
+    a: np.ndarray = alpha.astype(np.float32)
     if min(h, w) >= 12:  # slightly soft edge, as a real paste has
         a = cv2.GaussianBlur(a, (3, 3), 0.7)
     return crop, a

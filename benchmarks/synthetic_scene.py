@@ -322,7 +322,7 @@ def shade(rng: np.random.Generator, cv_: Canvas, geo: dict) -> np.ndarray:
     rgb = np.stack(cv_.rgb).astype(np.float32)
     amp = np.asarray(cv_.amp, np.float32)
     lf = _noise(rng, h, w, 12)
-    hf = rng.standard_normal((h, w), dtype=np.float32)
+    hf: np.ndarray = rng.standard_normal((h, w), dtype=np.float32)
     hf = 0.6 * hf + 0.4 * _noise(rng, h, w, 2)
     a = amp[cv_.col]
     mod = 1.0 + a[..., 0] * lf + a[..., 1] * hf

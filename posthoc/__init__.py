@@ -8,7 +8,7 @@ tensors. Submodules are imported lazily so ``import posthoc`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -87,6 +87,30 @@ __all__ = [
     "scores",
     "validation",
 ]
+
+
+if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ imports these on first use
+    from . import adapters, bench, errors, kernels, metrics, scores, validation
+    from .assign import assign_labels, hard_assign, soft_assign
+    from .components import split_components
+    from .errors import (
+        DeviceError,
+        DTypeError,
+        MissingExtraError,
+        NonFiniteError,
+        OverlapError,
+        PosthocError,
+        ShapeError,
+        ValueRangeError,
+    )
+    from .fusion import fuse, region_class_logits, region_means
+    from .mask2anomaly import mine_unknown_instances, refine, refinement_mask
+    from .meanshift import meanshift_sphere
+    from .metrics import ComponentMetrics, OpenIoU, PanopticQuality, PixelMetrics, SemanticMetrics
+    from .multires import meanshift_multires
+    from .offsets import offset_resample, offsets_from_proposals
+    from .pipeline import Pipeline
+    from .types import Proposals, TeacherOutput
 
 
 def __getattr__(name: str) -> Any:

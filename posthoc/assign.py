@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .errors import ShapeError, ValueRangeError
+from .types import ArrayT
 from .validation import (
     as_float32,
     as_torch,
@@ -132,7 +133,8 @@ _PRUNE_REL = 1e-5
 def _soft_assign_dense(r, v, grid, chunk, backend):
     """Resize ``chunk`` regions at a time and keep a running (max, argmax); ties -> lowest n."""
     B, N = r.shape[:2]
-    best_val = lab = None
+    best_val: torch.Tensor | None = None
+    lab: torch.Tensor | None = None
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         up = grid.resize(r[:, n0:n1]).contiguous()
@@ -141,7 +143,7 @@ def _soft_assign_dense(r, v, grid, chunk, backend):
         val = torch.gather(up, 1, idx.unsqueeze(1)).squeeze(1) * torch.gather(
             vc, 1, idx.reshape(B, -1)
         ).reshape(idx.shape)
-        if best_val is None:
+        if best_val is None or lab is None:
             best_val, lab = val, idx + n0
         else:
             better = val > best_val  # strict: earlier (lower n) chunks win ties
@@ -226,14 +228,14 @@ def _soft_assign_numba(r: torch.Tensor, v: torch.Tensor, grid: _Grid) -> torch.T
 
 @torch.no_grad()
 def soft_assign(
-    region_scores: Any,
+    region_scores: ArrayT,
     validity: Any,
     *,
     size: Any = None,
     backend: str = "auto",
     chunk_regions: int = 16,
     method: str = "auto",
-) -> Any:
+) -> ArrayT:
     """Soft assignment of region proposals (CSL scheme 2, Eq. 2).
 
     ``label(p) = argmax_n R_n(p) * V_n``; ties go to the lowest n, so every pixel gets a
@@ -322,14 +324,14 @@ def soft_assign(
 
 @torch.no_grad()
 def hard_assign(
-    region_scores: Any,
+    region_scores: ArrayT,
     validity: Any,
     mask_threshold: float = 0.5,
     validity_threshold: float = 0.8,
     *,
     size: Any = None,
     chunk_regions: int = 16,
-) -> Any:
+) -> ArrayT:
     """Hard assignment: the Mask2Former / EntitySeg inference baseline.
 
     Each region's mask is ``R_n > mask_threshold``; only regions with
@@ -389,7 +391,7 @@ _MODES = ("soft", "hard")
 
 
 def assign_labels(
-    region_scores: Any,
+    region_scores: ArrayT,
     validity: Any,
     *,
     size: Any = None,
@@ -400,7 +402,7 @@ def assign_labels(
     connectivity: int = 8,
     min_size: int = 0,
     backend: str = "auto",
-) -> Any:
+) -> ArrayT:
     """Soft region proposals -> the final label map: assignment, then the mask split.
 
     This is the one place where proposals become regions (docs/architecture.md, data flow): proposal

@@ -11,12 +11,12 @@ numba; no per-region loop over the image.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import ValueRangeError
+from .types import ArrayT
 from .validation import as_torch, check_int, check_labels, check_ndim, compact_labels, restore
 
 __all__ = ["connected_components", "split_components"]
@@ -28,7 +28,7 @@ try:  # numba is a core dependency; the pure-python fallback below exists only f
 
     _njit = numba.njit(cache=True, nogil=True)
 except ImportError:  # pragma: no cover - numba missing
-    numba = None
+    numba = None  # type: ignore[assignment]  # the fallback below checks for None
 
     def _njit(f):
         return f
@@ -161,7 +161,7 @@ def connected_components(
 
 
 @torch.no_grad()
-def split_components(labels: Any, connectivity: int = 8, min_size: int = 0) -> Any:
+def split_components(labels: ArrayT, connectivity: int = 8, min_size: int = 0) -> ArrayT:
     """Split every region of a label map into its connected components (CSL mask split).
 
     Two neighbouring pixels belong to the same component only if they carry the same label;

@@ -15,13 +15,14 @@ scheme 2, Eq. 3. The heavy lifting happens in :func:`posthoc.kernels.region_fuse
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
 from . import kernels
 from .errors import DTypeError, NonFiniteError, ShapeError, ValueRangeError
+from .types import Array, ArrayT
 from .validation import (
     as_label_map,
     as_scores_4d,
@@ -80,8 +81,8 @@ def _normalize(x: torch.Tensor, normalize: str, name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def fuse(
-    model_logits: Any, proposals: Any, *, normalize: str = "auto", backend: str = "auto", out: Any = None
-) -> Any:
+    model_logits: ArrayT, proposals: Any, *, normalize: str = "auto", backend: str = "auto", out: Any = None
+) -> ArrayT:
     """Structure-constrained fusion of per-pixel scores with region proposals (CSL Eq. 3).
 
     ``H_c(p) = mean_{q in R(p)} D_c(q) * D_c(p)`` where D is the normalized input and R(p)
@@ -155,7 +156,7 @@ def _out_view(out: Any, was_numpy: bool, shape: tuple, scores: torch.Tensor) -> 
     kind = "a numpy array" if was_numpy else "a torch tensor"
     if was_numpy != isinstance(out, np.ndarray) or not isinstance(out, (np.ndarray, torch.Tensor)):
         raise DTypeError(f"out must be {kind} like model_logits; got {type(out).__name__}")
-    t = torch.from_numpy(out) if was_numpy else out
+    t: torch.Tensor = torch.from_numpy(out) if isinstance(out, np.ndarray) else out
     if t.dtype != torch.float32:
         raise DTypeError(f"out must be float32; got {t.dtype}")
     if tuple(t.shape) != tuple(shape):
@@ -177,8 +178,17 @@ def _region_sums(values: Any, labels: Any, vname: str, num_regions: int | None, 
 
 
 @torch.no_grad()
+@overload
 def region_means(
-    values: Any,
+    values: ArrayT, labels: Any, *, num_regions: int | None = ..., return_counts: Literal[False] = ...,
+    backend: str = ...,
+) -> ArrayT: ...
+@overload
+def region_means(
+    values: ArrayT, labels: Any, *, num_regions: int | None = ..., return_counts: Literal[True], backend: str = ...
+) -> tuple[ArrayT, ArrayT]: ...
+def region_means(
+    values: Array,
     labels: Any,
     *,
     num_regions: int | None = None,
@@ -227,8 +237,8 @@ def _num_regions(n_lab: int, num_regions: int | None) -> int:
 
 @torch.no_grad()
 def region_class_logits(
-    semantic_logits: Any, labels: Any, num_regions: int | None = None, *, backend: str = "auto"
-) -> Any:
+    semantic_logits: ArrayT, labels: Any, num_regions: int | None = None, *, backend: str = "auto"
+) -> ArrayT:
     """Per-region class logits with a "no object" column, for post-hoc refinement.
 
     Gives proposals that carry no class logits (superpixels, SAM, mean-shift) the

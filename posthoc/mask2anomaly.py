@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .components import connected_components
 from .errors import DTypeError, ShapeError, ValueRangeError
+from .types import Array, ArrayT
 from .validation import (
     as_float32,
     as_torch,
@@ -287,7 +288,7 @@ def _check_common(score_threshold, mask_threshold, min_masks, chunk_regions):
 @torch.no_grad()
 def refinement_mask(
     mask_logits: Any,
-    class_logits: Any,
+    class_logits: ArrayT,
     suppress_ids: Sequence[int] = CITYSCAPES_SUPPRESS_IDS,
     score_threshold: float = 0.95,
     mask_threshold: float = 0.5,
@@ -295,7 +296,7 @@ def refinement_mask(
     *,
     size: Any = None,
     chunk_regions: int = 16,
-) -> Any:
+) -> ArrayT:
     """Mask2Anomaly refinement mask R (official-code reading, see the module docstring).
 
     A mask n is kept when its top class over the K+1 softmax is not "no object", lies in
@@ -337,9 +338,21 @@ def refinement_mask(
     return restore(out if batched else out[0], was_numpy)
 
 
+@overload
+def refine(
+    anomaly: ArrayT, mask_logits: Any, class_logits: Any, suppress_ids: Sequence[int] = ...,
+    score_threshold: float = ..., mask_threshold: float = ..., min_masks: int = ..., *,
+    chunk_regions: int = ..., return_mask: Literal[False] = ...,
+) -> ArrayT: ...
+@overload
+def refine(
+    anomaly: ArrayT, mask_logits: Any, class_logits: Any, suppress_ids: Sequence[int] = ...,
+    score_threshold: float = ..., mask_threshold: float = ..., min_masks: int = ..., *,
+    chunk_regions: int = ..., return_mask: Literal[True],
+) -> tuple[ArrayT, ArrayT]: ...
 @torch.no_grad()
 def refine(
-    anomaly: Any,
+    anomaly: Array,
     mask_logits: Any,
     class_logits: Any,
     suppress_ids: Sequence[int] = CITYSCAPES_SUPPRESS_IDS,
@@ -432,7 +445,7 @@ def _entropy_terms(probs: torch.Tensor, ids: torch.Tensor, mode: str) -> torch.T
 @torch.no_grad()
 def mine_unknown_instances(
     mask_logits: Any,
-    class_logits: Any,
+    class_logits: ArrayT,
     stuff_ids: Sequence[int],
     thing_ids: Sequence[int],
     threshold: float = 0.5,
@@ -447,7 +460,7 @@ def mine_unknown_instances(
     connectivity: int = 8,
     size: Any = None,
     chunk_regions: int = 16,
-) -> Any:
+) -> ArrayT:
     """Unknown-instance mining (Mask2Anomaly TPAMI §6.3; no public code — readings below).
 
     1. ``B(p) = 1 - max_{n known} s_n * sigmoid(M_n(p))`` where ``s_n`` is the top

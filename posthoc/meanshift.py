@@ -51,13 +51,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import PosthocError, ShapeError, ValueRangeError
+from .types import Array, ArrayT
 from .validation import as_torch, check_finite, check_float, restore, shape_str
 
 log = logging.getLogger(__name__)
@@ -532,13 +533,28 @@ def _meanshift_image(feat: torch.Tensor, chord: float, cos_thr: float, projectiv
             else:  # cannot happen for seeds drawn from the sample
                 raise PosthocError("mean-shift found no mode (empty sample)")
         modes = merged
+    assert modes is not None  # the first level always sets it (levels >= 1)
     labels = _assign_columns(x, modes, chunk_size, projective).reshape(h, w)
     return labels, modes
 
 
+@overload
+def meanshift_sphere(
+    features: ArrayT, bandwidth: float | None = ..., *,
+    angle_deg: float = ..., projective: bool = ..., n_seeds: int = ..., n_samples: int = ..., max_iter: int = ...,
+    tol: float = ..., levels: int = ..., chunk_size: int = ..., seed: int = ...,
+    return_modes: Literal[False] = ...,
+) -> ArrayT: ...
+@overload
+def meanshift_sphere(
+    features: ArrayT, bandwidth: float | None = ..., *,
+    angle_deg: float = ..., projective: bool = ..., n_seeds: int = ..., n_samples: int = ..., max_iter: int = ...,
+    tol: float = ..., levels: int = ..., chunk_size: int = ..., seed: int = ...,
+    return_modes: Literal[True],
+) -> tuple[ArrayT, list[ArrayT]]: ...
 @torch.no_grad()
 def meanshift_sphere(
-    features: Any,
+    features: Array,
     bandwidth: float | None = None,
     *,
     angle_deg: float = SPHERE_ANGLE_DEG,
@@ -640,12 +656,12 @@ class MeanShiftSphere:
                  tol: float = 1e-3, levels: int = 1, chunk_size: int = 2048, seed: int = 0) -> None:
         _resolve_neighbourhood(bandwidth, angle_deg, projective)
         _check_settings(n_seeds, n_samples, max_iter, tol, chunk_size, levels)
-        self.kw = {"bandwidth": bandwidth, "angle_deg": angle_deg, "projective": bool(projective),
+        self.kw: dict[str, Any] = {"bandwidth": bandwidth, "angle_deg": angle_deg, "projective": bool(projective),
                    "n_seeds": n_seeds, "n_samples": n_samples, "max_iter": max_iter, "tol": tol,
                    "levels": levels, "chunk_size": chunk_size, "seed": seed}
 
     def __call__(self, features: Any, return_modes: bool = False) -> Any:
-        return meanshift_sphere(features, return_modes=return_modes, **self.kw)
+        return meanshift_sphere(features, return_modes=return_modes, **self.kw)  # type: ignore[call-overload]  # bool flag
 
     def __repr__(self) -> str:
         return "MeanShiftSphere(" + ", ".join(f"{k}={v!r}" for k, v in self.kw.items()) + ")"

@@ -43,13 +43,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 
 from .errors import DTypeError, ShapeError, ValueRangeError
 from .meanshift import SPHERE_ANGLE_DEG, meanshift_sphere
+from .types import Array, ArrayT
 from .validation import as_torch, restore, shape_str
 
 log = logging.getLogger(__name__)
@@ -224,9 +225,27 @@ def merge_levels(
     return restore(out, was_np)
 
 
+@overload
+def meanshift_multires(
+    features_by_level: Sequence[ArrayT], bandwidth: float | None = ..., *,
+    angle_deg: float = ..., projective: bool = ..., iou_threshold: float = ..., contain_threshold: float = ...,
+    min_size: int = ..., connectivity: int | None = ..., n_seeds: int = ..., n_samples: int = ...,
+    max_iter: int = ...,
+    tol: float = ..., chunk_size: int = ..., seed: int = ...,
+    return_levels: Literal[False] = ...,
+) -> ArrayT: ...
+@overload
+def meanshift_multires(
+    features_by_level: Sequence[ArrayT], bandwidth: float | None = ..., *,
+    angle_deg: float = ..., projective: bool = ..., iou_threshold: float = ..., contain_threshold: float = ...,
+    min_size: int = ..., connectivity: int | None = ..., n_seeds: int = ..., n_samples: int = ...,
+    max_iter: int = ...,
+    tol: float = ..., chunk_size: int = ..., seed: int = ...,
+    return_levels: Literal[True],
+) -> tuple[ArrayT, list[ArrayT]]: ...
 @torch.no_grad()
 def meanshift_multires(
-    features_by_level: Sequence[Any],
+    features_by_level: Sequence[Array],
     bandwidth: float | None = None,
     *,
     angle_deg: float = SPHERE_ANGLE_DEG,

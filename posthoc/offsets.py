@@ -28,6 +28,7 @@ import torch
 
 from . import kernels
 from .errors import NonFiniteError, ShapeError, ValueRangeError
+from .types import ArrayT
 from .validation import (
     as_float32,
     as_scores_4d,
@@ -142,8 +143,8 @@ def _contig32(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def offset_resample(scores: Any, offsets: Any, confidence: Any, units: str = "pixels", *,
-                    backend: str = "auto") -> Any:
+def offset_resample(scores: ArrayT, offsets: Any, confidence: Any, units: str = "pixels", *,
+                    backend: str = "auto") -> ArrayT:
     """Resample scores along an offset field and blend by confidence (OVeNet Eq. 2-4).
 
     ``S_s(p) = S(p + o(p))`` sampled bilinearly with border padding, then
@@ -308,7 +309,7 @@ def _field_numba(nb: Any, lb: np.ndarray, max_offset: float, boundary_width: flo
 
 @torch.no_grad()
 def offsets_from_proposals(
-    labels: Any,
+    labels: ArrayT,
     *,
     max_offset: float = 4.0,
     boundary_width: float = 3.0,
@@ -316,7 +317,7 @@ def offsets_from_proposals(
     teacher_weight: float = 0.5,
     smooth: float = 1.0,
     backend: str = "auto",
-) -> tuple[Any, Any]:
+) -> tuple[ArrayT, ArrayT]:
     """An OVeNet-style offset field and confidence derived from proposals (not OVeNet).
 
     For every assigned pixel p let ``d(p)`` be the Euclidean distance to the nearest region

@@ -147,6 +147,7 @@ class Pipeline:
             )
         if mode == "labels":
             return prop.labels, self.split
+        assert prop.region_scores is not None and prop.validity is not None  # has_soft, checked above
         labels = assign_labels(
             prop.region_scores, prop.validity, size=hw, mode=mode, mask_threshold=self.mask_threshold_hard,
             validity_threshold=self.validity_threshold_hard, split=False, backend=self.backend,
@@ -230,6 +231,7 @@ class Pipeline:
                     out["refined"] = refined
                     current = refined
                 if self.mine:
+                    assert self.stuff_ids is not None and self.thing_ids is not None  # __post_init__ checked
                     out["unknown_instances"] = mine_unknown_instances(
                         masks, cls, self.stuff_ids, self.thing_ids, self.mine_threshold,
                         mask_threshold=self.mask_threshold, size=hw,

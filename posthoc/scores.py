@@ -199,7 +199,9 @@ def fit_sml_stats(logits: Any, *, num_classes: int | None = None, min_std: float
     if not min_std > 0:
         raise ValueRangeError(f"min_std must be > 0; got {min_std!r}")
     K = num_classes
-    cnt = mean = m2 = None
+    cnt: torch.Tensor | None = None
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
     g_cnt, g_mean, g_m2 = 0, 0.0, 0.0
     first_numpy = None
     for i, batch in enumerate(batches):
@@ -214,6 +216,7 @@ def fit_sml_stats(logits: Any, *, num_classes: int | None = None, min_std: float
             cnt = torch.zeros(K, dtype=torch.float64)
             mean = torch.zeros(K, dtype=torch.float64)
             m2 = torch.zeros(K, dtype=torch.float64)
+        assert cnt is not None and mean is not None and m2 is not None  # set together on the first batch
         mx, pred = t.max(dim=1)
         mx = mx.reshape(-1).double().cpu()
         pred = pred.reshape(-1).cpu()
@@ -237,7 +240,7 @@ def fit_sml_stats(logits: Any, *, num_classes: int | None = None, min_std: float
         g_mean += d * nb / g_tot
         g_m2 += m2b + d * d * g_cnt * nb / g_tot
         g_cnt = g_tot
-    if cnt is None:
+    if cnt is None or mean is None or m2 is None:
         raise ValueRangeError("logits must hold at least one batch; got an empty iterable")
     if g_cnt < 2:
         raise ValueRangeError(f"logits must hold at least 2 pixels to fit statistics; got {g_cnt}")

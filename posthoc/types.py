@@ -7,14 +7,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, TypeVar
 
+import numpy as np
 import torch
 
 from .errors import DTypeError, ShapeError, ValueRangeError
 from .validation import as_torch, check_finite, check_labels, check_range, shape_str
 
-__all__ = ["Proposals", "TeacherOutput"]
+__all__ = ["Array", "ArrayT", "Proposals", "TeacherOutput"]
+
+#: What the array arguments of the functional core accept: a numpy array or a torch tensor.
+Array: TypeAlias = np.ndarray | torch.Tensor
+#: The same as a type variable: a function annotated ``(x: ArrayT) -> ArrayT`` returns numpy for numpy
+#: input and torch for torch input, in a type checker as at run time (:func:`posthoc.validation.restore`).
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 @dataclass

@@ -130,8 +130,9 @@ def check_range(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
     """
     if x.numel() == 0:
         return
-    if x.is_floating_point():
-        mn, mx = finite_range(x, name)
+    fr = finite_range(x, name) if x.is_floating_point() else None
+    if fr is not None:
+        mn, mx = fr
     else:
         t = x.reshape(-1)
         mn_t, mx_t = torch.aminmax(t.to(torch.uint8) if t.dtype == torch.bool else t)

@@ -68,3 +68,48 @@ def test_dev_only_packages_are_not_imported_by_the_library():
                         offenders.append(f"{f.relative_to(ROOT)}:{node.lineno} {m}")
     # the one allowed use: metrics-speed's optional pooled-sklearn baseline (skipped when absent)
     assert all(o.startswith("benchmarks/metrics_speed.py") for o in offenders), offenders
+
+
+def test_wheel_ships_the_typed_markers_bundled_models_and_the_bench_extra(tmp_path):
+    """Build the wheel (no network: the installed setuptools, no build isolation) and read what it ships.
+
+    ``pip install 'posthoc[bench]'`` then ``posthoc-bench smiyc --teacher obsnet`` needs the bundled ONNX models
+    and calibration files, an ONNX runtime in the extra and the console scripts; a type checker needs py.typed.
+    """
+    import email
+    import shutil
+    import subprocess
+    import zipfile
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 68:
+        pytest.skip(f"pyproject.toml's build backend needs setuptools>=68; found {setuptools.__version__}")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("posthoc", "adapters", "benchmarks"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
+    out = tmp_path / "dist"
+    code = f"from setuptools import build_meta as b; print(b.build_wheel({str(out)!r}))"
+    res = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    wheel = out / res.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        dist = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_bytes(z.read(f"{dist}/METADATA"))
+        entry_points = z.read(f"{dist}/entry_points.txt").decode()
+    for pkg in ("posthoc", "posthoc/adapters", "posthoc/bench"):
+        assert f"{pkg}/py.typed" in names
+    bundled = {p.name for p in (ROOT / "adapters" / "bundled").iterdir() if p.suffix in (".onnx", ".json")}
+    assert bundled and {f"posthoc/adapters/bundled/{b}" for b in bundled} <= names
+    assert {"posthoc/bench/cli.py", "posthoc/kernels/__init__.py", "posthoc/metrics/__init__.py"} <= names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+    assert "posthoc-bench = posthoc.bench.cli:main" in entry_points
+    assert "bench" in meta.get_all("Provides-Extra")
+    bench = [r for r in meta.get_all("Requires-Dist") if "extra == \"bench\"" in r]
+    assert {"matplotlib", "h5py", "tqdm", "onnxruntime", "onnxruntime-gpu"} <= _names(bench)
+    core = [r for r in meta.get_all("Requires-Dist") if "extra ==" not in r]
+    assert {"torch", "numpy", "scipy", "numba"} <= _names(core) and not {"matplotlib", "h5py"} & _names(core)

@@ -65,7 +65,25 @@ ObsNet needs.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what a type checker sees; at run time __getattr__ imports these on first use (F401: __all__)
+    from ..checkpoints import UnsafeCheckpointError, load_state_dict  # noqa: F401
+    from ._common import CITYSCAPES_CLASSES, MMSEG_MEAN, MMSEG_STD  # noqa: F401
+    from .calibration import (  # noqa: F401
+        CalibrationError,
+        NotFittedError,
+        SigmoidCalibration,
+        fit_sigmoid_calibration,
+        load_calibration,
+    )
+    from .dacup import DaCUPTeacher  # noqa: F401
+    from .daformer import DAFormerTeacher  # noqa: F401
+    from .generic import OnnxTeacher, TorchTeacher, onnx_teacher, torch_teacher  # noqa: F401
+    from .obsnet import ObsNetTeacher  # noqa: F401
+    from .scores import ScoreTeacher, raw_score  # noqa: F401
+    from .sml import SMLTeacher  # noqa: F401
+    from .zegformer import ZegFormerTeacher  # noqa: F401
 
 _LAZY = {
     "CITYSCAPES_CLASSES": "_common",

@@ -77,6 +77,7 @@ class _SemanticWrapper(Teacher):
     """Shared plumbing for anomaly teachers computed from a semantic teacher's logits."""
 
     kind = "anomaly"
+    base: Teacher  # the semantic teacher, set by the subclass
 
     def _semantic(self, images: Any) -> TeacherOutput:
         out = self.base(images)

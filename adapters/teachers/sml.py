@@ -43,6 +43,13 @@ def _dilated_smoothing(score: torch.Tensor) -> torch.Tensor:
     return S.dilated_smoothing(score)
 
 
+def _fitted(t: torch.Tensor | None) -> torch.Tensor:
+    """A statistic that is set together with ``mean`` (checked by the caller)."""
+    if t is None:  # pragma: no cover - set together with mean
+        raise NotFittedError("SML statistics are not fitted; call fit(frames) or load_stats(path)")
+    return t
+
+
 @register_teacher("sml")
 class SMLTeacher(_SemanticWrapper):
     """Standardized Max Logits (Jung et al., ICCV 2021; official code shjung13/Standardized-max-logits).
@@ -110,8 +117,8 @@ class SMLTeacher(_SemanticWrapper):
         """
         if isinstance(frames, Iterable) and not isinstance(frames, (np.ndarray, torch.Tensor, list, tuple)):
             frames = list(frames)
-        k = None
-        s1 = s2 = cnt = None
+        k: int | None = None
+        s1 = s2 = cnt = torch.zeros(0, dtype=torch.float64)  # sized on the first frame
         for images, labels in _iter_frames(frames):
             with torch.no_grad():
                 logits = self._semantic(images).scores.float()
@@ -174,8 +181,8 @@ class SMLTeacher(_SemanticWrapper):
         names = list(self.base.class_names) or [f"class_{i}" for i in range(self.mean.numel())]
         return {
             "format": self.FORMAT, "version": 1, "class_names": names,
-            "mean": [float(v) for v in self.mean], "var": [float(v) for v in self.var],
-            "count": [int(v) for v in self.count],
+            "mean": [float(v) for v in self.mean], "var": [float(v) for v in _fitted(self.var)],
+            "count": [int(v) for v in _fitted(self.count)],
             "calibration": self.calibration.to_dict() if self.calibration is not None else None,
             "postprocess": {"boundary_suppression": self.boundary_suppression,
                             "dilated_smoothing": self.dilated_smoothing},
@@ -222,7 +229,7 @@ class SMLTeacher(_SemanticWrapper):
             raise ShapeError(f"SML statistics have {self.mean.numel()} classes; the model outputs {k}")
         mx, pred = logits.float().max(dim=1)
         mean = self.mean.to(device=logits.device, dtype=torch.float32)
-        std = self.var.to(device=logits.device, dtype=torch.float32).sqrt()
+        std = _fitted(self.var).to(device=logits.device, dtype=torch.float32).sqrt()
         sml = ((mx - mean[pred]) / std[pred])[:, None]
         if self.boundary_suppression:
             sml = _boundary_suppression(sml, pred)

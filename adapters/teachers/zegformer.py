@@ -73,8 +73,9 @@ class ZegFormerTeacher(_ImageConfig, Teacher):
             bad = [n for n in seen if n not in self._names]
             idx = [i for i, n in enumerate(self._names) if n in set(seen)]
         else:
-            bad = [n for n in unseen_classes if n not in self._names]
-            idx = [i for i, n in enumerate(self._names) if n not in set(unseen_classes)]
+            unseen = set(unseen_classes or ())
+            bad = [n for n in unseen_classes or () if n not in self._names]
+            idx = [i for i, n in enumerate(self._names) if n not in unseen]
         if bad:
             raise ValueRangeError(f"seen/unseen class names {bad} are not in class_names")
         self.seen_index = torch.tensor(idx, dtype=torch.long)

@@ -226,8 +226,14 @@ def _value_range(value_range: Any) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _raise_values(x: torch.Tensor, name: str, lo: float, hi: float) -> None:
-    """Slow path after a failed fused check: raise with the exact counts / range (posthoc.validation)."""
+def _raise_values(x: torch.Tensor, name: str, vr: tuple[float, float] | None) -> None:
+    """Slow path after a failed fused check: raise with the exact counts / range (posthoc.validation).
+
+    A kernel reports bad values only when it was given a range, so ``vr`` is set here.
+    """
+    if vr is None:  # pragma: no cover - defensive
+        raise TypeError("_raise_values needs the value range the kernel checked")
+    lo, hi = vr
     check_range(x, name, lo, hi)
     raise range_error(name, lo, hi)  # pragma: no cover - defensive
 
@@ -258,6 +264,7 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
     """
     t, _ = as_torch(x, name)
     vr = _value_range((lo, hi))
+    assert vr is not None  # a pair always gives a range
     if not t.is_floating_point() or t.numel() == 0:
         check_range(t, name, *vr)
         return
@@ -266,7 +273,7 @@ def check_values(x: Any, lo: float = float("-inf"), hi: float = float("inf"), na
         _numba_threads()
         xf = as_float32(t.detach()).contiguous()
         if _numba_mod().value_violations(xf.numpy(), *vr) != 0.0:
-            _raise_values(t, name, *vr)
+            _raise_values(t, name, vr)
         return
     _torch_values(t, name, vr)
 
@@ -348,7 +355,7 @@ def region_sums(values: Any, labels: Any, num_regions: int, *, backend: str = "a
         if status == nbm.BAD_LABELS:
             raise _range_error(lab, n)
         if status == nbm.BAD_VALUES:
-            _raise_values(x, name, *vr)
+            _raise_values(x, name, vr)
         sums, counts = torch.from_numpy(s), torch.from_numpy(c)
     else:
         _torch_values(x, name, vr)
@@ -436,7 +443,7 @@ def region_fuse(probs: Any, labels: Any, num_regions: int, *, backend: str = "au
             if status == nbm.BAD_LABELS:
                 raise _range_error(lab, n)
             if status == nbm.BAD_VALUES:
-                _raise_values(x, name, *vr)
+                _raise_values(x, name, vr)
         else:
             _triton_mod().region_fuse_triton(x, lab, n, dst)
         if out_t is not None and dst is not out_t:
@@ -499,7 +506,7 @@ def weighted_argmax(region_scores: Any, validity: Any, *, backend: str = "auto",
             status = nbm.weighted_argmax_np(r.numpy().reshape(B, N, h * w), v.numpy(),
                                             res.numpy().reshape(B, h * w), vr)
             if status == nbm.BAD_VALUES:
-                _raise_values(r, name, *vr)
+                _raise_values(r, name, vr)
         else:
             res = _triton_mod().weighted_argmax_triton(r, v)
     return restore(res, was_np)

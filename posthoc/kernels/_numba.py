@@ -45,7 +45,7 @@ from numba import njit, prange
 # chose a layer with NUMBA_THREADING_LAYER. (It does not allow concurrent launches from
 # several Python threads; the wrappers below serialize launches.)
 if not os.environ.get("NUMBA_THREADING_LAYER"):
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # set at run time, not declared
 
 # fast-math without "nnan"/"ninf": allow re-association (so reductions vectorize) but keep
 # IEEE semantics for non-finite values.

@@ -155,17 +155,16 @@ def evaluate_anomaly_maps(frames: Callable[[], Iterable[tuple[Any, Mapping[str, 
             ok = thr is not None and math.isfinite(float(thr))
             comp[k] = (ComponentMetrics.from_pixel(r, track=track, ignore_index=ignore_index,
                                                    threshold_dtype=threshold_dtype) if ok else None)
-    active = [k for k in names if comp[k] is not None]
+    active = {k: cm for k in names if (cm := comp[k]) is not None}
     if active:
         for labels, maps in passes():
             if tuple(maps) != names:
                 raise ValueRangeError(f"every frame must give the maps {list(names)}; got {list(maps)} (second pass)")
-            for k in active:
-                comp[k].update(maps[k], labels)
+            for k, cm in active.items():
+                cm.update(maps[k], labels)
         if reduce is not None:
-            reduce("component", {k: comp[k] for k in active})
-        for k in active:
-            cm = comp[k]
+            reduce("component", dict(active))
+        for k, cm in active.items():
             if cm.n_frames != pix[k].n_frames:
                 raise ValueRangeError(
                     f"frames gave {pix[k].n_frames} frames in the first pass and {cm.n_frames} in the second; "

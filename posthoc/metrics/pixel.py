@@ -86,7 +86,7 @@ _MODES = ("smiyc", "exact")
 #: float32 arrays with at least this many values are sorted by :func:`sort_scores`'s numba
 #: radix sort; below it ``np.sort`` is as fast and needs no compilation
 RADIX_MIN = 1 << 16
-_radix_kernel = None
+_radix_kernel: Any = None  # None: not built yet; False: unavailable; else the compiled kernel
 
 
 def _build_radix_kernel():
@@ -326,11 +326,11 @@ def smiyc_frame_bins(pos_sorted: np.ndarray | _Sorted, neg_sorted: np.ndarray | 
     vmax = parts[0].last if len(parts) == 1 else np.maximum(parts[0].last, parts[1].last)
     vrange = vmax - vmin
     eps = np.maximum(vrange * 1e-2, 1e-2)
-    edges = [np.asarray([vmin - eps, vmax + eps])]
+    pieces = [np.asarray([vmin - eps, vmax + eps])]
     for m in (pos, neg):
         if m.n:
-            edges.append(sorted_quantiles(m, np.linspace(0, 1, min(num_bins // 2, m.n))))
-    edges = np.unique(np.concatenate(edges))
+            pieces.append(sorted_quantiles(m, np.linspace(0, 1, min(num_bins // 2, m.n))))
+    edges = np.unique(np.concatenate(pieces))
     tp = _bin_counts(pos, edges)
     fp = _bin_counts(neg, edges)
     return edges[:-1][::-1].copy(), tp[::-1].copy(), fp[::-1].copy()
