@@ -105,20 +105,24 @@ def add_open_set(cfg, dataset, teacher, prop_objs: dict, chain: list, cache, lab
                   "(TeacherOutput.logits)")
         log.warning("open-set metrics skipped: %s", reason)
         return {"computed": False, "reason": reason}
+    thr: dict[str, float]
     if cfg.open_threshold is not None:
         thr, how = dict.fromkeys(keys, float(cfg.open_threshold)), "given (--open-threshold)"
     else:
-        thr, how = _val_thresholds(cfg, dataset, teacher, prop_objs, chain, suppress)
-        if thr is None:
+        found, how = _val_thresholds(cfg, dataset, teacher, prop_objs, chain, suppress)
+        if found is None:
             log.warning("open-set metrics skipped: %s", how)
             return {"computed": False, "reason": how}
+        thr = found
     closed = SemanticMetrics(K_STREETHAZARDS)
     opened = {k: OpenIoU(K_STREETHAZARDS) for k in keys}
     with torch.inference_mode():
         for fid in labelled:
             ref = refs[fid]
             gt = gt_open_classes(read_label_png(ref.label_path))
-            sem = _semantic(teacher(dataset.load(ref, label=False).image[None]))[0]
+            sem_b = _semantic(teacher(dataset.load(ref, label=False).image[None]))
+            assert sem_b is not None  # the first frame's teacher output had StreetHazards logits
+            sem = sem_b[0]
             closed.update(sem, np.where(gt == K_STREETHAZARDS, 255, gt))
             for k in keys:
                 a = cache.load_map(k, fid).astype(np.float32).reshape(gt.shape)

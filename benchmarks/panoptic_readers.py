@@ -100,7 +100,7 @@ class CocoPanopticReader:
             category has.
     """
 
-    def __init__(self, root: os.PathLike, split: str, unknown_names: Sequence[str]) -> None:
+    def __init__(self, root: str | os.PathLike, split: str, unknown_names: Sequence[str]) -> None:
         self.root = Path(root).expanduser()
         self.split = split
         self.name = "coco-panoptic"
@@ -201,7 +201,7 @@ def _panoptic_of(classes: np.ndarray, label: np.ndarray, inst: np.ndarray) -> tu
     keys, inv = np.unique(key, return_inverse=True)
     inv = inv.reshape(key.shape)
     pan = np.zeros(key.shape, np.int64)
-    info = []
+    info: list[dict] = []
     for j, k in enumerate(keys.tolist()):
         if k == 0:
             continue
@@ -246,6 +246,7 @@ def ensure_panoptic_world(root: os.PathLike | str | None = None, *, split: str =
             fr = syn.render_frame(syn._frame_seed(cfg, i), cfg["size"], track="anomaly", anomalies=cfg["anomalies"],
                                   instances=True)
             syn._write_png(tmp / split / f"{fid}.png", fr.image)
+            assert fr.classes is not None and fr.label is not None  # a rendered frame has both
             pan, info = _panoptic_of(fr.classes, fr.label, fr.extras["instances"])
             write_panoptic_png(tmp / "annotations" / f"panoptic_{split}" / f"{fid}.png", pan)
             digest.update(fr.image.tobytes())

@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ class _Setup:
     def __init__(self, cfg: PanopticConfig, reader: CocoPanopticReader) -> None:
         from posthoc import adapters
 
-        spec = teacher_specs(SimpleNamespace(teachers=[cfg.teacher], weights=cfg.weights))[0]
+        # teacher_specs reads only .teachers and .weights
+        spec = teacher_specs(SimpleNamespace(teachers=[cfg.teacher], weights=cfg.weights))[0]  # type: ignore[arg-type]
         if spec.name not in adapters.list_teachers():
             raise BenchError(f"unknown teacher {spec.name!r}; known teachers: {', '.join(adapters.list_teachers())}")
         self.teacher = build_adapter("teacher", spec.name, weights=spec.weights, device=cfg.device, **spec.kw)
@@ -134,7 +136,7 @@ class _Setup:
         self.things = list(reader.known_thing_ids)
         self.stuff = [i for i in range(self.K) if i not in self.things]
         self.names = reader.known_names
-        self._index = None
+        self._index: list[int] | None = None
 
     def class_index(self, teacher_names) -> list[int]:
         """Teacher logit index of every known class (by name)."""
@@ -406,7 +408,7 @@ class _FrameCache:
             return None
 
     def put(self, fr, preds: dict) -> None:
-        arrays = {"inputs": np.array(self._inputs(fr))}
+        arrays: dict[str, Any] = {"inputs": np.array(self._inputs(fr))}
         for v, (psem, seg, segs) in preds.items():
             arrays[f"sem_{v}"] = psem.astype(np.int64)
             arrays[f"seg_{v}"] = seg.astype(np.int64)

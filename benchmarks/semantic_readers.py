@@ -129,11 +129,11 @@ class SemanticFolderReader(Dataset):
         return raw
 
     def load(self, ref: FrameRef, *, image: bool = True, label: bool = True) -> Frame:
-        img = read_image(ref.image_path) if image else None
+        img = read_image(ref.image_path) if image else np.zeros((0, 0, 3), np.uint8)
         cls = None
         if label and ref.classes_path is not None:
             raw = read_label_png(ref.classes_path)
-            if img is not None and raw.shape != img.shape[:2]:
+            if image and raw.shape != img.shape[:2]:
                 raise CorruptFileError(f"label file {ref.classes_path} must be {img.shape[:2]} like its image "
                                        f"{ref.image_path}; got {raw.shape}")
             cls = self.to_classes(raw, ref.classes_path)

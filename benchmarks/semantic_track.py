@@ -137,6 +137,7 @@ def _evaluations(cfg: SemanticConfig) -> list[dict]:
     task, _, env = SEMANTIC_DATASETS[cfg.dataset]
     root = cfg.data_root or os.environ.get(env)
     if root:
+        reader: sr.SemanticFolderReader
         if cfg.dataset in ("cityscapes", "acdc", "dark-zurich"):
             reader = sr.CityscapesLikeReader(root, cfg.dataset, cfg.split, condition=cfg.subset)
             seen = None
@@ -280,7 +281,7 @@ def _metric_dict(m: SemanticMetrics, names) -> dict:
 
 def _batches(reader, limit, batch_size):
     refs = reader.refs[:limit] if limit else reader.refs
-    batch = []
+    batch: list = []
     for ref in refs:
         fr = reader.load(ref)
         if batch and batch[0].image.shape != fr.image.shape:
@@ -299,7 +300,7 @@ def _batches(reader, limit, batch_size):
 
 def _chain(variants, sources) -> list[tuple[str, str | None, str]]:
     """[(key, source, kind)] in table order: teacher, then per source csl2, csl2+offsets, vote."""
-    out = [("teacher", None, "teacher")] if "teacher" in variants else []
+    out: list[tuple[str, str | None, str]] = [("teacher", None, "teacher")] if "teacher" in variants else []
     for s in sources:
         if "csl2" in variants:
             out.append((f"csl2@{s}", s, "csl2"))
@@ -314,7 +315,7 @@ def _teacher_specs(cfg: SemanticConfig) -> list[tuple[str, str, object]]:
     """[(display, registry name or 'precomputed', weights)]."""
     from .config import parse_weights
 
-    out = []
+    out: list[tuple[str, str, object]] = []
     for t in cfg.teachers:
         p = Path(t).expanduser()
         if p.is_dir():
@@ -345,6 +346,8 @@ def run_semantic(cfg: SemanticConfig) -> dict:
                                                                       _chain(cfg.variants, sources)]:
         raise BenchError(f"--pseudo-variant {cfg.pseudo_variant!r} is not a variant of this run; variants: "
                          f"{', '.join(k for k, _, _ in _chain(cfg.variants, sources))}")
+    if cfg.out is None:
+        raise BenchError("no run folder: give --out DIR")
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise BenchError(f"--out {out} exists and is not a folder; give a folder (new or existing) for --out")
@@ -501,12 +504,14 @@ class _Pseudo:
         for fid in self.ids:
             full = self.dir / f".{fid}.full.png"
             p = cv2.imread(str(full), cv2.IMREAD_UNCHANGED)
+            if p is None:
+                raise BenchError(f"pseudo-label scratch file {full} is missing or unreadable; rerun the track")
             c = np.load(self.dir / f"{fid}_confidence.npy").astype(np.float32)
             lab = np.where(c >= thr[p] - 1e-4 if self.mode == "top" else c >= thr[p], p, 255).astype(np.uint8)
             kept += int((lab != 255).sum())
             total += lab.size
             with atomic_path(self.dir / f"{fid}.png", suffix=".png") as tmp:
-                ok, buf = cv2.imencode(".png", lab)
+                _, buf = cv2.imencode(".png", lab)
                 Path(tmp).write_bytes(buf.tobytes())
             full.unlink()
         meta = {"variant": self.variant, "threshold": f"{self.mode}:{self.value}" if self.mode == "top" else self.value,

@@ -34,7 +34,7 @@ def apply_domain(image: np.ndarray, seed: Sequence[int], domain: str) -> np.ndar
     if domain == "night":
         img = img * rng.uniform(0.45, 0.6) * np.array([0.8, 0.9, 1.15], np.float32)
         img = np.clip(img, 0, 1) ** rng.uniform(1.15, 1.35)
-        glow = np.zeros((h, w), np.float32)
+        glow: np.ndarray = np.zeros((h, w), np.float32)
         for _ in range(int(rng.integers(2, 6))):
             cv2.circle(glow, (int(rng.uniform(0, w)), int(rng.uniform(0.1, 0.6) * h)), max(2, h // 40), 1.0, -1)
         glow = cv2.GaussianBlur(glow, (0, 0), max(2.0, h / 25))

@@ -270,7 +270,7 @@ def semantic_guided_clustering(features: Any, semantic: Any, class_ids: Sequence
             counts = np.bincount(lab, minlength=k)
             lab = np.where(counts[lab] >= min_size, lab, -1)
             # renumber by first pixel in raster order
-            order = {}
+            order: dict[int, int] = {}
             for r in lab.tolist():
                 if r >= 0 and r not in order:
                     order[r] = nxt + len(order)
