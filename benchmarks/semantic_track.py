@@ -574,6 +574,29 @@ def semantic_table(ev_res: dict, task: str, limit) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: common flags of the anomaly tracks that a semantic track cannot honour: (attribute, flag, default)
+_ANOMALY_ONLY_FLAGS = (
+    ("shard", "--shard", None),
+    ("export_smiyc", "--export-smiyc", None),
+    ("metric_mode", "--metric-mode", "smiyc"),
+    ("threshold_dtype", "--threshold-dtype", "float64"),
+    ("strict", "--strict", False),
+)
+
+
+def _refuse_anomaly_flags(args) -> None:
+    """A flag the semantic tracks do not implement is an error, never silently ignored (a user who
+    asked for ``--shard 1/3`` must not get the whole data set scored as if it were one shard)."""
+    import os
+
+    bad = [flag for attr, flag, default in _ANOMALY_ONLY_FLAGS if getattr(args, attr, default) != default]
+    if bad:
+        raise BenchError(f"{', '.join(bad)}: not supported by the semantic tracks (they score every frame in one "
+                         "process, in memory); drop the flag")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise BenchError("the semantic tracks do not run under torchrun (WORLD_SIZE > 1); run them in one process")
+
+
 def main_semantic(args) -> int:
     """CLI entry of the semantic subcommands (called by :func:`posthoc.bench.cli.main`)."""
     import sys
@@ -586,6 +609,7 @@ def main_semantic(args) -> int:
         return [x.strip() for x in s.split(",") if x.strip()]
 
     try:
+        _refuse_anomaly_flags(args)
         teacher = args.teacher or SEMANTIC_DATASETS[args.command][1]
         cfg = SemanticConfig(
             dataset=args.command, teachers=csv(teacher), weights=args.weights,

@@ -206,6 +206,15 @@ def test_bad_pseudo_threshold_and_variant(tmp_path, capsys):
     assert "teacher,csl2,offsets,vote" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--shard", "1/3"], ["--export-smiyc", "x"], ["--metric-mode", "exact"],
+                                   ["--strict"], ["--threshold-dtype", "float16"]])
+def test_anomaly_only_flags_are_refused(tmp_path, capsys, flags):
+    assert main(["cityscapes", *flags, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and "not supported by the semantic tracks" in err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.fixture
 def small_world(tmp_path, monkeypatch):
     """A tiny synthetic world (48x96, 2 frames per split) in a private root."""
