@@ -103,6 +103,7 @@ class SamProposals(ProposalSource):
     """
 
     uses_teacher_output = False  # image-only: the benchmark may share them between teachers
+    gives_masks = True
 
     def __init__(
         self,

@@ -198,7 +198,7 @@ def infer_teacher(dataset: ds.Dataset, name: str, teacher: Any, prop_objs: dict,
                     props_by_src[src] = obj(images, teacher_output=t_out)
                 if shared:
                     prop_memo.put(src, ids, props_by_src[src])
-            maps = variant_maps(anomaly, t_out, props_by_src, timer)
+            maps = variant_maps(anomaly, t_out, props_by_src, timer, images=images)
             with timer("cache:write"):
                 for b, (ref, fr) in enumerate(batch):
                     for k in keys:
