@@ -329,7 +329,8 @@ def ugains_fuse(anomaly: Any, masks: Any, *, num_points: int = 50, nms_threshold
     if m.dtype != torch.bool:
         raise DTypeError(f"masks must be bool (B,Q,H,W); got dtype {m.dtype}")
     if m.ndim != 4 or m.shape[0] != a.shape[0] or tuple(m.shape[-2:]) != tuple(a.shape[-2:]):
-        raise ShapeError(f"masks must be (B,Q,H,W) with B,H,W of anomaly {shape_str(a.shape)}; got {shape_str(m.shape)}")
+        raise ShapeError(f"masks must be (B,Q,H,W) with B,H,W of anomaly {shape_str(a.shape)}; "
+                         f"got {shape_str(m.shape)}")
     num_points = _positive_int(num_points, "num_points")
     if m.shape[1] > num_points:
         raise ValueRangeError(f"masks has {m.shape[1]} prompts; more than num_points={num_points}")

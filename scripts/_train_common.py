@@ -358,9 +358,10 @@ def fit_one_cycle(model: nn.Module, step: StepFn, *, n: int, args: argparse.Name
     steps, stopped_early, hist, first = 0, False, [], 0
     ckpt = getattr(args, "checkpoint", None)
     if ckpt and Path(ckpt).is_file():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=True)
         if st["total"] != total:
-            raise SystemExit(f"{ckpt}: planned {st['total']} steps, this command plans {total}; delete it or change --checkpoint")
+            raise SystemExit(f"{ckpt}: planned {st['total']} steps, this command plans {total}; "
+                             "delete it or change --checkpoint")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
