@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -17,10 +17,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 def C():
     sys.path.insert(0, str(SCRIPTS))
     try:
-        spec = importlib.util.spec_from_file_location("_train_common", SCRIPTS / "_train_common.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
+        yield importlib.import_module("_train_common")
     finally:
         sys.path.remove(str(SCRIPTS))
 
