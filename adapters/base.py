@@ -44,6 +44,9 @@ class ProposalSource(abc.ABC):
     #: Sources that look only at the images set this to False, which lets the benchmark compute
     #: them once per frame and share them between teachers. Unknown sources are assumed to use it.
     uses_teacher_output: bool = True
+    #: whether its Proposals carry a mask transformer's raw masks (``region_scores`` + ``validity``
+    #: or ``mask_logits`` + ``class_logits``), which mask post-processing such as Maskomaly reads
+    gives_masks: bool = False
 
     @abc.abstractmethod
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:  # pragma: no cover

@@ -147,6 +147,7 @@ class MaskTransformerProposals(ProposalSource):
     """
 
     uses_teacher_output = False  # image-only: the benchmark may share them between teachers
+    gives_masks = True
 
     def __init__(self, model: Any = None, *, weights: Any = None, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, channel_order: str = "RGB", input_size: Any = None,
@@ -522,6 +523,7 @@ class OnnxProposals(ProposalSource):
     """
 
     uses_teacher_output = False  # image-only: the benchmark may share them between teachers
+    gives_masks = True
 
     source_name = "onnx"
 

@@ -17,7 +17,7 @@ from .registry import register_proposals
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SamProposals"]
+__all__ = ["SamProposals", "build_sam", "sam_point_predictor"]
 
 # ----------------------------------------------------------------------------- SAM
 
@@ -103,6 +103,7 @@ class SamProposals(ProposalSource):
     """
 
     uses_teacher_output = False  # image-only: the benchmark may share them between teachers
+    gives_masks = True
 
     def __init__(
         self,
@@ -193,3 +194,57 @@ class SamProposals(ProposalSource):
         V = _pad_stack(vals, ())
         meta = {"source": "sam", "model_type": self.model_type, **self.settings}
         return proposals_from_soft(R, V, (H, W), min_size=self.min_size, meta=meta)
+
+
+def build_sam(checkpoint: Any, model_type: str = "vit_b", device: Any = None) -> Any:
+    """A segment-anything ``Sam`` with the official weights at ``checkpoint`` (safe loading)."""
+    sa = _require("segment_anything", "sam", "SAM point prompts (the 'ugains' variant)")
+    if model_type not in sa.sam_model_registry:
+        raise ValueRangeError(f"model_type must be one of {sorted(sa.sam_model_registry)}; got {model_type!r}")
+    model = sa.sam_model_registry[model_type](checkpoint=None)
+    try:
+        model.load_state_dict(load_state_dict(checkpoint))
+    except RuntimeError as e:
+        raise ValueRangeError(f"{str(checkpoint)!r} does not match SAM {model_type!r}: {str(e).splitlines()[0]}") from e
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(dev).eval()
+
+
+def sam_point_predictor(model: Any, images: Any, points_per_batch: int = 64):
+    """The ``predict(i, points)`` callable :func:`posthoc.peers.ugains` needs, on a SAM model.
+
+    ``segment_anything.SamPredictor`` embeds image ``i`` of ``images`` (once per image,
+    on first use), then every (x, y) point (in the image's pixel frame) is one positive
+    single-point prompt with ``multimask_output=True`` (UGainS, official ``forward``):
+    returns masks (Q,3,H,W) bool (logits > ``mask_threshold``) and predicted IoU (Q,3).
+
+    Args:
+        model: a ``segment_anything.modeling.Sam``.
+        images: (B,H,W,3) uint8 RGB, or what the adapters accept as images.
+    """
+    sa = _require("segment_anything", "sam", "SAM point prompts (the 'ugains' variant)")
+    if not isinstance(model, sa.modeling.Sam):
+        raise DTypeError(f"model must be a segment_anything Sam module; got {type(model).__name__}")
+    u8 = _to_uint8_hwc(_images(images))
+    pred = sa.SamPredictor(model)
+    state = {"i": None}
+
+    @torch.no_grad()
+    def predict(i: int, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if state["i"] != i:
+            pred.set_image(u8[i])
+            state["i"] = i
+        h, w = u8[i].shape[:2]
+        if points.shape[0] == 0:
+            return torch.zeros(0, 3, h, w, dtype=torch.bool), torch.zeros(0, 3)
+        tp = pred.transform.apply_coords(points.cpu().numpy().astype(np.float64), (h, w))
+        ms, ious = [], []
+        for s in range(0, len(tp), points_per_batch):
+            c = torch.as_tensor(tp[s:s + points_per_batch], dtype=torch.float32, device=pred.device)[:, None, :]
+            lab = torch.ones(c.shape[0], 1, dtype=torch.int, device=pred.device)
+            m, iou, _ = pred.predict_torch(c, lab, multimask_output=True)
+            ms.append(m.cpu())
+            ious.append(iou.float().cpu())
+        return torch.cat(ms), torch.cat(ious)
+
+    return predict

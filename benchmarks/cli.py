@@ -78,7 +78,11 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
         "--out", default=None,
         help="run folder (default runs/<track>-<teacher>-<timestamp>); rerun with the same folder to resume"
     )
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)} (default: all)")
+    p.add_argument("--variants", default=None,
+                   help=f"subset of {','.join(VARIANTS)} (default: all that can run; a peer named here that "
+                        "cannot run is an error)")
+    p.add_argument("--sam-checkpoint", default=None, help="SAM weights (sam_vit_*.pth) for the 'ugains' variant")
+    p.add_argument("--sam-model-type", default="vit_b", help="SAM model type of --sam-checkpoint (default vit_b)")
     p.add_argument(
         "--metric-mode", default="smiyc", choices=("smiyc", "exact"), help="pixel-metric mode (default smiyc)"
     )
@@ -335,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_semantic(args)
 
     from . import distributed
-    from .runner import BenchConfig, default_run_dir, run_benchmark
+    from .runner import VARIANTS, BenchConfig, default_run_dir, run_benchmark
 
     try:
         shard = distributed.parse_shard(args.shard) if args.shard is not None else None
@@ -364,7 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         world_seed=args.world_seed,
         out=args.out,
-        variants=_csv(args.variants),
+        variants=_csv(args.variants) if args.variants is not None else list(VARIANTS),
+        variants_explicit=args.variants is not None,
+        sam_checkpoint=args.sam_checkpoint,
+        sam_model_type=args.sam_model_type,
         export_smiyc=args.export_smiyc,
         metric_mode=args.metric_mode,
         plots=not args.no_plots,

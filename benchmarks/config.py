@@ -15,10 +15,12 @@ from .fingerprint import hash_files, precomputed_fingerprint, weight_files
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DATASETS", "PRECOMPUTED", "VARIANTS", "BenchConfig", "BenchError", "TeacherSpec", "build_adapter",
+__all__ = ["DATASETS", "PEERS", "PRECOMPUTED", "VARIANTS", "BenchConfig", "BenchError", "TeacherSpec", "build_adapter",
            "check_device", "check_output_dir", "default_proposals", "teacher_specs"]
 
-VARIANTS = ("teacher", "csl2", "refine", "offsets")
+#: training-free peers of CSL2 (:mod:`posthoc.peers`), alternatives to ``csl2``, not stacked on it
+PEERS = ("objectomaly", "ugains", "maskomaly")
+VARIANTS = ("teacher", "csl2", "refine", "offsets") + PEERS
 DATASETS = ("smiyc", "road-anomaly", "laf", "fishyscapes", "streethazards")
 #: ``--teacher DIR``: anomaly maps computed elsewhere (:class:`posthoc.bench.precomputed.PrecomputedScores`)
 PRECOMPUTED = "precomputed"
@@ -50,7 +52,12 @@ class BenchConfig:
         world_seed: seed of the synthetic world (0 = the world the bundled teachers were
             trained for).
         out: run folder.
-        variants: subset of :data:`VARIANTS`, applied in that order.
+        variants: subset of :data:`VARIANTS`; the chain steps are applied in that order, each
+            peer is its own map. A peer that cannot run (``ugains`` without ``sam_checkpoint``,
+            ``maskomaly`` for a source without raw masks) is skipped with a log line, or is a
+            :class:`BenchError` when ``variants_explicit``.
+        variants_explicit: the variants were asked for by name (``--variants``).
+        sam_checkpoint, sam_model_type: SAM weights for ``ugains`` (``--sam-checkpoint``).
         export_smiyc: folder for official submission files (None = no export).
         metric_mode: ``"smiyc"`` (official binning) or ``"exact"``.
         plots: write PR/ROC and overlay PNGs.
@@ -82,6 +89,9 @@ class BenchConfig:
     world_seed: int = 0
     out: str | None = None
     variants: list = field(default_factory=lambda: list(VARIANTS))
+    variants_explicit: bool = False
+    sam_checkpoint: str | None = None
+    sam_model_type: str = "vit_b"
     export_smiyc: str | None = None
     metric_mode: str = "smiyc"
     plots: bool = True

@@ -201,7 +201,7 @@ def infer_teacher(dataset: ds.Dataset | ShardView, name: str, teacher: Any, prop
                     props_by_src[src] = obj(images, teacher_output=t_out)
                 if shared and prop_memo is not None:
                     prop_memo.put(src, ids, props_by_src[src])
-            maps = variant_maps(anomaly, t_out, props_by_src, timer)
+            maps = variant_maps(anomaly, t_out, props_by_src, timer, images=images)
             with timer("cache:write"):
                 for b, (ref, fr) in enumerate(batch):
                     for k in keys:

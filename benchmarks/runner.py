@@ -141,7 +141,7 @@ def _build_teacher(spec, cfg: BenchConfig):
 
 
 def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCache, cfg: BenchConfig,
-                 timer: Timer, out: Path, prop_memo: ProposalMemo | None, scale: Scale) -> dict:
+                 timer: Timer, out: Path, prop_memo: ProposalMemo | None, scale: Scale, sam: Any = None) -> dict:
     """One (evaluation, teacher): inference into the cache, then export, metrics and plots.
 
     Under ``scale`` (torchrun or ``--shard``) only this process's block of frames is evaluated;
@@ -153,7 +153,7 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
     suppress, reading = suppress_choice(teacher)
     desc = f"{ev.key} {spec.display}" + (f" [{scale.index}/{scale.count}]" if scale.active else "")
     inf = infer_teacher(
-        dataset, spec.display, teacher, prop_objs, VariantMaps(chain, suppress), cache, limit=limit,
+        dataset, spec.display, teacher, prop_objs, VariantMaps(chain, suppress, sam=sam), cache, limit=limit,
         batch_size=cfg.batch_size, overlays=cfg.overlays, show_progress=cfg.progress, timer=timer, desc=desc,
         prop_memo=prop_memo,
     )
@@ -192,6 +192,41 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
             res.update(plot_teacher(out, ev.key, dataset, spec.display, chain, cache, metrics, curves,
                                     inf.overlay_ids, cfg.metric_mode, synthetic=bool(ev.synthetic)))
     return res
+
+
+def _peer_plan(cfg: BenchConfig, sources: list) -> dict:
+    """Where each selected peer can run; a peer that cannot is skipped with a log line, or is a
+    BenchError when the variants were asked for by name."""
+    plan: dict = {}
+
+    def cannot(peer: str, why: str) -> None:
+        if cfg.variants_explicit:
+            raise BenchError(f"variant {peer!r} cannot run: {why}")
+        log.info("skipping variant %r: %s", peer, why)
+
+    if "ugains" in cfg.variants:
+        plan["ugains"] = cfg.sam_checkpoint is not None
+        if not plan["ugains"]:
+            cannot("ugains", "it prompts SAM and no SAM weights were given (--sam-checkpoint PATH)")
+        elif not Path(cfg.sam_checkpoint).is_file():
+            raise BenchError(f"--sam-checkpoint {cfg.sam_checkpoint!r} is not a file")
+    if "maskomaly" in cfg.variants:
+        ok = []
+        for s in sources:
+            if s in _MASK_SOURCES:
+                ok.append(s)
+            else:
+                log.info("skipping variant 'maskomaly' for proposal source %r: it gives no mask-transformer "
+                         "outputs (raw masks with class or validity scores)", s)
+        if not ok:
+            cannot("maskomaly", f"none of the proposal sources {sources} gives mask-transformer outputs "
+                                f"(use one of {', '.join(_MASK_SOURCES)})")
+        plan["maskomaly"] = ok
+    return plan
+
+
+#: registered sources whose Proposals carry raw masks (ProposalSource.gives_masks)
+_MASK_SOURCES = ("csl", "onnx", "mask_transformer", "sam")
 
 
 def teacher_rows(display: str, tres: dict, displays: dict) -> list[dict]:
@@ -336,7 +371,8 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
             raise BenchError(f"unknown teacher {s.name!r}; known teachers: {', '.join(known) or '(none)'}")
     with timer("setup:data"):
         evaluations = evaluations_mod.evaluations(cfg)
-    chain = variant_chain(cfg.variants, sources if any(v != "teacher" for v in cfg.variants) else [])
+    peer_sources = _peer_plan(cfg, sources)
+    chain = variant_chain(cfg.variants, sources if any(v != "teacher" for v in cfg.variants) else [], peer_sources)
     variant_keys = [v.key for v in chain]
     displays = {v.key: v.display for v in chain}
     log.info("run folder %s; teachers %s; proposals %s; variants %s",
@@ -347,6 +383,12 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
         need_props = any(v.source is not None for v in chain)
         prop_objs = {s: build_adapter("proposals", s, device=cfg.device) for s in sources} if need_props else {}
         prop_files = {s: fingerprint.hash_files(fingerprint.weight_files(s, None)) for s in prop_objs}
+        sam = None
+        if any(v.key == "ugains" for v in chain):
+            from posthoc.adapters.proposals_sam import build_sam
+
+            sam = build_sam(cfg.sam_checkpoint, cfg.sam_model_type, device=cfg.device)
+            prop_files["ugains:sam"] = fingerprint.hash_files([Path(cfg.sam_checkpoint)])
     teachers: dict = {}
 
     results: dict = {
@@ -393,13 +435,14 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
                 "teacher_kw": spec.kw,
                 "teacher_weights": spec.fingerprint(),
                 "proposals": {s: prop_files.get(s, {}) for s in sources} if need_props else {},
+                **({"sam": prop_files["ugains:sam"]} if sam is not None else {}),
                 "variants": variant_keys,
                 "posthoc": results["versions"].get("posthoc"),
                 # edits to the code that computes the maps change them too
                 "code": fingerprint.code_fingerprint(),
             }
             cache = RunCache(cache_root, ev.key, spec.display, key_obj, owner=lock.exclusive, shard=lock.shard)
-            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo, scale)
+            tres = _run_teacher(ev, spec, teacher, prop_objs, chain, cache, cfg, timer, out, prop_memo, scale, sam)
             ev_res["teachers"][spec.display] = tres
             rows += teacher_rows(spec.display, tres, displays)
         table = evaluation_table(ev_res, rows, cfg.metric_mode, cfg.limit)

@@ -16,6 +16,17 @@ in one call, and the benchmark reads its stage outputs:
 * ``offsets``: ``"resampled"``, :func:`posthoc.offset_resample` with the OVeNet-style field
   of :func:`posthoc.offsets_from_proposals`.
 
+Beside the chain, the training-free peers (:mod:`posthoc.peers`) are alternatives to
+``csl2`` on the same teacher and proposals (not stacked on it):
+
+* ``objectomaly@<src>``: :func:`posthoc.peers.objectomaly` of the anomaly map with the
+  label map CSL2 fuses (after assignment and mask split);
+* ``maskomaly@<src>``: :func:`posthoc.peers.maskomaly` on the source's raw masks
+  (``mask_logits`` + ``class_logits``, or ``region_scores`` + ``validity`` read as one class
+  + "no object"); only for sources with ``gives_masks``;
+* ``ugains``: :func:`posthoc.peers.ugains` with SAM point prompts (needs SAM weights; it
+  does not read the proposals, so it is one map per teacher).
+
 So a number in ``results.json`` is what ``posthoc.Pipeline(...)(teacher_output, proposals)``
 gives a user.
 """
@@ -29,18 +40,21 @@ from typing import Any
 
 import torch
 
+from posthoc import peers as peer_ops
 from posthoc.errors import ShapeError
 from posthoc.mask2anomaly import CITYSCAPES_SUPPRESS_IDS, suppress_ids_from_names
 from posthoc.pipeline import Pipeline
 from posthoc.types import TeacherOutput
 
-from .config import VARIANTS, BenchError
+from .config import PEERS, BenchError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STAGE_OUTPUTS", "Variant", "VariantMaps", "as_anomaly", "suppress_choice", "variant_chain"]
+__all__ = ["CHAIN_STEPS", "STAGE_OUTPUTS", "Variant", "VariantMaps", "as_anomaly", "suppress_choice", "variant_chain"]
 
 _TITLES = {"csl2": "+CSL2", "refine": "+refine", "offsets": "+offsets"}
+#: the chain steps (each on top of the previous selected one)
+CHAIN_STEPS = ("csl2", "refine", "offsets")
 #: the Pipeline stage output that each step's variant reads
 STAGE_OUTPUTS = {"csl2": "fused", "refine": "refined", "offsets": "resampled"}
 
@@ -56,17 +70,29 @@ class Variant:
     steps: tuple[str, ...]
 
 
-def variant_chain(variants: Sequence[str], sources: Sequence[str]) -> list[Variant]:
-    """Every map the run produces, in table order."""
+def variant_chain(variants: Sequence[str], sources: Sequence[str],
+                  peer_sources: dict | None = None) -> list[Variant]:
+    """Every map the run produces, in table order.
+
+    Args:
+        peer_sources: for ``objectomaly`` / ``maskomaly``, the sources each runs on (default:
+            all); for ``ugains``, a true value when it runs (default: when selected).
+    """
     out = []
     if "teacher" in variants:
         out.append(Variant("teacher", "alone", None, ()))
-    steps = [v for v in VARIANTS[1:] if v in variants]
+    steps = [v for v in CHAIN_STEPS if v in variants]
+    ps = peer_sources or {}
     for src in sources:
         for i in range(len(steps)):
             chain = tuple(steps[: i + 1])
             out.append(Variant("+".join(chain) + "@" + src, " ".join(_TITLES[s] for s in chain) + f" [{src}]",
                                src, chain))
+        for peer in ("objectomaly", "maskomaly"):
+            if peer in variants and src in ps.get(peer, sources):
+                out.append(Variant(f"{peer}@{src}", f"{peer} [{src}]", src, (peer,)))
+    if "ugains" in variants and ps.get("ugains", True):
+        out.append(Variant("ugains", "ugains [SAM]", None, ("ugains",)))
     return out
 
 
@@ -103,19 +129,52 @@ class VariantMaps:
         suppress_ids: refinement's suppressed class ids (None = the Cityscapes default).
     """
 
-    def __init__(self, chain: Sequence[Variant], suppress_ids: Sequence[int] | None = None) -> None:
+    def __init__(self, chain: Sequence[Variant], suppress_ids: Sequence[int] | None = None, *,
+                 sam: Any = None) -> None:
         self.chain = list(chain)
+        self.sam = sam
         ids = CITYSCAPES_SUPPRESS_IDS if suppress_ids is None else tuple(suppress_ids)
         self.pipelines: dict[str, Pipeline] = {}
-        for v in self.chain:  # a source's last variant has all its steps
-            if v.source is not None:
+        for v in self.chain:  # a source's last chain variant has all its steps
+            if v.source is not None and v.steps[0] not in PEERS:
                 self.pipelines[v.source] = Pipeline(
                     fuse="csl2" in v.steps, refine="refine" in v.steps, offsets="offsets" in v.steps,
                     suppress_ids=ids,
                 )
+            elif v.source is not None and v.source not in self.pipelines:  # a peer alone: labels only
+                self.pipelines[v.source] = Pipeline(fuse=False, refine=False, offsets=False, suppress_ids=ids)
+        if any(v.steps == ("ugains",) for v in self.chain) and sam is None:
+            raise BenchError("variant 'ugains' needs SAM weights (--sam-checkpoint PATH); none were given")
 
-    def __call__(self, anomaly: torch.Tensor, t_out: Any, props_by_src: dict, timer: Any = None) -> dict:
-        """All variant maps (B,1,H,W) float32 of one batch, keyed by :attr:`Variant.key`."""
+    def _peer(self, v: Variant, anomaly: torch.Tensor, stages: dict, props_by_src: dict, images: Any) -> torch.Tensor:
+        peer = v.steps[0]
+        if peer == "ugains":
+            if images is None:
+                raise BenchError("variant 'ugains' needs the batch's images")
+            from posthoc.adapters.proposals_sam import sam_point_predictor
+
+            return peer_ops.ugains(anomaly, sam_point_predictor(self.sam, images))
+        st = stages[v.source]
+        if peer == "objectomaly":
+            labels = st.get("components", st["labels"])
+            return peer_ops.objectomaly(anomaly, torch.as_tensor(labels).to(anomaly.device))
+        props = props_by_src[v.source]
+        hw = tuple(anomaly.shape[-2:])
+        if props.mask_logits is not None and props.class_logits is not None:
+            mp = torch.sigmoid(torch.as_tensor(props.mask_logits).float())
+            cp = torch.as_tensor(props.class_logits).float().softmax(-1)
+        elif props.region_scores is not None and props.validity is not None:
+            mp = torch.as_tensor(props.region_scores).float()
+            val = torch.as_tensor(props.validity).float()
+            cp = torch.stack([val, 1 - val], -1)
+        else:
+            raise BenchError(f"variant 'maskomaly' needs raw masks; proposal source {v.source!r} gave none")
+        return peer_ops.maskomaly(mp, cp, size=hw).to(anomaly.device)
+
+    def __call__(self, anomaly: torch.Tensor, t_out: Any, props_by_src: dict, timer: Any = None,
+                 images: Any = None) -> dict:
+        """All variant maps (B,1,H,W) float32 of one batch, keyed by :attr:`Variant.key`
+        (``images``: the batch, (B,H,W,3) uint8, needed by ``ugains``)."""
         maps: dict[str, torch.Tensor] = {}
         stages: dict[str, dict] = {}
         for src, pipe in self.pipelines.items():
@@ -129,10 +188,14 @@ class VariantMaps:
             with timer(f"pipeline:{src}") if timer is not None else contextlib.nullcontext():
                 stages[src] = pipe(anomaly, props, semantic_logits=t_out.logits)
         for v in self.chain:
-            if v.source is None:  # TeacherOutput already checked the teacher's range when it was built
+            if v.steps and v.steps[0] in PEERS:
+                with timer(f"peer:{v.steps[0]}") if timer is not None else contextlib.nullcontext():
+                    out = self._peer(v, anomaly, stages, props_by_src, images)
+            elif v.source is None:  # TeacherOutput already checked the teacher's range when it was built
                 maps[v.key] = anomaly
                 continue
-            out = stages[v.source][STAGE_OUTPUTS[v.steps[-1]]]
+            else:
+                out = stages[v.source][STAGE_OUTPUTS[v.steps[-1]]]
             if tuple(out.shape) != tuple(anomaly.shape):
                 raise ShapeError(f"variant {v.key} produced shape {tuple(out.shape)}; expected {tuple(anomaly.shape)}")
             # no range check here: the teacher map was checked when its TeacherOutput was built, and

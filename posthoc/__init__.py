@@ -45,7 +45,7 @@ _LAZY = {
     "MissingExtraError": "posthoc.errors",
     "DeviceError": "posthoc.errors",
 }
-_SUBMODULES = {"scores", "metrics", "kernels", "adapters", "bench", "errors", "validation"}
+_SUBMODULES = {"scores", "metrics", "kernels", "adapters", "bench", "errors", "validation", "peers"}
 
 # sorted(_LAZY) then sorted(_SUBMODULES); tests/posthoc/test_public_names.py keeps the two in step
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "errors",
     "kernels",
     "metrics",
+    "peers",
     "scores",
     "validation",
 ]

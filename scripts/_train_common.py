@@ -81,6 +81,9 @@ def training_parser(doc: str, *, epochs: int, lr: float, max_minutes: float,
     ap.add_argument("--max-minutes", type=float, default=max_minutes, help="stop early when this wall time is spent")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop after this many steps (reproduces a run that the time cap stopped early)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="resumable checkpoint written after every epoch; an existing one is resumed "
+                         "(must come from the same command)")
     return ap
 
 
@@ -352,8 +355,20 @@ def fit_one_cycle(model: nn.Module, step: StepFn, *, n: int, args: argparse.Name
     spe = math.ceil(n / args.batch_size)
     total = args.epochs * spe
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total, pct_start=max(0.1, 2.5 / total))
-    steps, stopped_early, hist = 0, False, []
-    for epoch in range(args.epochs):
+    steps, stopped_early, hist, first = 0, False, [], 0
+    ckpt = getattr(args, "checkpoint", None)
+    if ckpt and Path(ckpt).is_file():
+        st = torch.load(ckpt, weights_only=True)
+        if st["total"] != total:
+            raise SystemExit(f"{ckpt}: planned {st['total']} steps, this command plans {total}; "
+                             "delete it or change --checkpoint")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        g.set_state(st["g"])
+        steps, hist, first = st["steps"], st["hist"], st["epoch"]
+        log.info("resumed %s after epoch %d (%d steps)", ckpt, first, steps)
+    for epoch in range(first, args.epochs):
         (train_mode or model.train)()
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, args.batch_size):
@@ -371,6 +386,11 @@ def fit_one_cycle(model: nn.Module, step: StepFn, *, n: int, args: argparse.Name
                 break
         if log_epoch is not None:
             log_epoch(epoch, hist[-spe:], sched.get_last_lr()[0])
+        if ckpt and not stopped_early:
+            with atomic_path(Path(ckpt)) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "g": g.get_state(), "steps": steps, "hist": hist, "epoch": epoch + 1,
+                            "total": total}, tmp)
         if stopped_early:
             log.info("stopped after %d/%d steps (time cap %.1f min, --max-steps %s)", steps, total, args.max_minutes,
                      args.max_steps)

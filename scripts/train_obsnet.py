@@ -20,6 +20,19 @@ training loop (``train.py``, ``Utils/adv_attacks.py``, ``main.py``):
   contract exposes one feature map, the decoder output the classifier reads, which is
   added through a 1x1 projection before the observer's head).
 
+* Optional outlier exposure (``--outlier-exposure P``, off by default; not part of
+  ObsNet): with probability ``P`` a training frame gets 1-3 *procedurally generated*
+  outliers pasted onto it (:func:`paste_procedural_outliers`: ellipses / convex polygons
+  filled with a random colour, a smoothed colour-noise field, or two-colour stripes /
+  checkers, all drawn from the seeded generator; no photograph is used, in particular
+  none of the scikit-image photos the synthetic anomalies are cut from). Their pixels
+  are targets 1 for the observer and void for the attack. This is outlier exposure
+  (Hendrycks et al., "Deep Anomaly Detection with Outlier Exposure", ICLR 2019) in the
+  pasted-object form used for segmentation by Chan et al. ("Entropy Maximization and
+  Meta Classification for Out-of-Distribution Detection in Semantic Segmentation",
+  ICCV 2021) and Mask2Anomaly (Rai et al., ICCV 2023), with synthetic instead of COCO
+  objects.
+
 Export: inputs ``image`` (B,3,h,w) float32 normalized with ImageNet mean/std (RGB) and
 ``features`` (B,32,h/2,w/2), the segnet.onnx output of that name; output ``logit``
 (B,1,h,w), sigmoid = P(segmentation error / anomaly).
@@ -33,6 +46,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import _train_common as C
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,6 +89,63 @@ def random_patch_mask(b: int, h: int, w: int, rng: np.random.Generator, patch=(4
         x = int(rng.integers(0, w - pw + 1))
         mask[i, 0, y:y + ph, x:x + pw] = img[..., 0] < 255
     return torch.from_numpy(mask)
+
+
+def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """(h,w,3) float32 RGB in [0,1]: flat colour + noise, smoothed colour noise, or stripes/checker."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        t = rng.random(3)[None, None] + rng.normal(0, rng.uniform(0.02, 0.15), (h, w, 3))
+    elif kind == 1:
+        small = rng.random((max(2, h // int(rng.integers(2, 8))), max(2, w // int(rng.integers(2, 8))), 3))
+        t = cv2.resize(small.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    else:
+        c0, c1 = rng.random(3), rng.random(3)
+        period = int(rng.integers(2, 10))
+        yy, xx = np.mgrid[:h, :w]
+        a = rng.uniform(0, np.pi)
+        u = (np.cos(a) * xx + np.sin(a) * yy) // period
+        sel = (u % 2) if rng.random() < 0.5 else ((u + (yy // period)) % 2)
+        t = np.where(sel[..., None] > 0, c0, c1)
+    return np.clip(t, 0, 1).astype(np.float32)
+
+
+def paste_procedural_outliers(x: torch.Tensor, y: torch.Tensor, p: float, rng: np.random.Generator
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outlier exposure with procedural objects (see the module docstring).
+
+    Args:
+        x: (B,3,h,w) normalized images; y: (B,h,w) class labels (255 = void).
+    Returns:
+        (x', y', ood) with the outliers pasted into copies: ``y'`` is 255 on them and
+        ``ood`` (B,h,w) bool marks them. Frames are chosen with probability ``p``.
+    """
+    x, y = x.clone(), y.clone()
+    b, _, h, w = x.shape
+    ood = torch.zeros(b, h, w, dtype=torch.bool)
+    mean = torch.tensor(C.MEAN).view(3, 1, 1)
+    std = torch.tensor(C.STD).view(3, 1, 1)
+    for i in range(b):
+        if rng.random() >= p:
+            continue
+        for _ in range(int(rng.integers(1, 4))):
+            sh = int(rng.integers(8, h // 2))
+            sw = int(np.clip(sh * rng.uniform(0.5, 2.0), 6, w // 2))
+            m = np.zeros((sh, sw), np.uint8)
+            if rng.random() < 0.5:
+                cv2.ellipse(m, (sw // 2, sh // 2), (max(1, sw // 2 - 1), max(1, sh // 2 - 1)), 0, 0, 360, 1, -1)
+            else:
+                pts = np.stack([rng.integers(0, sw, 7), rng.integers(0, sh, 7)], 1).astype(np.int32)
+                cv2.fillConvexPoly(m, cv2.convexHull(pts), 1)
+            top = int(rng.integers(h // 3, h - sh + 1))  # mostly below the horizon, like objects on the ground
+            left = int(rng.integers(0, w - sw + 1))
+            mt = torch.from_numpy(m.astype(bool))
+            tex = (torch.from_numpy(_texture(sh, sw, rng)).permute(2, 0, 1) - mean) / std
+            region = x[i, :, top:top + sh, left:left + sw]
+            region[:, mt] = tex[:, mt]
+            y[i, top:top + sh, left:left + sw][mt] = 255
+            ood[i, top:top + sh, left:left + sw] |= mt
+    return x, y, ood
 
 
 def laa(segnet: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, eps: float,
@@ -124,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epsilon", type=float, default=0.05, help="FGSM step in normalized units")
     ap.add_argument("--pos-weight", type=float, default=3.0)
     ap.add_argument("--segnet", default=str(C.WORK_DIR / "segnet.pt"))
+    ap.add_argument("--outlier-exposure", type=float, default=0.0,
+                    help="probability that a train frame gets procedural outliers pasted (0 = plain ObsNet)")
     args = ap.parse_args(argv)
     timer = C.start(args)
     segnet = C.load_state(C.SegNet(), args.segnet).eval()
@@ -142,17 +215,23 @@ def main(argv=None) -> int:
 
     def step(idx, g):
         x, y = C.augment(x_all[idx], y_all[idx], g)
+        ood = None
+        if args.outlier_exposure > 0:
+            x, y, ood = paste_procedural_outliers(x, y, args.outlier_exposure, rng)
         mask = random_patch_mask(len(idx), h, w, rng)
         x = laa(segnet, x, y, mask, args.epsilon, g)
         with torch.no_grad():
             logits, feats = segnet(x)
             wrong = logits.argmax(1) != y
-            valid = y != 255
+            valid = known = y != 255
             target = wrong.float()
+            if ood is not None:
+                target[ood] = 1.0
+                valid = valid | ood
         out = observer(x, feats)[:, 0]
         loss = F.binary_cross_entropy_with_logits(out[valid], target[valid], pos_weight=pos_weight)
-        m = mask[:, 0].bool() & valid
-        return loss, (float(wrong[valid].float().mean()), float(wrong[m].float().mean()) if m.any() else 0.0)
+        m = mask[:, 0].bool() & known
+        return loss, (float(wrong[known].float().mean()), float(wrong[m].float().mean()) if m.any() else 0.0)
 
     def log_epoch(epoch, rows, lr):
         C.log.info("epoch %d: loss %.4f, segnet error rate %.3f (inside attacked patches %.3f), %.0f s",
@@ -171,6 +250,7 @@ def main(argv=None) -> int:
     last = fit.mean_last(20)
     C.log_training("obsnet", "train_obsnet.py", argv, args, observer, {
         **fit.record(), "epsilon": args.epsilon, "pos_weight": args.pos_weight,
+        "outlier_exposure": args.outlier_exposure,
         "train_seconds": round(fit.seconds, 1),
         "final_train_loss": round(float(last[0]), 4),
         "segnet_error_rate_under_laa": round(float(last[1]), 4),
