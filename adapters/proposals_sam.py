@@ -227,7 +227,7 @@ def sam_point_predictor(model: Any, images: Any, points_per_batch: int = 64):
         raise DTypeError(f"model must be a segment_anything Sam module; got {type(model).__name__}")
     u8 = _to_uint8_hwc(_images(images))
     pred = sa.SamPredictor(model)
-    state = {"i": None}
+    state: dict[str, int | None] = {"i": None}
 
     @torch.no_grad()
     def predict(i: int, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

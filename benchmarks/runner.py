@@ -208,7 +208,7 @@ def _peer_plan(cfg: BenchConfig, sources: list) -> dict:
         plan["ugains"] = cfg.sam_checkpoint is not None
         if not plan["ugains"]:
             cannot("ugains", "it prompts SAM and no SAM weights were given (--sam-checkpoint PATH)")
-        elif not Path(cfg.sam_checkpoint).is_file():
+        elif not Path(str(cfg.sam_checkpoint)).is_file():
             raise BenchError(f"--sam-checkpoint {cfg.sam_checkpoint!r} is not a file")
     if "maskomaly" in cfg.variants:
         ok = []
@@ -387,8 +387,9 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
         if any(v.key == "ugains" for v in chain):
             from posthoc.adapters.proposals_sam import build_sam
 
+            assert cfg.sam_checkpoint is not None  # the plan above refuses ugains without it
             sam = build_sam(cfg.sam_checkpoint, cfg.sam_model_type, device=cfg.device)
-            prop_files["ugains:sam"] = fingerprint.hash_files([Path(cfg.sam_checkpoint)])
+            prop_files["ugains:sam"] = fingerprint.hash_files({"checkpoint": Path(cfg.sam_checkpoint)})
     teachers: dict = {}
 
     results: dict = {

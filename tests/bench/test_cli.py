@@ -459,3 +459,30 @@ def test_image_only_proposals_are_shared_between_teachers(world, tmp_path, capsy
     res = json.loads((out / "results.json").read_text())
     t1, t2 = (res["evaluations"][0]["teachers"][k]["variants"] for k in ("_bench_fake", "_bench_fake2"))
     assert t1.keys() == t2.keys() and len(t1) == 3
+
+
+def test_ugains_variant_end_to_end_with_a_tiny_sam(world, tmp_path, capsys, monkeypatch):
+    """--variants ...,ugains --sam-checkpoint runs the peer through the runner (SAM weights are fingerprinted)."""
+    pytest.importorskip("segment_anything")
+    from posthoc.adapters import proposals_sam
+    from tests.adapters.test_proposals import _tiny_sam
+
+    seen = []
+
+    def fake_build_sam(checkpoint, model_type="vit_b", device=None):
+        seen.append((str(checkpoint), model_type))
+        return _tiny_sam()
+
+    monkeypatch.setattr(proposals_sam, "build_sam", fake_build_sam)
+    ckpt = tmp_path / "sam_tiny.pth"
+    ckpt.write_bytes(b"tiny sam stand-in")
+    out = tmp_path / "run"
+    rc, io = _run(["smiyc", "--teacher", "_bench_fake", "--proposals", "_bench_grid", "--out", str(out), "--quiet",
+                   "--no-plots", "--track", "anomaly", "--variants", "teacher,ugains", "--sam-checkpoint", str(ckpt)],
+                  capsys)
+    assert rc == 0, io.err
+    assert seen == [(str(ckpt), "vit_b")]
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["variants"]) == ["teacher", "ugains"]
+    m = res["evaluations"][0]["teachers"]["_bench_fake"]["variants"]["ugains"]
+    assert 0.0 <= m["ap"] <= 1.0 and m["ap"] != res["evaluations"][0]["teachers"]["_bench_fake"]["variants"]["teacher"]["ap"]
