@@ -39,6 +39,17 @@ __all__ = ["farthest_point_sample", "mask_nms", "maskomaly", "objectomaly", "uga
 # ----------------------------------------------------------------------------- checks
 
 
+def _bool_masks(masks: Any, a: torch.Tensor, dims: str) -> torch.Tensor:
+    """``masks`` as a bool torch tensor of shape (B,N,H,W) with B,H,W of the anomaly map ``a``."""
+    m, _ = as_torch(masks, "masks")
+    if m.dtype != torch.bool:
+        raise DTypeError(f"masks must be bool ({dims}); got dtype {m.dtype}")
+    if m.ndim != 4 or m.shape[0] != a.shape[0] or tuple(m.shape[-2:]) != tuple(a.shape[-2:]):
+        raise ShapeError(f"masks must be ({dims}) with B,H,W of anomaly {shape_str(a.shape)}; "
+                         f"got {shape_str(m.shape)}")
+    return m
+
+
 def _anomaly(x: Any, name: str = "anomaly") -> tuple[torch.Tensor, bool]:
     t, was_np = as_torch(x, name)
     if not t.is_floating_point():
@@ -182,13 +193,7 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
         raise ValueRangeError(f"sigma must be a number > 0; got {sigma!r}")
     s = a[:, 0]
     if masks is not None:
-        m, _ = as_torch(masks, "masks")
-        if m.dtype != torch.bool:
-            raise DTypeError(f"masks must be bool (B,N,H,W); got dtype {m.dtype}")
-        if m.ndim != 4 or m.shape[0] != a.shape[0] or tuple(m.shape[-2:]) != tuple(a.shape[-2:]):
-            raise ShapeError(f"masks must be (B,N,H,W) with B,H,W of anomaly {shape_str(a.shape)}; "
-                             f"got {shape_str(m.shape)}")
-        m = m.to(a.device)
+        m = _bool_masks(masks, a, "B,N,H,W").to(a.device)
         cal = s.clone()
         for i in range(a.shape[0]):
             area = m[i].flatten(1).sum(1)
@@ -325,12 +330,7 @@ def ugains_fuse(anomaly: Any, masks: Any, *, num_points: int = 50, nms_threshold
         (B,1,H,W) float32 in [0,1].
     """
     a, was_np = _anomaly(anomaly)
-    m, _ = as_torch(masks, "masks")
-    if m.dtype != torch.bool:
-        raise DTypeError(f"masks must be bool (B,Q,H,W); got dtype {m.dtype}")
-    if m.ndim != 4 or m.shape[0] != a.shape[0] or tuple(m.shape[-2:]) != tuple(a.shape[-2:]):
-        raise ShapeError(f"masks must be (B,Q,H,W) with B,H,W of anomaly {shape_str(a.shape)}; "
-                         f"got {shape_str(m.shape)}")
+    m = _bool_masks(masks, a, "B,Q,H,W")
     num_points = _positive_int(num_points, "num_points")
     if m.shape[1] > num_points:
         raise ValueRangeError(f"masks has {m.shape[1]} prompts; more than num_points={num_points}")
