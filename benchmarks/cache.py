@@ -244,15 +244,19 @@ class RunLock:
     :class:`RunLockedError` naming the folder and the run that holds it. The locks are
     ``flock`` locks: a run that dies (even with ``kill -9``) releases them, and a rerun
     resumes from the cache. The lock files stay (they are tiny); they never hold results.
+    With ``fresh=True`` (the run folder did not exist before this run), a run that fails
+    before writing anything into it removes the folder again, so a bad data root or setting
+    leaves no empty run folder behind.
 
     Use as a context manager, or call :meth:`acquire` / :meth:`release`.
     """
 
     MAIN = ".posthoc-run.lock"
 
-    def __init__(self, out: Path, shard: tuple[int, int] | None = None):
+    def __init__(self, out: Path, shard: tuple[int, int] | None = None, *, fresh: bool = False):
         self.out = Path(out)
         self.shard = shard
+        self.fresh = fresh
         self._fds: list[int] = []
 
     @property
@@ -335,5 +339,19 @@ class RunLock:
     def __enter__(self) -> RunLock:
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.release()
+        if exc_type is not None and self.fresh:
+            self._remove_if_only_locks()
+
+    def _remove_if_only_locks(self) -> None:
+        """Remove the run folder if it holds nothing but lock files (the run wrote nothing)."""
+        try:
+            entries = list(self.out.iterdir())
+            if any(not (e.name.startswith(".posthoc-") and e.name.endswith(".lock")) for e in entries):
+                return
+            for e in entries:
+                e.unlink()
+            self.out.rmdir()
+        except OSError:  # another run started in it meanwhile, or it is not ours to remove
+            pass

@@ -355,9 +355,10 @@ def run_panoptic(cfg: PanopticConfig) -> dict:
     for p, flag in targets:
         if p.expanduser().exists() and not p.expanduser().is_dir():
             raise BenchError(f"{flag} {p} exists and is not a folder; give a folder (new or existing)")
+    fresh = not out.exists()
     for p, flag in targets:
         check_output_dir(p, flag)
-    with RunLock(out):
+    with RunLock(out, fresh=fresh):
         return _run(cfg, out)
 
 

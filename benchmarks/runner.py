@@ -318,6 +318,7 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
     _check_names(cfg)  # a bad --teacher or --proposals leaves no run folder behind
     out = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     targets = [(out, "--out")] + ([(cfg.export_smiyc, "--export-smiyc")] if cfg.export_smiyc else [])
+    fresh = not Path(out).expanduser().exists()
     for path, flag in targets:  # nothing is created while any of them is bad
         if Path(path).expanduser().exists() and not Path(path).expanduser().is_dir():
             raise BenchError(f"{flag} {Path(path).expanduser()} exists and is not a folder; give a folder "
@@ -325,7 +326,7 @@ def run_benchmark(cfg: BenchConfig, scale: Scale | None = None) -> dict:
     for path, flag in targets:
         check_output_dir(path, flag)
     out = Path(out).expanduser()
-    with RunLock(out, shard=scale.shard) as lock:
+    with RunLock(out, shard=scale.shard, fresh=fresh) as lock:
         return _run_locked(cfg, out, lock, scale)
 
 

@@ -353,8 +353,9 @@ def run_semantic(cfg: SemanticConfig) -> dict:
         raise BenchError(f"--out {out} exists and is not a folder; give a folder (new or existing) for --out")
     if cfg.export_pseudo_labels:
         check_output_dir(cfg.export_pseudo_labels, "--export-pseudo-labels")
+    fresh = not out.exists()
     check_output_dir(out, "--out")
-    with RunLock(out):
+    with RunLock(out, fresh=fresh):
         return _run(cfg, out, specs, sources)
 
 

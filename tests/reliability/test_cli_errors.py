@@ -118,3 +118,17 @@ def test_threshold_dtype_flag_reaches_the_results(data_root, tmp_path):
     out = tmp_path / "r"
     assert cli.main(bench_args(data_root, out, "--threshold-dtype", "float16")) == 0
     assert json.loads((out / "results.json").read_text())["threshold_dtype"] == "float16"
+
+
+@pytest.mark.parametrize("command", ["smiyc", "cityscapes", "coco-panoptic"])
+def test_failed_run_leaves_no_empty_run_folder(tmp_path, capsys, command):
+    """A run that fails before writing anything removes the run folder it created; a folder that
+    existed before the run is kept."""
+    missing = tmp_path / "no-such-data"
+    out = tmp_path / "run"
+    assert cli.main([command, "--data-root", str(missing), "--out", str(out), "--quiet"]) == 2
+    assert str(missing) in _err(capsys)
+    assert not out.exists()
+    out.mkdir()
+    assert cli.main([command, "--data-root", str(missing), "--out", str(out), "--quiet"]) == 2
+    assert out.is_dir()
