@@ -242,6 +242,13 @@ def region_vote(pred: np.ndarray, labels: np.ndarray, num_classes: int, ignore: 
     """
     pred = np.asarray(pred, np.int64)
     lab = np.asarray(labels, np.int64)
+    if pred.shape != lab.shape or pred.ndim != 3:
+        raise BenchError(f"region_vote: pred and labels must both be (B,H,W); got {pred.shape} and {lab.shape}")
+    votes = pred[pred != ignore] if ignore is not None else pred
+    if votes.size and (votes.min() < 0 or votes.max() >= num_classes):
+        raise BenchError(f"region_vote: class ids must lie in [0,{num_classes - 1}]"
+                         + (f" (or {ignore})" if ignore is not None else "")
+                         + f"; got values in [{votes.min()},{votes.max()}]")
     b = np.arange(lab.shape[0]).reshape(-1, 1, 1)
     key = np.where(lab >= 0, lab + b * (int(lab.max(initial=0)) + 1), -1)
     reg, inv = np.unique(key, return_inverse=True)

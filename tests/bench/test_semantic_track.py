@@ -114,6 +114,19 @@ def test_region_vote_against_loop():
         assert (out[b][lab[b] < 0] == pred[b][lab[b] < 0]).all()
 
 
+def test_region_vote_bad_input():
+    from posthoc.bench.config import BenchError
+
+    pred = np.zeros((1, 4, 4), np.int64)
+    with pytest.raises(BenchError, match="both be"):
+        region_vote(pred, np.zeros((1, 4, 5), np.int64), 3)
+    with pytest.raises(BenchError, match=r"\[0,2\]"):
+        region_vote(pred + 3, np.zeros((1, 4, 4), np.int64), 3)
+    ok = pred.copy()
+    ok[0, 0, 0] = 255  # the ignore id never votes and is not out of range
+    assert region_vote(ok, np.zeros((1, 4, 4), np.int64), 3, ignore=255)[0, 1, 1] == 0
+
+
 @pytest.mark.parametrize("case", ["bad_id", "k_mismatch", "no_gt", "bad_layout"])
 def test_cityscapes_bad_input(tmp_path, capsys, case):
     rng = np.random.default_rng(3)
