@@ -13,8 +13,8 @@ Examples::
     posthoc-bench merge runs/s0 runs/s1 runs/s2 --out runs/all # the three shards as one run
 
 Without ``--data-root`` (and without ``$POSTHOC_DATA_ROOT`` / ``$POSTHOC_SMIYC_ROOT``),
-``smiyc`` runs on the synthetic world (generated on first use) and says so in the table
-title. The table goes to stdout; logs and progress bars go to stderr.
+``smiyc`` and ``streethazards`` run on the synthetic world (generated on first use) and say so
+in the table title. The table goes to stdout; logs and progress bars go to stderr.
 """
 from __future__ import annotations
 
@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("road-anomaly", "Road Anomaly (Lis et al. 2019)"),
         ("laf", "LostAndFound test / NoKnown (--subset noknown)"),
         ("fishyscapes", "Fishyscapes LostAndFound / Static (--subset static)"),
-        ("streethazards", "StreetHazards test (+ open-set miou_known / open_miou)"),
+        ("streethazards", "StreetHazards test (+ open-set miou_known / open_miou; synthetic world without "
+                          "--data-root)"),
     ):
         sp = sub.add_parser(name, help=helptext)
         _add_common(sp)

@@ -20,6 +20,10 @@ class Evaluation:
     title: str
     synthetic: bool
     world: dict | None = None
+    #: streethazards open-set metrics: the reader of the split the threshold is chosen on (None: found next
+    #: to the data root) and the number of known classes
+    open_val: ds.Dataset | None = None
+    n_known: int | None = None
 
 
 def _synthetic_track(split: str, track: str, seed: int) -> Path:
@@ -27,6 +31,31 @@ def _synthetic_track(split: str, track: str, seed: int) -> Path:
     from . import synthetic
 
     return synthetic.ensure_world(split=split, track=track, seed=seed)
+
+
+def _synthetic_streethazards(split: str, seed: int) -> Path:
+    """The synthetic world's split in the StreetHazards layout. Separate so tests can replace it."""
+    from .synthetic_streethazards import ensure_streethazards_world
+
+    return ensure_streethazards_world(split=split, seed=seed)
+
+
+def _streethazards_synthetic(cfg: BenchConfig) -> Evaluation:
+    from .synthetic import CLASS_NAMES
+    from .synthetic_streethazards import STREETHAZARDS_SPLITS
+
+    split = "val" if cfg.split == "validation" else cfg.split
+    if split not in STREETHAZARDS_SPLITS:
+        raise BenchError(f"streethazards on the synthetic world: --split must be test, val or train; got {cfg.split!r}")
+    folder = _synthetic_streethazards(split, cfg.world_seed)
+    reader = ds.StreetHazardsReader(folder, STREETHAZARDS_SPLITS[split])
+    val = ds.StreetHazardsReader(_synthetic_streethazards("val", cfg.world_seed), "validation")
+    meta = _read_world_meta(folder)
+    size = ((meta or {}).get("config") or {}).get("size")
+    size_s = f", {size[0]}x{size[1]}" if size else ""
+    title = (f"StreetHazards layout on the SYNTHETIC WORLD (split {split}, world seed {cfg.world_seed}{size_s}; "
+             "unknown = the anomaly objects) — not the real benchmark")
+    return Evaluation(reader, "streethazards", title, True, meta, open_val=val, n_known=len(CLASS_NAMES))
 
 
 def _read_world_meta(track_dir: Path) -> dict | None:
@@ -67,10 +96,12 @@ def evaluations(cfg: BenchConfig) -> list[Evaluation]:
                 evs.append(Evaluation(reader, f"smiyc-{tr}", title, synthetic, meta))
         return evs
     root = ds.resolve_root(cfg.dataset, cfg.data_root)
+    if root is None and cfg.dataset == "streethazards":
+        return [_streethazards_synthetic(cfg)]
     if root is None:
         raise ds.DatasetLayoutError(
             f"{cfg.dataset}: no data root. Pass --data-root DIR or set ${ds.ENV_VARS[cfg.dataset]} "
-            f"(or ${ds.ENV_DATA_ROOT}); only 'smiyc' falls back to the synthetic world"
+            f"(or ${ds.ENV_DATA_ROOT}); only 'smiyc' and 'streethazards' fall back to the synthetic world"
         )
     if cfg.dataset == "laf":
         sub = cfg.subset or "test"

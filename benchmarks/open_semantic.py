@@ -15,6 +15,11 @@ anomaly pixels of the **validation** split (DenseHybrid's operating point), read
 same reader from ``<data root>/validation`` (or ``<data root>/train`` holding ``images/validation``);
 without a validation split and without ``--open-threshold`` the open-set metrics are not
 computed and ``results.json`` says why. The anomaly numbers are not touched.
+
+Without a data root the track runs on the synthetic world written in the StreetHazards layout
+(:mod:`posthoc.bench.synthetic_streethazards`): K is the world's class count (13, the classes the
+bundled teachers predict), the unknown class is its pasted anomaly objects, and the threshold
+comes from the world's ``val`` split.
 """
 from __future__ import annotations
 
@@ -37,15 +42,15 @@ __all__ = ["K_STREETHAZARDS", "add_open_set", "gt_open_classes", "open_set_table
 K_STREETHAZARDS = 13
 
 
-def gt_open_classes(raw: np.ndarray) -> np.ndarray:
-    """StreetHazards annotation (class + 1) -> int64 known id 0..12, 13 = unknown (anomaly), 255 void."""
+def gt_open_classes(raw: np.ndarray, k: int = K_STREETHAZARDS) -> np.ndarray:
+    """StreetHazards annotation (class + 1) -> int64 known id 0..k-1, k = unknown (anomaly), 255 void."""
     r = raw.astype(np.int64)
-    return np.where((r >= 1) & (r <= K_STREETHAZARDS + 1), r - 1, 255)
+    return np.where((r >= 1) & (r <= k + 1), r - 1, 255)
 
 
-def _semantic(teacher_out: Any) -> np.ndarray | None:
+def _semantic(teacher_out: Any, k: int) -> np.ndarray | None:
     lg = getattr(teacher_out, "logits", None)
-    if lg is None or lg.shape[1] != K_STREETHAZARDS:
+    if lg is None or lg.shape[1] != k:
         return None
     return torch.as_tensor(lg).argmax(1).cpu().numpy()
 
@@ -61,8 +66,9 @@ def _val_reader(root: Path):
     return None
 
 
-def _val_thresholds(cfg, dataset, teacher, prop_objs: dict, chain: list, suppress) -> tuple[dict | None, str]:
-    val = _val_reader(Path(dataset.root))
+def _val_thresholds(cfg, dataset, teacher, prop_objs: dict, chain: list, suppress,
+                    val=None) -> tuple[dict | None, str]:
+    val = val if val is not None else _val_reader(Path(dataset.root))
     if val is None:
         return None, (f"no StreetHazards validation split next to {dataset.root} (images/validation); pass "
                       "--open-threshold to compute the open-set metrics")
@@ -90,18 +96,23 @@ def _val_thresholds(cfg, dataset, teacher, prop_objs: dict, chain: list, suppres
 
 
 def add_open_set(cfg, dataset, teacher, prop_objs: dict, chain: list, cache, labelled: list, metrics: dict,
-                 suppress) -> dict:
+                 suppress, *, val=None, n_known: int | None = None) -> dict:
     """Add ``miou_known``, ``open_miou`` (and ``open_threshold``) to every variant's ``metrics``;
-    returns a note for results.json (how the threshold was chosen, or why nothing was added)."""
+    returns a note for results.json (how the threshold was chosen, or why nothing was added).
+
+    ``val``: the reader of the split the threshold is chosen on (None: the StreetHazards
+    validation split next to ``dataset.root``); ``n_known``: the number of known classes
+    (None: StreetHazards' 13; the synthetic world passes its own class count)."""
+    k_known = K_STREETHAZARDS if n_known is None else int(n_known)
     keys = [v.key for v in chain if v.key in metrics]
     if not labelled or not keys:
         return {"computed": False, "reason": "no labelled frames"}
     refs = {r.id: r for r in dataset.refs}
     first = dataset.load(refs[labelled[0]])
     with torch.inference_mode():
-        sem0 = _semantic(teacher(first.image[None]))
+        sem0 = _semantic(teacher(first.image[None]), k_known)
     if sem0 is None:
-        reason = (f"the teacher gives no semantic logits over the {K_STREETHAZARDS} StreetHazards classes "
+        reason = (f"the teacher gives no semantic logits over the {k_known} known classes of {dataset.name} "
                   "(TeacherOutput.logits)")
         log.warning("open-set metrics skipped: %s", reason)
         return {"computed": False, "reason": reason}
@@ -109,24 +120,24 @@ def add_open_set(cfg, dataset, teacher, prop_objs: dict, chain: list, cache, lab
     if cfg.open_threshold is not None:
         thr, how = dict.fromkeys(keys, float(cfg.open_threshold)), "given (--open-threshold)"
     else:
-        found, how = _val_thresholds(cfg, dataset, teacher, prop_objs, chain, suppress)
+        found, how = _val_thresholds(cfg, dataset, teacher, prop_objs, chain, suppress, val)
         if found is None:
             log.warning("open-set metrics skipped: %s", how)
             return {"computed": False, "reason": how}
         thr = found
-    closed = SemanticMetrics(K_STREETHAZARDS)
-    opened = {k: OpenIoU(K_STREETHAZARDS) for k in keys}
+    closed = SemanticMetrics(k_known)
+    opened = {k: OpenIoU(k_known) for k in keys}
     with torch.inference_mode():
         for fid in labelled:
             ref = refs[fid]
-            gt = gt_open_classes(read_label_png(ref.label_path))
-            sem_b = _semantic(teacher(dataset.load(ref, label=False).image[None]))
+            gt = gt_open_classes(read_label_png(ref.label_path), k_known)
+            sem_b = _semantic(teacher(dataset.load(ref, label=False).image[None]), k_known)
             assert sem_b is not None  # the first frame's teacher output had StreetHazards logits
             sem = sem_b[0]
-            closed.update(sem, np.where(gt == K_STREETHAZARDS, 255, gt))
+            closed.update(sem, np.where(gt == k_known, 255, gt))
             for k in keys:
                 a = cache.load_map(k, fid).astype(np.float32).reshape(gt.shape)
-                opened[k].update(np.where(a >= thr[k], K_STREETHAZARDS, sem), gt)
+                opened[k].update(np.where(a >= thr[k], k_known, sem), gt)
     miou_known = closed.compute()["miou"]
     for k in keys:
         metrics[k]["miou_known"] = miou_known

@@ -181,7 +181,7 @@ def _run_teacher(ev, spec, teacher, prop_objs: dict, chain: list, cache: RunCach
 
         with timer("open-set"):
             res["open_set"] = add_open_set(cfg, dataset, teacher, prop_objs, chain, cache, inf.labelled, metrics,
-                                           suppress)
+                                           suppress, val=ev.open_val, n_known=ev.n_known)
     res["variants"] = metrics
     # PR (precision, recall) and ROC (fpr, tpr) of each variant, downsampled; the numbers use the full curves
     res["curves"] = {k: curves_json(c) for k, c in curves.items()}

@@ -84,3 +84,47 @@ def test_bad_open_threshold(tmp_path, capsys):
     assert main(["streethazards", "--data-root", str(root), "--open-threshold", "2", "--quiet",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--open-threshold" in capsys.readouterr().err
+
+
+def test_synthetic_world_without_data_root(tmp_path, monkeypatch):
+    """No --data-root: the synthetic world in the StreetHazards layout, the threshold from its val split."""
+    from posthoc.bench import evaluations
+    from posthoc.bench.datasets import StreetHazardsReader, read_label_png
+    from posthoc.bench.synthetic_streethazards import ensure_streethazards_world
+
+    monkeypatch.setenv("POSTHOC_SYNTHETIC_ROOT", str(tmp_path / "syn"))
+    monkeypatch.delenv("POSTHOC_DATA_ROOT", raising=False)
+    monkeypatch.delenv("POSTHOC_STREETHAZARDS_ROOT", raising=False)
+    calls = []
+
+    def small(split, seed):
+        calls.append((split, seed))
+        return ensure_streethazards_world(split=split, seed=seed, n_frames=2, size=SIZE)
+
+    monkeypatch.setattr(evaluations, "_synthetic_streethazards", small)
+    out = tmp_path / "run"
+    rc = main(["streethazards", "--teacher", "obsnet", "--proposals", "superpixels", "--variants", "teacher,csl2",
+               "--no-plots", "--quiet", "--out", str(out)])
+    assert rc == 0 and calls == [("test", 0), ("val", 0)]
+    res = json.loads((out / "results.json").read_text())
+    ev = res["evaluations"][0]
+    assert ev["synthetic"] and "SYNTHETIC WORLD" in ev["title"] and ev["frames_labelled"] == 2
+    t = ev["teachers"]["obsnet"]
+    assert t["open_set"]["computed"] and "validation" in t["open_set"]["threshold"]
+    for m in t["variants"].values():
+        assert 0.0 <= m["open_miou"] <= 1.0 and 0.0 < m["miou_known"] <= 1.0 and "ap" in m
+    md = (out / "results.md").read_text()
+    assert "SYNTHETIC WORLD" in md and "open-mIoU" in md
+    # the layout is the real reader's, the labels are the world's (class + 1, 14 at anomalies, 0 at the hood)
+    folder = small("test", 0)
+    rd = StreetHazardsReader(folder, "test")
+    track = syn.ensure_world(split="test", track="anomaly", n_frames=2, size=SIZE)
+    fr = syn.load_frame(track, "test_0000")
+    ann = read_label_png(folder / "annotations" / "test" / "world" / "test_0000.png")
+    assert [r.id for r in rd.refs] == ["world_test_0000", "world_test_0001"]
+    assert (ann[fr.label == 1] == 14).all() and (fr.label == 1).any()
+    known = fr.classes < 13
+    assert (ann[known] == fr.classes[known] + 1).all() and (ann[~known & (fr.label != 1)] == 0).all()
+    assert np.array_equal(rd.load(rd.refs[0]).label, fr.label)
+    assert (folder / "images" / "test" / "world" / "test_0000.png").read_bytes() == (
+        track / "images" / "test_0000.png").read_bytes()
