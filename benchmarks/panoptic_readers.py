@@ -25,9 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,16 +225,8 @@ def ensure_panoptic_world(root: os.PathLike | str | None = None, *, split: str =
     cfg = syn.world_config(split=split, track="anomaly", n_frames=n_frames, size=size, seed=seed)
     cfg_p = cfg | {"layout": "coco-panoptic"}
     base = syn.world_root(root, cfg) / "panoptic"
-    target = base / split
-    meta_path = target / "world.json"
-    try:
-        if json.loads(meta_path.read_text()).get("config") == cfg_p:
-            return target
-    except (OSError, ValueError, AttributeError):
-        pass
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-panoptic-{split}-", dir=base))
-    try:
+
+    def build(tmp: Path) -> dict:
         (tmp / split).mkdir()
         (tmp / "annotations" / f"panoptic_{split}").mkdir(parents=True)
         images, anns = [], []
@@ -255,21 +244,6 @@ def ensure_panoptic_world(root: os.PathLike | str | None = None, *, split: str =
             anns.append({"image_id": i, "file_name": f"{fid}.png", "segments_info": info})
         write_json_atomic(tmp / "annotations" / f"panoptic_{split}.json",
                           {"images": images, "annotations": anns, "categories": _synthetic_categories()})
-        write_json_atomic(tmp / "world.json", {"config": cfg_p, "content_sha256": digest.hexdigest(),
-                                               "unknown": SYNTHETIC_UNKNOWN})
-        if target.exists():
-            stale = base / f".stale-{split}-{uuid.uuid4().hex[:8]}"
-            try:
-                os.replace(target, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except OSError:
-                pass
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not meta_path.is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return {"content_sha256": digest.hexdigest(), "unknown": SYNTHETIC_UNKNOWN}
+
+    return syn.ensure_derived_world(base, split, cfg_p, build)

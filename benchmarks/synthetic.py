@@ -47,7 +47,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -362,3 +362,43 @@ def iter_frames(track_dir: os.PathLike | str) -> Iterator[tuple[str, Frame]]:
         ) from None
     for fid in ids:
         yield fid, load_frame(d, fid)
+
+
+def ensure_derived_world(base: Path, name: str, config: dict, build: Callable[[Path], dict]) -> Path:
+    """``base/name``: a folder derived from the world (another layout of its frames), cached by ``config``.
+
+    Returns at once when ``base/name/world.json`` records ``config``. Otherwise ``build(tmp)``
+    writes the files into a temporary folder next to the target and returns the rest of the
+    metadata; ``world.json`` (``config`` + that metadata) is written last, and the folder is
+    renamed into place, so a reader never sees a half-written world.
+    """
+    target = base / name
+    meta_path = target / "world.json"
+    try:
+        if json.loads(meta_path.read_text()).get("config") == config:
+            return target
+    except (OSError, ValueError, AttributeError):
+        pass
+    from posthoc.adapters.io import write_json_atomic
+
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{base.name}-{name}-", dir=base))
+    try:
+        meta = build(tmp)
+        write_json_atomic(tmp / "world.json", {"config": config, **meta})
+        if target.exists():
+            stale = base / f".stale-{name}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.replace(target, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                pass  # the rename below then reports the problem
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not meta_path.is_file():  # another process won the race with the same world
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

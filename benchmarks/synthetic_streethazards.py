@@ -17,11 +17,7 @@ folders are never touched (their files stay byte-identical).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,18 +53,10 @@ def ensure_streethazards_world(root: os.PathLike | str | None = None, *, split: 
     name = STREETHAZARDS_SPLITS[split]
     cfg_s = cfg | {"layout": "streethazards"}
     base = syn.world_root(root, cfg) / "streethazards"
-    target = base / name
-    meta_path = target / "world.json"
-    try:
-        if json.loads(meta_path.read_text()).get("config") == cfg_s:
-            return target
-    except (OSError, ValueError, AttributeError):
-        pass
-    track = syn.ensure_world(root, split=split, track="anomaly", n_frames=n_frames, size=size, seed=seed)
     n_known = len(syn.CLASS_NAMES)
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-streethazards-{name}-", dir=base))
-    try:
+
+    def build(tmp: Path) -> dict:
+        track = syn.ensure_world(root, split=split, track="anomaly", n_frames=n_frames, size=size, seed=seed)
         img_dir = tmp / "images" / name / TOWN
         ann_dir = tmp / "annotations" / name / TOWN
         img_dir.mkdir(parents=True)
@@ -84,24 +72,8 @@ def ensure_streethazards_world(root: os.PathLike | str | None = None, *, split: 
             syn._write_png(ann_dir / f"{fid}.png", ann)
             digest.update(img)
             digest.update(ann.tobytes())
-        (tmp / "world.json").write_text(json.dumps({
-            "config": cfg_s, "content_sha256": digest.hexdigest(), "ids": ids,
-            "class_names": list(syn.CLASS_NAMES), "known_classes": n_known,
-            "annotation": {"known": f"class + 1 (1..{n_known})", "anomaly": n_known + 1, "void": 0},
-        }, indent=1))
-        if target.exists():
-            stale = base / f".stale-{name}-{uuid.uuid4().hex[:8]}"
-            try:
-                os.replace(target, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except OSError:
-                pass  # the rename below then reports the problem
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not meta_path.is_file():  # another process won the race with the same world
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return {"content_sha256": digest.hexdigest(), "ids": ids, "class_names": list(syn.CLASS_NAMES),
+                "known_classes": n_known,
+                "annotation": {"known": f"class + 1 (1..{n_known})", "anomaly": n_known + 1, "void": 0}}
+
+    return syn.ensure_derived_world(base, name, cfg_s, build)
