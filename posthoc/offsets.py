@@ -419,6 +419,8 @@ def offsets_from_proposals(
 
     which = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
     nb = kernels._numba_offsets_mod() if which == "numba" else None
+    if nb is not None and backend == "auto" and not nb.edt_fits(H, W):
+        nb = None  # beyond the compiled EDT's int32 range: the numpy path (explicit "numba" raises)
     # the numba path writes every pixel; the numpy path only those of images with a boundary
     if nb is not None:  # fresh outputs on huge pages (fewer page faults; see kernels._empty_cpu)
         o_t, c_t = kernels._empty_cpu((B, 2, H, W), torch.float32), kernels._empty_cpu((B, 1, H, W), torch.float32)

@@ -7,18 +7,20 @@ fused multiply-adds), so results agree bit for bit except where a libm function 
 may differ by an ulp.
 
 * :func:`resample_np` -- Eq. 2-4 in one pass: per pixel the sampling position, the bilinear
-  weights and the four corner indices are computed once, then every channel is gathered,
+  weights and the top-left corner index are computed once, then every channel is gathered,
   blended with the confidence and clamped, so each plane of the scores is read about once
-  (the corners are neighbours, in cache) and the output written once.
+  (the corners are neighbours, in cache) and the output written once. Rows where most pixels
+  move are resampled densely; elsewhere the row is copied and only the moving pixels fixed.
 * :func:`boundary_edt_np` -- the 4-neighbour label boundary and its exact Euclidean
-  distance transform (Meijster et al. 2000, "A general algorithm for computing distance
-  transforms in linear time": a column pass and a row pass of lower envelopes, in integer
-  arithmetic, so squared distances are exact and ``sqrt`` is correctly rounded -- equal to
+  distance transform (a column pass as in Meijster et al. 2000, "A general algorithm for
+  computing distance transforms in linear time", then per row the lower envelope of
+  parabolas, kept in exact integer arithmetic without divisions, so squared distances are
+  exact and ``sqrt`` is correctly rounded -- equal to
   ``scipy.ndimage.distance_transform_edt`` bit for bit).
-* :func:`gauss_blur_np` -- the separable Gaussian with replicate border of
-  :func:`posthoc.offsets._gaussian_blur`, same taps, same order, float64.
-* :func:`offset_field_np` -- gradient, normalisation, length, the "target stays in its own
-  region" halving and the confidence, fused per pixel.
+* :func:`offset_field_np` -- in one pass over row blocks: the distances, their separable
+  Gaussian with replicate border (:func:`posthoc.offsets._gaussian_blur`: same taps, same
+  order, float64), the gradient, normalisation, length, the "target stays in its own region"
+  halving and the confidence.
 """
 from __future__ import annotations
 
@@ -45,15 +47,23 @@ def _scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _resample(s, o, f, sx, sy, out, bad):
+def _resample(s, o, f, sx, sy, out, bad, nchunk):
     """s (B,C,H,W) f32; o (B,2,H,W) f32; f (B,1,H,W) f32; sx, sy f32 unit scales; out (B,C,H,W).
 
-    Per output row, the pixels whose target is not the pixel itself are listed once with
-    their corner indices and weights; then each channel is streamed through: the row is
-    copied (a zero offset is the identity, ``S + F * 0 = S``) and only the listed pixels are
-    resampled. ``bad[b*H + y]`` counts the row's non-finite scores or offsets and
-    confidences outside [0,1] (NaN included); such an offset is read as 0 so that no index
-    leaves the image.
+    The B*H output rows are split into ``nchunk`` contiguous blocks (one scratch allocation per
+    block, not per row). Per row, the sampling position of every pixel is computed once: the
+    flat index ``j`` of its top-left corner, clamped so that the other corners are ``j+1``,
+    ``j+W`` and ``j+W+1`` (a position on the last column or row then has weight 1 on the far
+    corner: the same value), its bilinear weights and its confidence; the pixels whose target
+    is not the pixel itself are also listed. Then each channel is streamed through:
+
+    * rows where most pixels move are resampled densely (every pixel, no indirection; a pixel
+      that does not move keeps its score);
+    * other rows are copied (a zero offset is the identity) and only the listed pixels are
+      resampled.
+
+    ``bad[b*H + y]`` counts the row's non-finite scores or offsets and confidences outside
+    [0,1] (NaN included); such an offset is read as 0 so that no index leaves the image.
     """
     B, C, H, W = s.shape
     wmax = np.float32(W - 1)
@@ -61,89 +71,106 @@ def _resample(s, o, f, sx, sy, out, bad):
     one = np.float32(1.0)
     zero = np.float32(0.0)
     big = np.float32(3.4028234663852886e38)  # float32 max: abs(x) <= big <=> finite
-    for it in prange(B * H):
-        b = it // H
-        y = it % H
-        yf = np.float32(y)
+    dxs = 1 if W > 1 else 0
+    dys = W if H > 1 else 0
+    xlim = max(W - 2, 0)
+    ylim = max(H - 2, 0)
+    n = B * H
+    step = (n + nchunk - 1) // nchunk
+    for ch in prange(nchunk):
         xs = np.empty(W, np.int64)
-        i00 = np.empty(W, np.int64)
-        i01 = np.empty(W, np.int64)
-        i10 = np.empty(W, np.int64)
-        i11 = np.empty(W, np.int64)
+        jj = np.empty(W, np.int64)
         wxs = np.empty(W, np.float32)
         wys = np.empty(W, np.float32)
         fcs = np.empty(W, np.float32)
-        nbad = 0
-        m = 0
-        base = y * W
-        for x in range(W):
-            dx = o[b, 0, y, x]
-            dy = o[b, 1, y, x]
-            fc = f[b, 0, y, x]
-            if not (fc >= zero and fc <= one):
-                nbad += 1
-            if dx == zero and dy == zero:
-                continue  # zero offset: the pixel itself (the common case of a proposal field)
-            if not (abs(dx) <= big and abs(dy) <= big):
-                nbad += 1
-                dx = zero
-                dy = zero
-            if sx != one:
-                dx = dx * sx
-            if sy != one:
-                dy = dy * sy
-            px = np.float32(x) + dx
-            py = yf + dy
-            px = min(max(px, zero), wmax)
-            py = min(max(py, zero), hmax)
-            x0 = int(px)  # px, py >= 0 after the clamp: truncation is floor
-            y0 = int(py)
-            wx = px - np.float32(x0)
-            wy = py - np.float32(y0)
-            j = y0 * W + x0
-            if wx == zero and wy == zero and j == base + x:
-                continue  # the pixel itself
-            x1 = min(x0 + 1, W - 1)
-            y1 = min(y0 + 1, H - 1)
-            xs[m] = x
-            i00[m] = j
-            i01[m] = y0 * W + x1
-            i10[m] = y1 * W + x0
-            i11[m] = y1 * W + x1
-            wxs[m] = wx
-            wys[m] = wy
-            fcs[m] = fc
-            m += 1
-        for c in range(C):
-            plane = s[b, c].reshape(H * W)
-            row = s[b, c, y]
-            orow = out[b, c, y]
+        mv = np.empty(W, np.bool_)
+        for it in range(ch * step, min(n, (ch + 1) * step)):
+            b = it // H
+            y = it % H
+            yf = np.float32(y)
+            nbad = 0
+            m = 0
+            base = y * W
             for x in range(W):
-                sv = row[x]
-                if not abs(sv) <= big:
+                dx = o[b, 0, y, x]
+                dy = o[b, 1, y, x]
+                fc = f[b, 0, y, x]
+                if not (fc >= zero and fc <= one):
                     nbad += 1
-                orow[x] = sv
-            for k in range(m):
-                x = xs[k]
-                sv = row[x]
-                wx = wxs[k]
-                wy = wys[k]
-                v00 = plane[i00[k]]
-                if wx == zero and wy == zero:
-                    val = v00  # integral target: the other bilinear weights are 0
-                else:
-                    v01 = plane[i01[k]]
-                    v10 = plane[i10[k]]
-                    v11 = plane[i11[k]]
+                if not (abs(dx) <= big and abs(dy) <= big):
+                    nbad += 1
+                    dx = zero
+                    dy = zero
+                if sx != one:
+                    dx = dx * sx
+                if sy != one:
+                    dy = dy * sy
+                px = min(max(np.float32(x) + dx, zero), wmax)
+                py = min(max(yf + dy, zero), hmax)
+                x0 = min(int(px), xlim)  # px, py >= 0 after the clamp: truncation is floor
+                y0 = min(int(py), ylim)
+                wx = px - np.float32(x0)
+                wy = py - np.float32(y0)
+                jj[x] = y0 * W + x0
+                wxs[x] = wx
+                wys[x] = wy
+                fcs[x] = fc
+                moves = px != np.float32(x) or py != yf  # its target is not the pixel itself
+                mv[x] = moves
+                if moves:
+                    xs[m] = x
+                    m += 1
+            dense = 4 * m > 3 * W
+            for c in range(C):
+                plane = s[b, c].reshape(H * W)
+                row = s[b, c, y]
+                orow = out[b, c, y]
+                if dense:
+                    for x in range(W):
+                        sv = row[x]
+                        if not abs(sv) <= big:
+                            nbad += 1
+                        k = jj[x]
+                        wx = wxs[x]
+                        wy = wys[x]
+                        v00 = plane[k]
+                        v01 = plane[k + dxs]
+                        v10 = plane[k + dys]
+                        v11 = plane[k + dys + dxs]
+                        top = v00 * (one - wx) + v01 * wx
+                        bot = v10 * (one - wx) + v11 * wx
+                        val = top * (one - wy) + bot * wy
+                        lo = min(min(v00, v01), min(v10, v11))
+                        hi = max(max(v00, v01), max(v10, v11))
+                        val = min(max(val, lo), hi)
+                        r = sv + fcs[x] * (val - sv)
+                        r = min(max(r, min(sv, val)), max(sv, val))
+                        orow[x] = r if mv[x] else sv  # the identity bit for bit (-0.0 stays -0.0)
+                    continue
+                for x in range(W):
+                    sv = row[x]
+                    if not abs(sv) <= big:
+                        nbad += 1
+                    orow[x] = sv
+                for q in range(m):
+                    x = xs[q]
+                    sv = row[x]
+                    k = jj[x]
+                    wx = wxs[x]
+                    wy = wys[x]
+                    v00 = plane[k]
+                    v01 = plane[k + dxs]
+                    v10 = plane[k + dys]
+                    v11 = plane[k + dys + dxs]
                     top = v00 * (one - wx) + v01 * wx
                     bot = v10 * (one - wx) + v11 * wx
                     val = top * (one - wy) + bot * wy
                     lo = min(min(v00, v01), min(v10, v11))
                     hi = max(max(v00, v01), max(v10, v11))
                     val = min(max(val, lo), hi)
-                r = sv + fcs[k] * (val - sv)
-                orow[x] = min(max(r, min(sv, val)), max(sv, val))
-        bad[it] = nbad
+                    r = sv + fcs[x] * (val - sv)
+                    orow[x] = min(max(r, min(sv, val)), max(sv, val))
+            bad[it] = nbad
 
 
 @_serialized
@@ -154,9 +181,12 @@ def resample_np(s: np.ndarray, o: np.ndarray, f: np.ndarray, sx: float, sy: floa
     Returns the number of invalid inputs seen (0 = all finite and the confidence in [0,1]);
     the caller then raises the error of its validation helpers.
     """
+    import numba
+
     B, _, H, _ = s.shape
     bad = np.zeros(B * H, np.int64)
-    _resample(s, o, f, np.float32(sx), np.float32(sy), out, bad)
+    nchunk = max(1, min(B * H, 4 * numba.get_num_threads()))
+    _resample(s, o, f, np.float32(sx), np.float32(sy), out, bad, nchunk)
     return int(bad.sum())
 
 
@@ -205,131 +235,85 @@ def _edt_columns(lab, g, inf):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _edt_rows(g, n2):
-    """Meijster's second phase per row: n2 = min_i (x-i)^2 + g(i)^2 (exact squared distance, int32).
+    """Second phase per row: n2[y,x] = min_i (x-i)^2 + g[y,i]^2, the exact squared distance.
 
-    The envelope buffers are int32 (half the cache footprint of :func:`_edt_rows64`), valid while
-    ``W^2 + max(g)^2 < 2^31`` (the caller checks it and uses :func:`_edt_rows64` otherwise), and
-    the top of the envelope stack (s[q], t[q], g2[s[q]]) is kept in registers instead of being
-    re-read on every comparison. Same envelopes, same integer results as :func:`_edt_rows64`.
-    ``n2`` may be ``g`` itself: each row of g is read into a local buffer before it is written.
-    The separation point is computed as in :func:`_edt_rows64` (float64 floor, exact here).
+    The lower envelope of the parabolas ``(x-i)^2 + g(i)^2`` (Felzenszwalb & Huttenlocher
+    2012, "Distance transforms of sampled functions"; the same envelope as Meijster's second
+    phase), kept division-free: the intersection of two parabolas is the rational
+    ``num / den`` with ``den > 0``, and every comparison with it is cross-multiplied in int64
+    (|num| < 2^33, den < 2^17 for any image below 2^16 pixels a side), so the envelope is
+    exact and no float or integer division sits on the scan's dependency chain. The top of
+    the stack is kept in registers. ``n2`` may be ``g`` itself (each row is read into a local
+    buffer before it is written).
     """
     H, W = g.shape
     for y in prange(H):
-        s = np.empty(W, np.int32)
-        t = np.empty(W, np.int32)
-        g2 = np.empty(W, np.int32)
+        v = np.empty(W, np.int64)  # envelope: parabola apexes
+        zn = np.empty(W, np.int64)  # ... and where each starts, zn/zd (zd > 0)
+        zd = np.empty(W, np.int64)
+        f = np.empty(W, np.int64)  # g^2 + i^2
+        grow = g[y]
         for u in range(W):
-            gv = g[y, u]
-            g2[u] = gv * gv
-        q = 0
-        s[0] = 0
-        t[0] = 0
-        sq = 0
-        tq = 0
-        g2s = g2[0]
-        for u in range(1, W):
-            gu2 = g2[u]
-            while True:  # pop the parabolas that u's is below at their segment start
-                a = tq - sq
-                b = tq - u
-                if a * a + g2s > b * b + gu2:
-                    q -= 1
-                    if q < 0:
-                        break
-                    sq = s[q]
-                    tq = t[q]
-                    g2s = g2[sq]
-                else:
-                    break
-            if q < 0:
-                q = 0
-                s[0] = u
-                t[0] = 0
-                sq = u
-                tq = 0
-                g2s = gu2
-            else:
-                num = u * u - sq * sq + gu2 - g2s
-                w = 1 + int(np.floor(np.float64(num) / np.float64(2 * (u - sq))))
-                if w < W:
-                    q += 1
-                    s[q] = u
-                    t[q] = w
-                    sq = u
-                    tq = w
-                    g2s = gu2
+            gv = np.int64(grow[u])
+            f[u] = gv * gv + np.int64(u) * np.int64(u)
+        k = 0
+        v[0] = 0
+        zn[0] = 0
+        zd[0] = 1
+        vk = np.int64(0)
+        fvk = f[0]
+        znk = np.int64(0)
+        zdk = np.int64(1)
+        for q in range(1, W):
+            fq = f[q]
+            num = fq - fvk
+            den = 2 * (q - vk)
+            while k > 0 and num * zdk <= znk * den:  # q's parabola is below from where v[k]'s starts
+                k -= 1
+                vk = v[k]
+                fvk = f[vk]
+                znk = zn[k]
+                zdk = zd[k]
+                num = fq - fvk
+                den = 2 * (q - vk)
+            k += 1
+            v[k] = q
+            zn[k] = num
+            zd[k] = den
+            vk = np.int64(q)
+            fvk = fq
+            znk = num
+            zdk = den
         nrow = n2[y]
-        sq = s[q]
-        g2s = g2[sq]
-        tq = t[q]
-        for u in range(W - 1, -1, -1):
-            a = u - sq
-            nrow[u] = a * a + g2s
-            if u == tq:
-                q -= 1
-                if q >= 0:
-                    sq = s[q]
-                    g2s = g2[sq]
-                    tq = t[q]
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _edt_rows64(g, n2):
-    """Meijster's second phase per row in int64 arithmetic (images too large for :func:`_edt_rows`).
-
-    ``n2`` may be ``g`` itself: each row of g is read into a local buffer before it is written.
-
-    The separation point ``1 + floor(num / den)`` is computed in float64: num < 2^31 and den
-    < 2^16 here, so a non-integer quotient lies at least 1/den from an integer, far more than
-    its rounding error, and the float floor equals the integer one (no 64-bit division).
-    """
-    H, W = g.shape
-    for y in prange(H):
-        s = np.empty(W, np.int64)
-        t = np.empty(W, np.int64)
-        g2 = np.empty(W, np.int64)
-        for u in range(W):
-            gv = np.int64(g[y, u])
-            g2[u] = gv * gv
-        q = 0
-        s[0] = 0
-        t[0] = 0
-        for u in range(1, W):
-            gu2 = g2[u]
-            while q >= 0:
-                sq = s[q]
-                a = t[q] - sq
-                b = t[q] - u
-                if a * a + g2[sq] > b * b + gu2:
-                    q -= 1
-                else:
-                    break
-            if q < 0:
-                q = 0
-                s[0] = u
-                t[0] = 0
-            else:
-                sq = s[q]
-                num = u * u - sq * sq + gu2 - g2[sq]
-                w = 1 + int(np.floor(np.float64(num) / np.float64(2 * (u - sq))))
-                if w < W:
-                    q += 1
-                    s[q] = u
-                    t[q] = w
-        nrow = n2[y]
-        for u in range(W - 1, -1, -1):
-            sq = s[q]
-            a = u - sq
-            nrow[u] = a * a + g2[sq]
-            if u == t[q]:
-                q -= 1
+        kk = 0
+        vk = v[0]
+        gk = f[vk] - vk * vk
+        nzn = np.int64(0)
+        nzd = np.int64(1)
+        if k > 0:
+            nzn = zn[1]
+            nzd = zd[1]
+        for x in range(W):
+            while kk < k and nzn < x * nzd:  # the next parabola starts at or before x
+                kk += 1
+                vk = v[kk]
+                gk = f[vk] - vk * vk
+                if kk < k:
+                    nzn = zn[kk + 1]
+                    nzd = zd[kk + 1]
+            a = x - vk
+            nrow[x] = a * a + gk
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _dist(n):
     """Euclidean distance from an exact squared distance, as scipy's EDT followed by astype(float32)."""
     return np.float32(np.sqrt(np.float64(n)))
+
+
+def edt_fits(H: int, W: int) -> bool:
+    """Whether every squared distance of an (H,W) image fits the int32 map (sides up to ~32k)."""
+    return int(W - 1) ** 2 + int(H + W + 1) ** 2 < 2**31
 
 
 @_serialized
@@ -345,12 +329,13 @@ def boundary_edt_np(lab: np.ndarray):
     g = _scratch((H, W), np.int32)
     if _edt_columns(lab, g, inf) == 0:
         return None
-    n2 = g
-    if int(W) ** 2 + int(inf) ** 2 < 2**31:
-        _edt_rows(g, n2)  # in place
-    else:
-        _edt_rows64(g, n2)
-    return n2
+    if not edt_fits(H, W):
+        from ..errors import ShapeError
+
+        raise ShapeError(f"a {H}x{W} image is too large for the compiled EDT's int32 squared distances; "
+                         "use backend='torch'")
+    _edt_rows(g, g)  # in place
+    return g
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -370,134 +355,169 @@ def distances_np(n2: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- blur + field
 #
-# Offsets are non-zero only where d < max_offset. Their gradient reads the blurred distance
-# at the 4-neighbours (d < max_offset + 1, d being 1-Lipschitz), which reads the axis-0 pass
-# within ``r`` columns (d < max_offset + 1 + r). So both blur passes run only on a band
-# around the boundaries (thresholds with a margin of 1 pixel for rounding); elsewhere the
-# offset is 0 and only the confidence is computed.
+# One pass over row blocks (one block per work item, each with a halo of r + 1 rows): per row
+# the distances d = sqrt(n2) of the rows it needs are computed into a ring of 2r+1 rows, the
+# separable blur (replicate border, float64, taps in ascending order, as numpy's
+# ``_gaussian_blur``) runs densely and branch-free over the row (vectorised), and the blurred
+# rows y-1, y, y+1 (a ring of 3) give the gradient, offset and confidence of row y. Nothing
+# image-sized is written but the outputs.
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dist64(n, dtab):
-    """float64(d) for a squared distance n: from the table when n is small, else computed."""
-    if n < dtab.shape[0]:
-        return dtab[n]
-    return np.float64(_dist(n))
+def _d64_row(n2, yy, out):
+    """out[x] = float64(float32(sqrt(n2[yy, x]))): d as the reference computes it (EDT -> float32)."""
+    row = n2[yy]
+    for x in range(row.shape[0]):
+        out[x] = np.float64(np.float32(np.sqrt(np.float64(row[x]))))
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _band_blur(n2, k, lim0, lim1, dtab, ds):
-    """Separable blur (replicate border, float64, taps in ascending order) of d = sqrt(n2).
-
-    Row by row: the axis-0 pass into a row buffer where n2 < lim0, then the axis-1 pass into
-    ``ds`` where n2 < lim1 (it reads the buffer within r columns, all below lim0).
-    ``dtab[n] = float64(float32(sqrt(n)))`` for small n (the band's distances)."""
-    H, W = n2.shape
+@njit(cache=True, nogil=True, inline="always")
+def _blur_row(dr, z, k, r, H, tr, out):
+    """Blurred row z into ``out``: axis 0 from the ring ``dr`` (slot = row mod 2r+1, rows clamped
+    to the image when they were filled), then axis 1 with replicate border. Per element the
+    same float64 multiply-adds in the same order as the reference (0.0 + k0 v0 + k1 v1 ...)."""
+    W = tr.shape[0]
+    K = dr.shape[0]
     n = k.shape[0]
-    r = (n - 1) // 2
-    for y in prange(H):
-        tmp = np.empty(W, np.float64)
-        row = n2[y]
+    for x in range(W):
+        tr[x] = 0.0
+    for i in range(n):
+        src = dr[(z + i - r) % K]
+        ki = k[i]
         for x in range(W):
-            if row[x] < lim0:
-                acc = 0.0
-                for i in range(n):
-                    yy = min(max(y + i - r, 0), H - 1)
-                    acc += k[i] * _dist64(n2[yy, x], dtab)
-                tmp[x] = acc
-        for x in range(W):
-            if row[x] < lim1:
-                acc = 0.0
-                for i in range(n):
-                    xx = min(max(x + i - r, 0), W - 1)
-                    acc += k[i] * tmp[xx]
-                ds[y, x] = acc
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _band_dist(n2, lim, ds):
-    """ds = d (float32) where n2 < lim: the unblurred field of ``smooth=0``."""
-    H, W = n2.shape
-    for y in prange(H):
-        for x in range(W):
-            if n2[y, x] < lim:
-                ds[y, x] = _dist(n2[y, x])
+            tr[x] += ki * src[x]
+    for x in range(W):
+        out[x] = 0.0
+    lo = min(r, W)
+    hi = max(W - r, lo)
+    for i in range(n):
+        ki = k[i]
+        sh = i - r
+        for x in range(lo):
+            out[x] += ki * tr[min(max(x + sh, 0), W - 1)]
+        src = tr[lo + sh:hi + sh]  # an aligned view: a plain, vectorised multiply-add
+        dst = out[lo:hi]
+        for j in range(hi - lo):
+            dst[j] += ki * src[j]
+        for x in range(hi, W):
+            out[x] += ki * tr[min(max(x + sh, 0), W - 1)]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _grad(ds, y, x, H, W, two, zero):
-    if H > 1:
-        if y == 0:
-            gy = ds[1, x] - ds[0, x]
-        elif y == H - 1:
-            gy = ds[H - 1, x] - ds[H - 2, x]
-        else:
-            gy = (ds[y + 1, x] - ds[y - 1, x]) / two
-    else:
-        gy = zero
-    if W > 1:
-        if x == 0:
-            gx = ds[y, 1] - ds[y, 0]
-        elif x == W - 1:
-            gx = ds[y, W - 1] - ds[y, W - 2]
-        else:
-            gx = (ds[y, x + 1] - ds[y, x - 1]) / two
-    else:
-        gx = zero
-    return gx, gy
-
-
-@njit(cache=True, parallel=True, nogil=True)
-def _field(lab, n2, ds, two, eps, max_off, n_off, bw, table, dev, tw, use_dev, ox, oy, conf):
-    """Offsets and confidence of :func:`posthoc.offsets.offsets_from_proposals` for one image.
-
-    ``ds`` is float64 (blurred) or float32 (``smooth=0``), valid on the band; ``two``/``eps``
-    carry its dtype so that the arithmetic matches numpy's on an array of that dtype.
-    ``table[n] = exp(-sqrt(n) / bw)`` (computed by numpy) for squared distances n below its size;
-    ``n_off`` is the smallest n whose float32 distance is >= max_off (so ``d < max_off <=> n < n_off``).
-    """
+def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, dev, tw, use_dev, ox, oy, conf):
+    """Offsets and confidence of row y from the (blurred) distance rows y-1, y, y+1 (``up``/``dn``
+    unused at the image's top/bottom row); the gradient is numpy's ``np.gradient`` (central
+    differences, one-sided at the borders)."""
     H, W = lab.shape
     zero = two - two
     z32 = np.float32(0.0)
     nt = table.shape[0]
-    for y in prange(H):
-        for x in range(W):
-            v = lab[y, x]
-            if v < 0:
-                ox[y, x] = z32
-                oy[y, x] = z32
-                conf[y, x] = z32
-                continue
-            n = n2[y, x]
-            fx = z32
-            fy = z32
-            if n < n_off:
-                dd = _dist(n)
-                gx, gy = _grad(ds, y, x, H, W, two, zero)
-                norm = np.sqrt(gx * gx + gy * gy)
-                length = min(max(max_off - dd, z32), max_off)
-                if norm > eps:
-                    fx = np.float32((gx / norm) * length)
-                    fy = np.float32((gy / norm) * length)
-                for it in range(5):
-                    if fx == z32 and fy == z32:
-                        break  # the target is the pixel itself
-                    tx = min(max(np.rint(np.float64(x) + np.float64(fx)), 0.0), W - 1.0)
-                    ty = min(max(np.rint(np.float64(y) + np.float64(fy)), 0.0), H - 1.0)
-                    if lab[int(ty), int(tx)] == v:
-                        break
-                    if it == 4:
-                        fx = z32
-                        fy = z32
-                    else:
-                        fx = fx * np.float32(0.5)
-                        fy = fy * np.float32(0.5)
-            ox[y, x] = fx
-            oy[y, x] = fy
-            fc = table[n] if n < nt else np.exp(-_dist(n) / bw)
-            if use_dev:
-                fc = fc * np.float32((1.0 - tw) + tw * dev[y, x])
-            conf[y, x] = min(max(fc, z32), np.float32(1.0))
+    lrow = lab[y]
+    nrow = n2[y]
+    for x in range(W):
+        v = lrow[x]
+        if v < 0:
+            ox[y, x] = z32
+            oy[y, x] = z32
+            conf[y, x] = z32
+            continue
+        n = nrow[x]
+        fx = z32
+        fy = z32
+        if n < n_off:
+            dd = _dist(n)
+            if H > 1:
+                if y == 0:
+                    gy = dn[x] - cur[x]
+                elif y == H - 1:
+                    gy = cur[x] - up[x]
+                else:
+                    gy = (dn[x] - up[x]) / two
+            else:
+                gy = zero
+            if W > 1:
+                if x == 0:
+                    gx = cur[1] - cur[0]
+                elif x == W - 1:
+                    gx = cur[W - 1] - cur[W - 2]
+                else:
+                    gx = (cur[x + 1] - cur[x - 1]) / two
+            else:
+                gx = zero
+            norm = np.sqrt(gx * gx + gy * gy)
+            length = min(max(max_off - dd, z32), max_off)
+            if norm > eps:
+                fx = np.float32((gx / norm) * length)
+                fy = np.float32((gy / norm) * length)
+            for it in range(5):
+                if fx == z32 and fy == z32:
+                    break  # the target is the pixel itself
+                tx = min(max(np.rint(np.float64(x) + np.float64(fx)), 0.0), W - 1.0)
+                ty = min(max(np.rint(np.float64(y) + np.float64(fy)), 0.0), H - 1.0)
+                if lab[int(ty), int(tx)] == v:
+                    break
+                if it == 4:
+                    fx = z32
+                    fy = z32
+                else:
+                    fx = fx * np.float32(0.5)
+                    fy = fy * np.float32(0.5)
+        ox[y, x] = fx
+        oy[y, x] = fy
+        fc = table[n] if n < nt else np.exp(-_dist(n) / bw)
+        if use_dev:
+            fc = fc * np.float32((1.0 - tw) + tw * dev[y, x])
+        conf[y, x] = min(max(fc, z32), np.float32(1.0))
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _field(lab, n2, k, blur, dring, tring, sring, two, eps, max_off, n_off, bw, table, dev, tw, use_dev,
+           ox, oy, conf):
+    """Offsets and confidence of :func:`posthoc.offsets.offsets_from_proposals` for one image.
+
+    ``blur``: smooth the distance with the float64 taps ``k`` (``sring`` float64), else use the
+    float32 distance itself (``smooth=0``, ``sring`` float32); ``two``/``eps`` carry that dtype
+    so that the gradient arithmetic matches numpy's on an array of it. ``sring`` (nblk,3,W),
+    ``dring`` (nblk,2r+1,W) and ``tring`` (nblk,W) are per-block scratch rows.
+    ``table[n] = exp(-sqrt(n) / bw)`` (computed by numpy) for squared distances n below its size;
+    ``n_off`` is the smallest n whose float32 distance is >= max_off (so ``d < max_off <=> n < n_off``).
+    """
+    H, W = lab.shape
+    nblk = sring.shape[0]
+    r = (k.shape[0] - 1) // 2
+    K = dring.shape[1]
+    step = (H + nblk - 1) // nblk
+    for bi in prange(nblk):
+        ya = bi * step
+        yb = min(H, ya + step)
+        if ya >= yb:
+            continue
+        dr = dring[bi]
+        tr = tring[bi]
+        sr = sring[bi]
+        z0 = max(ya - 1, 0)
+        z1 = min(yb, H - 1)
+        if blur:
+            for rr in range(z0 - r, z0 + r):  # the ring's first 2r rows (replicate border)
+                _d64_row(n2, min(max(rr, 0), H - 1), dr[rr % K])
+        for z in range(z0, z1 + 1):
+            out = sr[z % 3]
+            if blur:
+                rr = z + r
+                _d64_row(n2, min(rr, H - 1), dr[rr % K])
+                _blur_row(dr, z, k, r, H, tr, out)
+            else:
+                nrow = n2[z]
+                for x in range(W):
+                    out[x] = _dist(nrow[x])
+            y = z - 1
+            if y >= ya:
+                _field_row(lab, n2, y, sr[(y - 1) % 3], sr[y % 3], sr[z % 3], two, eps, max_off, n_off, bw,
+                           table, dev, tw, use_dev, ox, oy, conf)
+        if yb == H:  # the last row (its gradient is one-sided)
+            y = H - 1
+            _field_row(lab, n2, y, sr[(y - 1) % 3], sr[y % 3], sr[y % 3], two, eps, max_off, n_off, bw,
+                       table, dev, tw, use_dev, ox, oy, conf)
 
 
 #: largest confidence table (entries = squared distances); beyond it exp is evaluated per pixel
@@ -560,14 +580,6 @@ def teacher_deviation_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out.reshape(lab.shape)
 
 
-@functools.lru_cache(maxsize=16)
-def _sqrt_table(size: int) -> np.ndarray:
-    """``float64(float32(sqrt(n)))`` for n < size (as :func:`_dist` computes it)."""
-    t = np.sqrt(np.arange(max(1, min(size, TABLE_MAX)), dtype=np.float64)).astype(np.float32).astype(np.float64)
-    t.flags.writeable = False
-    return t
-
-
 def _first_at_least(max_offset: float) -> np.int64:
     """The smallest n >= 0 with float32(sqrt(n)) >= float32(max_offset): ``d < max_offset <=> n < it``."""
     m = np.float32(max_offset)
@@ -596,22 +608,19 @@ def offset_field_np(lab, n2, smooth_taps, max_offset, boundary_width, dev, teach
 
     ``smooth_taps`` are the float64 Gaussian taps, or None for ``smooth=0``.
     """
-    H, W = lab.shape
-    mo = float(max_offset)
-    def sq(lim: float) -> np.int64:  # d < lim  <=>  n2 < lim^2 (margins of a pixel cover rounding)
-        return np.int64(min(math.ceil(lim * lim), 2**62))
+    import numba
 
-    if smooth_taps is None:
-        ds = _scratch((H, W), np.float32)
-        _band_dist(n2, sq(mo + 2.0), ds)
-    else:
-        r = (smooth_taps.shape[0] - 1) // 2
-        ds = _scratch((H, W), np.float64)
-        _band_blur(n2, smooth_taps, sq(mo + r + 2.0), sq(mo + 2.0), _sqrt_table(int(sq(mo + 2 * r + 3.0))), ds)
-    t = ds.dtype.type
+    H, W = lab.shape
+    blur = smooth_taps is not None
+    taps = smooth_taps if blur else np.ones(1, np.float64)
+    nblk = max(1, min(H, 2 * numba.get_num_threads()))
+    t = np.float64 if blur else np.float32
+    sring = np.empty((nblk, 3, W), t)
+    dring = np.empty((nblk, taps.shape[0] if blur else 1, W), np.float64)
+    tring = np.empty((nblk, W), np.float64)
     use_dev = dev is not None
     devarr = dev if use_dev else np.zeros((1, 1), np.float64)
     table = _conf_table(float(boundary_width), (H - 1) ** 2 + (W - 1) ** 2 + 1)
-    _field(lab, n2, ds, t(2.0), t(1e-6), np.float32(max_offset), _first_at_least(float(max_offset)),
-           np.float32(boundary_width), table,
+    _field(lab, n2, taps, blur, dring, tring, sring, t(2.0), t(1e-6), np.float32(max_offset),
+           _first_at_least(float(max_offset)), np.float32(boundary_width), table,
            devarr, float(teacher_weight), use_dev, ox, oy, conf)

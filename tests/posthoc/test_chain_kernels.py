@@ -55,6 +55,25 @@ def test_offset_resample_numba_identity_and_kinds():
     np.testing.assert_array_equal(out2, ref)
 
 
+def test_offset_resample_numba_dense_and_sparse_rows():
+    """Rows where most pixels move take the dense loop, the others copy + fix the movers: both equal
+    torch, and a pixel that does not move keeps its score bit for bit (-0.0 included) in either."""
+    rng = np.random.default_rng(3)
+    B, C, H, W = 2, 3, 24, 40
+    s = rng.normal(size=(B, C, H, W)).astype(np.float32)
+    s[rng.random(s.shape) < 0.1] = -0.0
+    o = (rng.normal(size=(B, 2, H, W)) * 2).astype(np.float32)
+    o[:, :, 8:16] *= rng.random((B, 1, 8, W)) < 0.1  # sparse rows: ~10% of the pixels move
+    o[:, :, 16:, ::7] = 0.0  # dense rows with a few fixed pixels
+    o[:, 0, 20, :] = -1e3  # a row clamped to the left border
+    f = rng.random((B, 1, H, W)).astype(np.float32)
+    a = posthoc.offset_resample(s, o, f, backend="numba")
+    b = posthoc.offset_resample(s, o, f, backend="torch")
+    np.testing.assert_array_equal(a, b)
+    still = np.broadcast_to(((o[:, 0] == 0) & (o[:, 1] == 0))[:, None], s.shape)
+    assert np.array_equal(np.signbit(a[still]), np.signbit(s[still])) and np.array_equal(a[still], s[still])
+
+
 @pytest.mark.parametrize("what", ["scores_nan", "offsets_inf", "conf_high", "conf_nan"])
 def test_offset_resample_numba_value_errors_match_torch(what):
     s = np.zeros((1, 2, 8, 9), np.float32)
@@ -139,8 +158,8 @@ def test_edt_equals_scipy():
 
 
 
-def test_edt_row_pass_int32_equals_int64():
-    """The int32 row pass (registers for the stack top) gives the int64 pass's squared distances."""
+def test_edt_row_pass_equals_brute_force():
+    """The division-free lower envelope gives min_i (x-i)^2 + g(i)^2 exactly (brute force over i)."""
     rng = np.random.default_rng(11)
     maps = [voronoi_labels(1, 96, 160, 12, seed=2)[0], rng.integers(0, 2, (41, 67)).astype(np.int32),
             (rng.random((53, 97)) < 0.002).astype(np.int64).cumsum(axis=1), np.zeros((9, 13), np.int64)]
@@ -149,12 +168,19 @@ def test_edt_row_pass_int32_equals_int64():
         H, W = lab.shape
         g = np.empty((H, W), np.int32)
         nbo._edt_columns(lab, g, np.int32(H + W + 1))
-        a, b = g.copy(), g.copy()
+        a = g.copy()
         nbo._edt_rows(g, a)
-        nbo._edt_rows64(g, b)
-        np.testing.assert_array_equal(a, b)
+        i = np.arange(W)
+        brute = ((i[None, :, None] - i[None, None, :]) ** 2 + g.astype(np.int64)[:, None, :] ** 2).min(-1)
+        np.testing.assert_array_equal(a, brute)
         bd = posthoc.offsets._boundary_map(lab)
         np.testing.assert_array_equal(nbo.distances_np(a), ndi.distance_transform_edt(~bd).astype(np.float32))
+    g = rng.integers(0, 40, (30, 50)).astype(np.int32)  # any column distances, ties included
+    a = g.copy()
+    nbo._edt_rows(a, a)  # in place is allowed: a row is read before it is written
+    i = np.arange(50)
+    np.testing.assert_array_equal(a, ((i[None, :, None] - i[None, None, :]) ** 2 + g.astype(np.int64)[:, None, :] ** 2).min(-1))
+
 
 # ----------------------------------------------------------------------------- split_components
 @HYP
