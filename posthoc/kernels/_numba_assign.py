@@ -43,32 +43,42 @@ def _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, ystart, xstart, rel, out, 
         nbad = 0
         zero = np.float32(0.0)
         one = np.float32(1.0)
-        for n in range(N):
-            rr = r[b, n, cy]
-            for cx in range(w):
-                q = rr[cx]
-                if not (q >= zero and q <= one):
-                    nbad += 1
-        bad[it] = nbad
         Y0 = ystart[cy]
         Y1 = ystart[cy + 1]
-        if Y1 == Y0 or nbad:
+        if Y1 == Y0:  # no output row interpolates from this cell row: only the range check
+            for n in range(N):
+                rr = r[b, n, cy]
+                for cx in range(w):
+                    q = rr[cx]
+                    if not (q >= zero and q <= one):
+                        nbad += 1
+            bad[it] = nbad
             continue
         cy1 = y1[Y0]
         U = np.empty((N, w), np.float32)
         L = np.empty((N, w), np.float32)
-        for n in range(N):
+        for n in range(N):  # the bounds, with the range check of row cy folded into this read
             vn = v[b, n]
             ra = r[b, n, cy]
             rb = r[b, n, cy1]
-            for cx in range(w):
-                cx1 = cx + 1 if cx + 1 < w else cx
+            for cx in range(w - 1):
                 a0 = ra[cx]
-                a1 = ra[cx1]
+                a1 = ra[cx + 1]
                 b0 = rb[cx]
-                b1 = rb[cx1]
+                b1 = rb[cx + 1]
+                if not (a0 >= zero and a0 <= one):
+                    nbad += 1
                 U[n, cx] = max(max(a0, a1), max(b0, b1)) * vn
                 L[n, cx] = min(min(a0, a1), min(b0, b1)) * vn
+            a0 = ra[w - 1]
+            b0 = rb[w - 1]
+            if not (a0 >= zero and a0 <= one):
+                nbad += 1
+            U[n, w - 1] = max(a0, b0) * vn
+            L[n, w - 1] = min(a0, b0) * vn
+        bad[it] = nbad
+        if nbad:
+            continue
         cand = np.empty((w, N), np.int64)
         ncand = np.zeros(w, np.int64)
         for cx in range(w):
@@ -94,27 +104,31 @@ def _assign(r, v, y0, y1, ly0, ly1, x0, x1, lx0, lx1, ystart, xstart, rel, out, 
             wy0 = ly0[Y]
             wy1 = ly1[Y]
             orow = out[b, Y]
-            for X in range(W):
-                cx = x0[X]
+            for cx in range(w):  # cell by cell: a single candidate paints its run of columns
                 k = ncand[cx]
+                Xa = xstart[cx]
+                Xb = xstart[cx + 1]
                 if k == 1:
-                    orow[X] = cand[cx, 0]
+                    c0 = cand[cx, 0]
+                    for X in range(Xa, Xb):
+                        orow[X] = c0
                     continue
-                xa = cx
-                xb = x1[X]
-                wx0 = lx0[X]
-                wx1 = lx1[X]
-                best = np.float32(-1.0)
-                lab = 0
-                for j in range(k):
-                    n = cand[cx, j]
-                    t0 = r[b, n, cy, xa] * wx0 + r[b, n, cy, xb] * wx1
-                    t1 = r[b, n, cy1, xa] * wx0 + r[b, n, cy1, xb] * wx1
-                    val = (t0 * wy0 + t1 * wy1) * v[b, n]
-                    if val > best:  # strict: the lowest n wins ties
-                        best = val
-                        lab = n
-                orow[X] = lab
+                for X in range(Xa, Xb):
+                    xa = cx
+                    xb = x1[X]
+                    wx0 = lx0[X]
+                    wx1 = lx1[X]
+                    best = np.float32(-1.0)
+                    lab = 0
+                    for j in range(k):
+                        n = cand[cx, j]
+                        t0 = r[b, n, cy, xa] * wx0 + r[b, n, cy, xb] * wx1
+                        t1 = r[b, n, cy1, xa] * wx0 + r[b, n, cy1, xb] * wx1
+                        val = (t0 * wy0 + t1 * wy1) * v[b, n]
+                        if val > best:  # strict: the lowest n wins ties
+                            best = val
+                            lab = n
+                    orow[X] = lab
 
 
 def _starts(idx: np.ndarray, n: int) -> np.ndarray:

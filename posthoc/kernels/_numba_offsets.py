@@ -71,106 +71,159 @@ def _resample(s, o, f, sx, sy, out, bad, nchunk):
     one = np.float32(1.0)
     zero = np.float32(0.0)
     big = np.float32(3.4028234663852886e38)  # float32 max: abs(x) <= big <=> finite
-    dxs = 1 if W > 1 else 0
-    dys = W if H > 1 else 0
+    # unsigned indices: no wrap-around test per load (every index is in [0, H*W))
+    dxs = np.uint64(1 if W > 1 else 0)
+    dys = np.uint64(W if H > 1 else 0)
     xlim = max(W - 2, 0)
     ylim = max(H - 2, 0)
     n = B * H
     step = (n + nchunk - 1) // nchunk
+    T = 8  # rows per tile: each channel's plane is streamed through a tile at a time (its source rows stay in L2)
     for ch in prange(nchunk):
-        xs = np.empty(W, np.int64)
-        jj = np.empty(W, np.int64)
-        wxs = np.empty(W, np.float32)
-        wys = np.empty(W, np.float32)
-        fcs = np.empty(W, np.float32)
-        mv = np.empty(W, np.bool_)
-        for it in range(ch * step, min(n, (ch + 1) * step)):
-            b = it // H
-            y = it % H
-            yf = np.float32(y)
-            nbad = 0
-            m = 0
-            base = y * W
-            for x in range(W):
-                dx = o[b, 0, y, x]
-                dy = o[b, 1, y, x]
-                fc = f[b, 0, y, x]
-                if not (fc >= zero and fc <= one):
-                    nbad += 1
-                if not (abs(dx) <= big and abs(dy) <= big):
-                    nbad += 1
-                    dx = zero
-                    dy = zero
-                if sx != one:
-                    dx = dx * sx
-                if sy != one:
-                    dy = dy * sy
-                px = min(max(np.float32(x) + dx, zero), wmax)
-                py = min(max(yf + dy, zero), hmax)
-                x0 = min(int(px), xlim)  # px, py >= 0 after the clamp: truncation is floor
-                y0 = min(int(py), ylim)
-                wx = px - np.float32(x0)
-                wy = py - np.float32(y0)
-                jj[x] = y0 * W + x0
-                wxs[x] = wx
-                wys[x] = wy
-                fcs[x] = fc
-                moves = px != np.float32(x) or py != yf  # its target is not the pixel itself
-                mv[x] = moves
-                if moves:
-                    xs[m] = x
-                    m += 1
-            dense = 4 * m > 3 * W
-            for c in range(C):
-                plane = s[b, c].reshape(H * W)
-                row = s[b, c, y]
-                orow = out[b, c, y]
-                if dense:
-                    for x in range(W):
-                        sv = row[x]
-                        if not abs(sv) <= big:
-                            nbad += 1
-                        k = jj[x]
-                        wx = wxs[x]
-                        wy = wys[x]
-                        v00 = plane[k]
-                        v01 = plane[k + dxs]
-                        v10 = plane[k + dys]
-                        v11 = plane[k + dys + dxs]
-                        top = v00 * (one - wx) + v01 * wx
-                        bot = v10 * (one - wx) + v11 * wx
-                        val = top * (one - wy) + bot * wy
-                        lo = min(min(v00, v01), min(v10, v11))
-                        hi = max(max(v00, v01), max(v10, v11))
-                        val = min(max(val, lo), hi)
-                        r = sv + fcs[x] * (val - sv)
-                        r = min(max(r, min(sv, val)), max(sv, val))
-                        orow[x] = r if mv[x] else sv  # the identity bit for bit (-0.0 stays -0.0)
-                    continue
+        xs = np.empty((T, W), np.uint64)  # per row of the tile: the moving pixels and their parameters, compact
+        cj = np.empty((T, W), np.uint64)
+        cwx = np.empty((T, W), np.float32)
+        cwy = np.empty((T, W), np.float32)
+        cfc = np.empty((T, W), np.float32)
+        jj = np.empty((T, W), np.uint64)  # the same per column, for the dense loop
+        wxs = np.empty((T, W), np.float32)
+        wys = np.empty((T, W), np.float32)
+        fcs = np.empty((T, W), np.float32)
+        mv = np.empty((T, W), np.bool_)
+        ms = np.zeros(T, np.int64)
+        nb = np.zeros(T, np.int64)
+        lo_it = ch * step
+        hi_it = min(n, (ch + 1) * step)
+        for t0 in range(lo_it, hi_it, T):
+            nt = min(T, hi_it - t0)
+            for ti in range(nt):
+                it = t0 + ti
+                b = it // H
+                y = it % H
+                yf = np.float32(y)
+                nbad = 0
+                m = 0
+                txs = xs[ti]
+                tcj = cj[ti]
+                tcwx = cwx[ti]
+                tcwy = cwy[ti]
+                tcfc = cfc[ti]
+                tmv = mv[ti]
                 for x in range(W):
-                    sv = row[x]
-                    if not abs(sv) <= big:
+                    dx = o[b, 0, y, x]
+                    dy = o[b, 1, y, x]
+                    fc = f[b, 0, y, x]
+                    if not (fc >= zero and fc <= one):
                         nbad += 1
-                    orow[x] = sv
-                for q in range(m):
-                    x = xs[q]
-                    sv = row[x]
-                    k = jj[x]
-                    wx = wxs[x]
-                    wy = wys[x]
-                    v00 = plane[k]
-                    v01 = plane[k + dxs]
-                    v10 = plane[k + dys]
-                    v11 = plane[k + dys + dxs]
-                    top = v00 * (one - wx) + v01 * wx
-                    bot = v10 * (one - wx) + v11 * wx
-                    val = top * (one - wy) + bot * wy
-                    lo = min(min(v00, v01), min(v10, v11))
-                    hi = max(max(v00, v01), max(v10, v11))
-                    val = min(max(val, lo), hi)
-                    r = sv + fcs[x] * (val - sv)
-                    orow[x] = min(max(r, min(sv, val)), max(sv, val))
-            bad[it] = nbad
+                    tmv[x] = False
+                    if dx == zero and dy == zero:
+                        continue  # zero offset: the pixel itself (most pixels of a proposal field)
+                    if not (abs(dx) <= big and abs(dy) <= big):
+                        nbad += 1
+                        continue  # read as 0: the pixel itself
+                    if sx != one:
+                        dx = dx * sx
+                    if sy != one:
+                        dy = dy * sy
+                    px = min(max(np.float32(x) + dx, zero), wmax)
+                    py = min(max(yf + dy, zero), hmax)
+                    if px == np.float32(x) and py == yf:
+                        continue  # clamped back onto the pixel itself
+                    x0 = min(int(px), xlim)  # px, py >= 0 after the clamp: truncation is floor
+                    y0 = min(int(py), ylim)
+                    tmv[x] = True
+                    txs[m] = x
+                    tcj[m] = np.uint64(y0 * W + x0)
+                    tcwx[m] = px - np.float32(x0)
+                    tcwy[m] = py - np.float32(y0)
+                    tcfc[m] = fc
+                    m += 1
+                ms[ti] = m
+                nb[ti] = nbad
+                if 4 * m > 3 * W:  # dense row: every column gets parameters (in bounds; still pixels keep S)
+                    tj = jj[ti]
+                    twx = wxs[ti]
+                    twy = wys[ti]
+                    tfc = fcs[ti]
+                    for x in range(W):
+                        tj[x] = 0
+                        twx[x] = zero
+                        twy[x] = zero
+                        tfc[x] = zero
+                    for q in range(m):
+                        x = txs[q]
+                        tj[x] = tcj[q]
+                        twx[x] = tcwx[q]
+                        twy[x] = tcwy[q]
+                        tfc[x] = tcfc[q]
+            for c in range(C):
+                for ti in range(nt):
+                    it = t0 + ti
+                    b = it // H
+                    y = it % H
+                    m = ms[ti]
+                    nbad = 0
+                    plane = s[b, c].reshape(H * W)
+                    row = s[b, c, y]
+                    orow = out[b, c, y]
+                    if 4 * m > 3 * W:
+                        tj = jj[ti]
+                        twx = wxs[ti]
+                        twy = wys[ti]
+                        tfc = fcs[ti]
+                        tmv = mv[ti]
+                        for x in range(W):
+                            sv = row[x]
+                            if not abs(sv) <= big:
+                                nbad += 1
+                            k = tj[x]
+                            wx = twx[x]
+                            wy = twy[x]
+                            v00 = plane[k]
+                            v01 = plane[k + dxs]
+                            v10 = plane[k + dys]
+                            v11 = plane[k + dys + dxs]
+                            top = v00 * (one - wx) + v01 * wx
+                            bot = v10 * (one - wx) + v11 * wx
+                            val = top * (one - wy) + bot * wy
+                            lo = min(min(v00, v01), min(v10, v11))
+                            hi = max(max(v00, v01), max(v10, v11))
+                            val = min(max(val, lo), hi)
+                            r = sv + tfc[x] * (val - sv)
+                            r = min(max(r, min(sv, val)), max(sv, val))
+                            orow[x] = r if tmv[x] else sv  # the identity bit for bit (-0.0 stays -0.0)
+                    else:
+                        for x in range(W):
+                            sv = row[x]
+                            if not abs(sv) <= big:
+                                nbad += 1
+                            orow[x] = sv
+                        txs = xs[ti]
+                        tcj = cj[ti]
+                        tcwx = cwx[ti]
+                        tcwy = cwy[ti]
+                        tcfc = cfc[ti]
+                        for q in range(m):
+                            x = txs[q]
+                            sv = row[x]
+                            k = tcj[q]
+                            wx = tcwx[q]
+                            wy = tcwy[q]
+                            v00 = plane[k]
+                            v01 = plane[k + dxs]
+                            v10 = plane[k + dys]
+                            v11 = plane[k + dys + dxs]
+                            top = v00 * (one - wx) + v01 * wx
+                            bot = v10 * (one - wx) + v11 * wx
+                            val = top * (one - wy) + bot * wy
+                            lo = min(min(v00, v01), min(v10, v11))
+                            hi = max(max(v00, v01), max(v10, v11))
+                            val = min(max(val, lo), hi)
+                            r = sv + tcfc[q] * (val - sv)
+                            orow[x] = min(max(r, min(sv, val)), max(sv, val))
+                    nb[ti] += nbad
+            for ti in range(nt):
+                bad[t0 + ti] = nb[ti]
 
 
 @_serialized
@@ -200,36 +253,74 @@ def _is_boundary(lab, y, x, H, W):
             or (y > 0 and lab[y - 1, x] != v) or (y + 1 < H and lab[y + 1, x] != v))
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _edt_columns(lab, g, inf):
-    """g[y,x] = vertical distance to the nearest boundary pixel of column x (``inf`` if none),
-    the boundary (4-neighbour of another label) found on the fly. Returns the boundary pixel count."""
+@njit(cache=True, nogil=True, inline="always")
+def _edge_column(lab, g, inf, y, x, H, W):
+    """One image-border pixel of the column pass (its neighbours are tested one by one)."""
+    if _is_boundary(lab, y, x, H, W):
+        g[y, x] = 0
+        return 1
+    g[y, x] = inf if y == 0 else min(g[y - 1, x] + 1, inf)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _columns_block(lab, g, inf, x0, x1):
+    """The column pass on columns [x0, x1), whole rows at a time (prefetch-friendly): top-down,
+    g = 0 on the boundary else g(above) + 1; then bottom-up, g = min(g, g(below) + 1).
+
+    The interior columns are read through views that start at index 0, so that every index
+    is provably non-negative and the loops vectorise (no wrap-around test per element).
+    Returns the number of boundary pixels."""
     H, W = lab.shape
-    nblk = (W + 255) // 256
+    c = 0
+    xa = max(x0, 1)
+    xb = min(x1, W - 1)
+    n = max(xb - xa, 0)
+    for y in range(H):
+        row = lab[y]
+        ru = lab[y - 1] if y > 0 else row  # the image's first / last row has no neighbour there
+        rd = lab[y + 1] if y + 1 < H else row
+        gp = g[y - 1] if y > 0 else g[y]
+        first = y == 0
+        if n > 0:
+            rc = row[xa:xb]
+            rl = row[xa - 1:xb - 1]
+            rr = row[xa + 1:xb + 1]
+            u = ru[xa:xb]
+            d = rd[xa:xb]
+            p = gp[xa:xb]
+            gr = g[y, xa:xb]
+            for j in range(n):
+                v = rc[j]
+                bd = (rl[j] != v) | (rr[j] != v) | (u[j] != v) | (d[j] != v)
+                prev = inf if first else min(p[j] + 1, inf)
+                gr[j] = 0 if bd else prev
+                c += 1 if bd else 0
+        if x0 == 0:
+            c += _edge_column(lab, g, inf, y, 0, H, W)
+        if x1 == W and W > 1:
+            c += _edge_column(lab, g, inf, y, W - 1, H, W)
+    for y in range(H - 2, -1, -1):
+        gr = g[y, x0:x1]
+        gn = g[y + 1, x0:x1]
+        for j in range(x1 - x0):
+            t = gn[j] + 1
+            gr[j] = t if t < gr[j] else gr[j]
+    return c
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _edt_columns(lab, g, inf, nblk=2):
+    """g[y,x] = vertical distance to the nearest boundary pixel of column x (``inf`` if none),
+    the boundary (4-neighbour of another label) found on the fly, in ``nblk`` column blocks
+    (one per thread). Returns the boundary pixel count."""
+    H, W = lab.shape
+    nblk = max(1, min(nblk, W))
+    bw = (W + nblk - 1) // nblk
     cnt = np.zeros(nblk, np.int64)
     for k in prange(nblk):
-        x0 = k * 256
-        x1 = min(W, x0 + 256)
-        c = 0
-        for x in range(x0, x1):
-            if _is_boundary(lab, 0, x, H, W):
-                g[0, x] = 0
-                c += 1
-            else:
-                g[0, x] = inf
-        for y in range(1, H):
-            for x in range(x0, x1):
-                if _is_boundary(lab, y, x, H, W):
-                    g[y, x] = 0
-                    c += 1
-                else:
-                    g[y, x] = min(g[y - 1, x] + 1, inf)
-        for y in range(H - 2, -1, -1):
-            for x in range(x0, x1):
-                t = g[y + 1, x] + 1
-                if t < g[y, x]:
-                    g[y, x] = t
-        cnt[k] = c
+        x0 = min(W, k * bw)
+        cnt[k] = _columns_block(lab, g, inf, x0, min(W, x0 + bw))
     return cnt.sum()
 
 
@@ -327,7 +418,9 @@ def boundary_edt_np(lab: np.ndarray):
     H, W = lab.shape
     inf = np.int32(H + W + 1)
     g = _scratch((H, W), np.int32)
-    if _edt_columns(lab, g, inf) == 0:
+    import numba
+
+    if _edt_columns(lab, g, inf, numba.get_num_threads()) == 0:
         return None
     if not edt_fits(H, W):
         from ..errors import ShapeError
@@ -407,67 +500,76 @@ def _blur_row(dr, z, k, r, H, tr, out):
 def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, dev, tw, use_dev, ox, oy, conf):
     """Offsets and confidence of row y from the (blurred) distance rows y-1, y, y+1 (``up``/``dn``
     unused at the image's top/bottom row); the gradient is numpy's ``np.gradient`` (central
-    differences, one-sided at the borders)."""
+    differences, one-sided at the borders).
+
+    First the confidence and zero offsets of the whole row (the common case: most pixels are
+    farther than ``max_offset`` from a boundary and do not move), then the offsets of the
+    pixels within ``max_offset`` of a boundary."""
     H, W = lab.shape
     zero = two - two
+    half = two / (two + two)  # x / 2 == x * 0.5 exactly (a power of two): no division per pixel
     z32 = np.float32(0.0)
     nt = table.shape[0]
     lrow = lab[y]
     nrow = n2[y]
+    orx = ox[y]
+    ory = oy[y]
+    crow = conf[y]
     for x in range(W):
-        v = lrow[x]
-        if v < 0:
-            ox[y, x] = z32
-            oy[y, x] = z32
-            conf[y, x] = z32
-            continue
         n = nrow[x]
-        fx = z32
-        fy = z32
-        if n < n_off:
-            dd = _dist(n)
-            if H > 1:
-                if y == 0:
-                    gy = dn[x] - cur[x]
-                elif y == H - 1:
-                    gy = cur[x] - up[x]
-                else:
-                    gy = (dn[x] - up[x]) / two
-            else:
-                gy = zero
-            if W > 1:
-                if x == 0:
-                    gx = cur[1] - cur[0]
-                elif x == W - 1:
-                    gx = cur[W - 1] - cur[W - 2]
-                else:
-                    gx = (cur[x + 1] - cur[x - 1]) / two
-            else:
-                gx = zero
-            norm = np.sqrt(gx * gx + gy * gy)
-            length = min(max(max_off - dd, z32), max_off)
-            if norm > eps:
-                fx = np.float32((gx / norm) * length)
-                fy = np.float32((gy / norm) * length)
-            for it in range(5):
-                if fx == z32 and fy == z32:
-                    break  # the target is the pixel itself
-                tx = min(max(np.rint(np.float64(x) + np.float64(fx)), 0.0), W - 1.0)
-                ty = min(max(np.rint(np.float64(y) + np.float64(fy)), 0.0), H - 1.0)
-                if lab[int(ty), int(tx)] == v:
-                    break
-                if it == 4:
-                    fx = z32
-                    fy = z32
-                else:
-                    fx = fx * np.float32(0.5)
-                    fy = fy * np.float32(0.5)
-        ox[y, x] = fx
-        oy[y, x] = fy
         fc = table[n] if n < nt else np.exp(-_dist(n) / bw)
         if use_dev:
             fc = fc * np.float32((1.0 - tw) + tw * dev[y, x])
-        conf[y, x] = min(max(fc, z32), np.float32(1.0))
+        fc = min(max(fc, z32), np.float32(1.0))
+        crow[x] = fc if lrow[x] >= 0 else z32  # unassigned pixels: zero confidence
+        orx[x] = z32
+        ory[x] = z32
+    for x in range(W):
+        n = nrow[x]
+        v = lrow[x]
+        if n >= n_off or v < 0:
+            continue
+        dd = _dist(n)
+        if H > 1:
+            if y == 0:
+                gy = dn[x] - cur[x]
+            elif y == H - 1:
+                gy = cur[x] - up[x]
+            else:
+                gy = (dn[x] - up[x]) * half
+        else:
+            gy = zero
+        if W > 1:
+            if x == 0:
+                gx = cur[1] - cur[0]
+            elif x == W - 1:
+                gx = cur[W - 1] - cur[W - 2]
+            else:
+                gx = (cur[x + 1] - cur[x - 1]) * half
+        else:
+            gx = zero
+        norm = np.sqrt(gx * gx + gy * gy)
+        length = min(max(max_off - dd, z32), max_off)
+        fx = z32
+        fy = z32
+        if norm > eps:
+            fx = np.float32((gx / norm) * length)
+            fy = np.float32((gy / norm) * length)
+        for it in range(5):
+            if fx == z32 and fy == z32:
+                break  # the target is the pixel itself
+            tx = min(max(np.rint(np.float64(x) + np.float64(fx)), 0.0), W - 1.0)
+            ty = min(max(np.rint(np.float64(y) + np.float64(fy)), 0.0), H - 1.0)
+            if lab[int(ty), int(tx)] == v:
+                break
+            if it == 4:
+                fx = z32
+                fy = z32
+            else:
+                fx = fx * np.float32(0.5)
+                fy = fy * np.float32(0.5)
+        orx[x] = fx
+        ory[x] = fy
 
 
 @njit(cache=True, parallel=True, nogil=True)

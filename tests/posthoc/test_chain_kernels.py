@@ -167,7 +167,11 @@ def test_edt_row_pass_equals_brute_force():
     for lab in maps:
         H, W = lab.shape
         g = np.empty((H, W), np.int32)
-        nbo._edt_columns(lab, g, np.int32(H + W + 1))
+        nb = nbo._edt_columns(lab, g, np.int32(H + W + 1), 1)
+        for blocks in (2, 3, 7):  # column blocks (one per thread): the same map and count
+            g2 = np.empty((H, W), np.int32)
+            assert nbo._edt_columns(lab, g2, np.int32(H + W + 1), blocks) == nb
+            np.testing.assert_array_equal(g2, g)
         a = g.copy()
         nbo._edt_rows(g, a)
         i = np.arange(W)
