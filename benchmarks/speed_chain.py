@@ -12,6 +12,9 @@
 * ``refine`` with 100 masks at (H/4,W/4), 30 of them kept;
 * ``split_components`` of ~100 Voronoi regions;
 * ``fuse`` at C=1 end to end (input checks and a fresh output included);
+* ``region_class_logits`` of C=19 semantic logits over ~100 regions (the class logits that
+  refinement derives for proposals without their own);
+* ``objectomaly`` (the peer: region means, Laplacian sharpening and a 7x7 Gaussian) at C=1;
 * ``chain C=1`` / ``chain C=19``: one frame of CSL2 (soft_assign + split_components + fuse
   of D at C channels) + refine (of the C=1 anomaly map) + offsets (offsets_from_proposals
   + offset_resample of the fused map).
@@ -31,6 +34,8 @@ offsets_from_proposals      labels read (int32) + 3 float32 planes written
 refine                      anomaly read + masks at low resolution read + output written
 split_components            labels read (int32) + int64 components written
 fuse e2e                    D read twice + labels read twice + output written once
+region_class_logits         logits read once + labels read once (the output is tiny)
+objectomaly                 anomaly read + labels read + output written
 chain                       the sum of its ops' floors
 =========================  ===============================================================
 
@@ -84,6 +89,7 @@ def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, r
                 fallback_repeats: int = 1, with_fallback: bool = True, seed: int = 0) -> list[dict[str, Any]]:
     """Time every op of the chain and the chain per frame; rows with ours, fallback, floor and ratios."""
     import posthoc
+    from posthoc import peers
     from posthoc.bench.speed import voronoi_labels
 
     dev = torch.device(device)
@@ -99,7 +105,8 @@ def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, r
     R, V = blob_masks(1, 32, h, w, seed=seed)
     R, V = R.to(dev), V.to(dev)
     D1 = torch.rand(1, 1, H, W, generator=g).to(dev)
-    D19 = torch.softmax(torch.randn(1, 19, H, W, generator=g) * 3, dim=1).to(dev)
+    L19 = (torch.randn(1, 19, H, W, generator=g) * 3).to(dev)
+    D19 = torch.softmax(L19, dim=1)
     masks, _ = blob_masks(1, 100, h, w, seed=seed + 1)
     mask_logits = ((masks - 0.3) * 20).to(dev)
     cls = torch.randn(1, 100, 20, generator=g)
@@ -156,6 +163,11 @@ def bench_chain(height: int = 1024, width: int = 2048, device: Any = "cpu", *, r
          lambda: posthoc.fuse(D1, lab, normalize="none"),
          lambda: posthoc.fuse(D1, lab, normalize="none", backend="torch"), nbytes((2 * P, 4), (2 * P, 4), (P, 4)),
          "torch"),
+        ("region_class_logits", f"C=19 N=100 {H}x{W}",
+         lambda: posthoc.region_class_logits(L19, lab),
+         lambda: posthoc.region_class_logits(L19, lab, backend="torch"), nbytes((19 * P, 4), (P, 4)), "torch"),
+        ("objectomaly", f"C=1 N=100 {H}x{W}",
+         lambda: peers.objectomaly(D1, lab), None, nbytes((P, 4), (P, 4), (P, 4)), "-"),
     ]
     rows: list[dict[str, Any]] = []
     for op, shape, ours, fallback, nb_, fb_name in rows_spec:

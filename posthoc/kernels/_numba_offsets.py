@@ -332,66 +332,66 @@ def _edt_rows(g, n2):
     2012, "Distance transforms of sampled functions"; the same envelope as Meijster's second
     phase), kept division-free: the intersection of two parabolas is the rational
     ``num / den`` with ``den > 0``, and every comparison with it is cross-multiplied in int64
-    (|num| < 2^33, den < 2^17 for any image below 2^16 pixels a side), so the envelope is
+    (|num| < 2^31 and den < 2^16 while ``edt_fits``: int32 buffers, int64 products), so the envelope is
     exact and no float or integer division sits on the scan's dependency chain. The top of
     the stack is kept in registers. ``n2`` may be ``g`` itself (each row is read into a local
     buffer before it is written).
     """
     H, W = g.shape
     for y in prange(H):
-        v = np.empty(W, np.int64)  # envelope: parabola apexes
-        zn = np.empty(W, np.int64)  # ... and where each starts, zn/zd (zd > 0)
-        zd = np.empty(W, np.int64)
-        f = np.empty(W, np.int64)  # g^2 + i^2
+        v = np.empty(W, np.int32)  # envelope: parabola apexes
+        zn = np.empty(W, np.int32)  # ... and where each starts, zn/zd (zd > 0)
+        zd = np.empty(W, np.int32)
+        f = np.empty(W, np.int32)  # g^2 + i^2 (< 2^31: see edt_fits); products in int64
         grow = g[y]
         for u in range(W):
             gv = np.int64(grow[u])
-            f[u] = gv * gv + np.int64(u) * np.int64(u)
+            f[u] = np.int32(gv * gv + np.int64(u) * np.int64(u))
         k = 0
         v[0] = 0
         zn[0] = 0
         zd[0] = 1
         vk = np.int64(0)
-        fvk = f[0]
+        fvk = np.int64(f[0])
         znk = np.int64(0)
         zdk = np.int64(1)
         for q in range(1, W):
-            fq = f[q]
+            fq = np.int64(f[q])
             num = fq - fvk
             den = 2 * (q - vk)
             while k > 0 and num * zdk <= znk * den:  # q's parabola is below from where v[k]'s starts
                 k -= 1
-                vk = v[k]
-                fvk = f[vk]
-                znk = zn[k]
-                zdk = zd[k]
+                vk = np.int64(v[k])
+                fvk = np.int64(f[vk])
+                znk = np.int64(zn[k])
+                zdk = np.int64(zd[k])
                 num = fq - fvk
                 den = 2 * (q - vk)
             k += 1
             v[k] = q
-            zn[k] = num
-            zd[k] = den
+            zn[k] = np.int32(num)
+            zd[k] = np.int32(den)
             vk = np.int64(q)
             fvk = fq
             znk = num
             zdk = den
         nrow = n2[y]
         kk = 0
-        vk = v[0]
-        gk = f[vk] - vk * vk
+        vk = np.int64(v[0])
+        gk = np.int64(f[vk]) - vk * vk
         nzn = np.int64(0)
         nzd = np.int64(1)
         if k > 0:
-            nzn = zn[1]
-            nzd = zd[1]
+            nzn = np.int64(zn[1])
+            nzd = np.int64(zd[1])
         for x in range(W):
             while kk < k and nzn < x * nzd:  # the next parabola starts at or before x
                 kk += 1
-                vk = v[kk]
-                gk = f[vk] - vk * vk
+                vk = np.int64(v[kk])
+                gk = np.int64(f[vk]) - vk * vk
                 if kk < k:
-                    nzn = zn[kk + 1]
-                    nzd = zd[kk + 1]
+                    nzn = np.int64(zn[kk + 1])
+                    nzd = np.int64(zd[kk + 1])
             a = x - vk
             nrow[x] = a * a + gk
 
@@ -628,21 +628,46 @@ TABLE_MAX = 1 << 20
 
 @njit(cache=True, nogil=True)
 def _region_means(lab, t, n, cnt, sums):
-    """Per-region pixel counts and float64 sums of every channel, pixel order (= np.bincount)."""
+    """Per-region pixel counts and float64 sums of every channel, pixel order (= np.bincount).
+
+    A run of equal labels is accumulated in a register and stored once: the same additions in
+    the same order as one read-modify-write per pixel, without the store-to-load chain."""
     C, P = t.shape
+    cur = np.int64(-2)
+    k = np.int64(0)
     for p in range(P):
-        v = lab[p]
-        if v >= 0:
-            cnt[v] += 1
-    for c in range(C):
-        for p in range(P):
-            v = lab[p]
+        v = np.int64(lab[p])
+        if v != cur:
+            if cur >= 0:
+                cnt[cur] = k
+            cur = v
             if v >= 0:
-                sums[c, v] += np.float64(t[c, p])
+                k = cnt[v]
+        if v >= 0:
+            k += 1
+    if cur >= 0:
+        cnt[cur] = k
+    for c in range(C):
+        tc = t[c]
+        sc = sums[c]
+        cur = np.int64(-2)
+        acc = 0.0
+        for p in range(P):
+            v = np.int64(lab[p])
+            if v != cur:
+                if cur >= 0:
+                    sc[cur] = acc
+                cur = v
+                if v >= 0:
+                    acc = sc[v]
+            if v >= 0:
+                acc += np.float64(tc[p])
+        if cur >= 0:
+            sc[cur] = acc
     for v in range(n):
-        k = max(cnt[v], 1)
+        kk = max(cnt[v], 1)
         for c in range(C):
-            sums[c, v] = sums[c, v] / k
+            sums[c, v] = sums[c, v] / kk
 
 
 @njit(cache=True, parallel=True, nogil=True)

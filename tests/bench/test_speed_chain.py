@@ -51,6 +51,6 @@ def test_cli_only_chain_writes_json_and_markdown(tmp_path, monkeypatch):
     assert speed.main(["--only", "chain", "--device", "cpu", "--repeats", "1", "--out", str(out),
                        "--markdown", str(md)]) == 0
     payload = json.loads(out.read_text())
-    assert payload["rows"] == [] and len(payload["chain_rows"]) == 11
+    assert payload["rows"] == [] and len(payload["chain_rows"]) == 13
     assert all(r["fallback_ms"] is None for r in payload["chain_rows"])
     assert "| chain |" in md.read_text()

@@ -13,6 +13,7 @@ from posthoc.assign import _Grid, _soft_assign_dense
 from posthoc.bench.speed import voronoi_labels
 from posthoc.bench.speed_chain import blob_masks
 from posthoc.components import connected_components
+from posthoc.offsets import _boundary_map
 from posthoc.kernels import _numba_offsets as nbo
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -150,7 +151,7 @@ def test_edt_equals_scipy():
     for shape, p in (((1, 1), 1.0), ((7, 1), 0.3), ((1, 9), 0.2), ((37, 53), 0.01), ((64, 64), 0.2), ((50, 3), 0.05)):
         lab = (rng.random(shape) < p).astype(np.int64).cumsum(axis=1)  # boundaries where the count steps
         n2 = nbo.boundary_edt_np(lab)
-        bd = posthoc.offsets._boundary_map(lab)
+        bd = _boundary_map(lab)
         if not bd.any():
             assert n2 is None
             continue
@@ -177,7 +178,7 @@ def test_edt_row_pass_equals_brute_force():
         i = np.arange(W)
         brute = ((i[None, :, None] - i[None, None, :]) ** 2 + g.astype(np.int64)[:, None, :] ** 2).min(-1)
         np.testing.assert_array_equal(a, brute)
-        bd = posthoc.offsets._boundary_map(lab)
+        bd = _boundary_map(lab)
         np.testing.assert_array_equal(nbo.distances_np(a), ndi.distance_transform_edt(~bd).astype(np.float32))
     g = rng.integers(0, 40, (30, 50)).astype(np.int32)  # any column distances, ties included
     a = g.copy()
