@@ -58,6 +58,9 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
         help="proposal sources, comma-separated (default: csl,superpixels when the CSL net is bundled, "
         "else superpixels)",
     )
+    p.add_argument("--superpixels-impl", default=None, choices=("auto", "ximgproc", "skimage"),
+                   help="implementation of the superpixels source: auto (default: OpenCV-contrib ximgproc), "
+                   "ximgproc, or skimage (scikit-image, the reference)")
     p.add_argument(
         "--data-root", default=None, help="data-set root (default: $POSTHOC_DATA_ROOT or the per-data-set variable)"
     )
@@ -382,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict=args.strict,
         threshold_dtype=args.threshold_dtype,
         open_threshold=getattr(args, "open_threshold", None),
+        superpixels_impl=args.superpixels_impl,
     )
     if cfg.out is None:
         cfg.out = str(default_run_dir(cfg))
