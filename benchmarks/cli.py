@@ -7,6 +7,7 @@ Examples::
     posthoc-bench laf --subset noknown --data-root ~/data/LostAndFound --teacher sml
     posthoc-bench speed ...                                   # kernel speed benchmark
     posthoc-bench metrics-speed ...                           # metric speed benchmark
+    posthoc-bench speed-superpixels ...                       # superpixel proposals: ximgproc vs skimage
     posthoc-bench summary runs/x/results.json                 # one table across tracks
     torchrun --standalone --nproc-per-node=4 -m posthoc.bench smiyc ...   # one run over 4 processes
     posthoc-bench smiyc ... --shard 1/3 --out runs/s1          # shard 1 of 3 (e.g. a Slurm array task)
@@ -35,6 +36,7 @@ _DELEGATES = {
     "speed": "posthoc.bench.speed",
     "metrics-speed": "posthoc.bench.metrics_speed",
     "speed-meanshift": "posthoc.bench.speed_meanshift",
+    "speed-superpixels": "posthoc.bench.speed_superpixels",
 }
 
 
@@ -232,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean-shift speed per level, lines against directions (posthoc.bench.speed_meanshift; its own flags)",
         add_help=False,
     )
+    sub.add_parser("speed-superpixels", add_help=False,
+                   help="superpixel proposal speed, ximgproc vs skimage (posthoc.bench.speed_superpixels; own flags)")
     return parser
 
 

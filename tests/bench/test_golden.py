@@ -80,4 +80,42 @@ def test_default_benchmark_metrics_match_the_recorded_run(tmp_path, monkeypatch)
         f" (library versions differ from the recording: {golden.get('versions')} vs {_env_versions()}; "
         "pixel metrics compared to 1e-3)"
     )
-    assert not bad, "metrics moved" + note + ":\n" + "\n".join(bad[:40])
+    assert not bad, ("metrics moved" + note + ":\n" + "\n".join(bad[:40]) + "\nif the change is intended, re-record: "
+                     "python -m tests.bench.test_golden --note 'why'")
+
+
+def record(note: str, results: Path | None = None) -> list[str]:
+    """Re-record the golden file from its own command (or from a ``results.json`` that command wrote).
+
+    Keeps the command, records the library versions, the commit and ``note``, and returns the keys
+    whose metrics changed. Run from the repository root:
+    ``python -m tests.bench.test_golden --note "why" [--results runs/x/results.json]``.
+    """
+    import subprocess
+    import tempfile
+
+    from posthoc.adapters.io import write_json_atomic
+
+    golden = json.loads(GOLDEN.read_text())
+    if results is None:
+        tmp = Path(tempfile.mkdtemp(prefix="golden-"))
+        if cli.main(golden["command"].split()[1:] + ["--out", str(tmp / "run"), "--quiet"]) != 0:
+            raise SystemExit(f"the golden command failed: {golden['command']}")
+        results = tmp / "run" / "results.json"
+    got = _flatten(json.loads(Path(results).read_text()))
+    changed = sorted(k for k in set(got) | set(golden["metrics"]) if got.get(k) != golden["metrics"].get(k))
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=GOLDEN.parent).stdout
+    golden.update(metrics=got, versions=_env_versions(), recorded_at=sha.strip(), recorded_note=note)
+    write_json_atomic(GOLDEN, golden)
+    return changed
+
+
+if __name__ == "__main__":  # pragma: no cover - the recording command
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.test_golden", description="re-record the golden run")
+    ap.add_argument("--note", required=True, help="why the numbers changed (stored in the file)")
+    ap.add_argument("--results", type=Path, default=None, help="results.json of the golden command (else run it)")
+    a = ap.parse_args()
+    for key in record(a.note, a.results):
+        print("changed:", key)
