@@ -250,6 +250,10 @@ class SuperpixelProposals(ProposalSource):
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """One (H,W,3) uint8 RGB image -> (H,W) int64 labels 0..M-1 (contiguous, every pixel assigned)."""
+        return self._segment(image).astype(np.int64)
+
+    def _segment(self, image: np.ndarray) -> np.ndarray:
+        """:meth:`segment` as int32 (the labels are made contiguous before upsampling)."""
         import cv2
 
         H, W = image.shape[:2]
@@ -263,15 +267,24 @@ class SuperpixelProposals(ProposalSource):
                 lab = self._segment_ximgproc(img, small)
         else:
             lab = self._segment_skimage(img)
-        if lab.shape != (H, W):  # upscaling with nearest keeps every label of the small map
-            lab = cv2.resize(lab.astype(np.int32), (W, H), interpolation=cv2.INTER_NEAREST)
-        return _relabel(lab)
+        lab = _relabel(lab).astype(np.int32)
+        if lab.shape != (H, W):
+            # nearest-neighbour upscaling hits every source pixel (dst >= src on both axes), so the
+            # labels stay 0..M-1 without a second relabelling at full resolution
+            lab = cv2.resize(lab, (W, H), interpolation=cv2.INTER_NEAREST)
+        return lab
 
     def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
         """(B,H,W,3) uint8 or (B,3,H,W) float [0,1] RGB images -> Proposals with (B,H,W) int64 labels."""
-        x = _images(images)
-        B, _, H, W = x.shape
-        u8 = _to_uint8_hwc(x)
-        labels = np.stack([self.segment(u8[b]) for b in range(B)]) if B else np.zeros((0, H, W), np.int64)
+        if ((isinstance(images, np.ndarray) and images.dtype == np.uint8)
+                or (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.device.type == "cpu")) \
+                and images.ndim == 4 and images.shape[-1] == 3:
+            u8 = np.asarray(images)  # uint8 (B,H,W,3) on the CPU already: no float round trip
+        else:
+            u8 = _to_uint8_hwc(_images(images))  # checks the layout and range (exact for uint8 input)
+        B, H, W = u8.shape[:3]
+        labels = np.empty((B, H, W), np.int64)
+        for b in range(B):
+            labels[b] = self._segment(u8[b])
         meta = {"source": "superpixels", **self.settings()}
         return Proposals(labels=torch.from_numpy(labels), meta=meta, labels_final=True)

@@ -172,3 +172,24 @@ def test_impl_is_in_the_cache_fingerprint():
     assert f["sk"]["settings"]["impl"] == "skimage" and f["xi"]["settings"]["impl"] == "ximgproc"
     assert fingerprint.proposal_fingerprint("superpixels", SuperpixelProposals(n_segments=100)) != f["auto"]
     assert fingerprint.proposal_fingerprint("x", object()) == {}  # sources without settings: weights only
+
+
+@pytest.mark.parametrize("impl", ["skimage", "ximgproc"])
+def test_downscaled_labels_equal_relabelling_after_upsampling(impl):
+    """Labels are made contiguous before the nearest upsampling; that equals relabelling after it
+    (np.unique at full resolution, the earlier code), also at odd scale factors."""
+    import cv2
+
+    if impl == "ximgproc" and not sp_mod.ximgproc_available():
+        pytest.skip("needs cv2.ximgproc")
+    x = _image(97, 203, seed=3)
+    u8 = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    src = get_proposals("superpixels", impl=impl, n_segments=40, max_side=64)
+    got = src(u8).labels[0].numpy()
+    small = cv2.resize(u8[0], (64, round(97 * 64 / 203)), interpolation=cv2.INTER_AREA)
+    lab = (src._segment_ximgproc(small.astype(np.float32) / 255.0, small) if impl == "ximgproc"
+           else src._segment_skimage(small.astype(np.float32) / 255.0))
+    big = cv2.resize(lab.astype(np.int32), (203, 97), interpolation=cv2.INTER_NEAREST)
+    _, ref = np.unique(big, return_inverse=True)
+    assert np.array_equal(got, ref.reshape(97, 203))
+    assert np.array_equal(src.segment(u8[0]), got)
