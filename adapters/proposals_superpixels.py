@@ -104,9 +104,10 @@ def _ximgproc(why: str):
 @contextlib.contextmanager
 def _single_cv2_thread() -> Iterator[None]:
     """Run OpenCV on one thread, then restore its setting. ximgproc's LSC races when threaded (its
-    labels change from call to call) and SLIC's centre sums are float reductions whose order
-    follows the threads; one thread makes both deterministic and, on a 2-core machine, costs no
-    time (SLIC spawns one parallel loop per superpixel and iteration, too small to gain)."""
+    labels change from call to call) and SLIC updates its centres with a parallel float
+    reduction, whose summation order may follow the threads; one thread makes both
+    deterministic and, on a 2-core machine, costs no time (SLIC spawns one parallel loop per
+    superpixel and iteration, too small to gain)."""
     import cv2
 
     n = cv2.getNumThreads()

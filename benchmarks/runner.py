@@ -397,6 +397,8 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
 
     results: dict = {
         "config": asdict(cfg) | {"proposals": sources, "out": str(out)},
+        # what each source resolved its settings to (superpixels: the implementation that ran)
+        "proposal_settings": {s: f["settings"] for s, f in prop_files.items() if "settings" in f},
         "versions": fingerprint.versions(),
         "git": fingerprint.git_sha(),
         "seed": cfg.seed,

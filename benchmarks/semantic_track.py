@@ -378,6 +378,7 @@ def _run(cfg, out, specs, sources) -> dict:
              if need_props else {})
     teachers = {}
     res = {"config": asdict(cfg) | {"proposals": sources, "out": str(out)}, "task": task,
+           "proposal_settings": {s: p.settings() for s, p in props.items() if callable(getattr(p, "settings", None))},
            "versions": fingerprint.versions(), "git": fingerprint.git_sha(), "seed": cfg.seed,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "evaluations": []}
     md = [f"# posthoc-bench {cfg.dataset}\n"]

@@ -32,6 +32,7 @@ def test_impl_keys_the_cache(world, tmp_path, capsys):  # noqa: F811
     assert _cached(out) == (4, ap_xi)
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["superpixels_impl"] is None
+    assert res["proposal_settings"]["superpixels"]["impl"] == "ximgproc"  # what auto resolved to
 
 
 def test_bad_impl_is_a_usage_error(world, tmp_path, capsys):  # noqa: F811
