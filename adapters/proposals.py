@@ -10,7 +10,7 @@ images ((B,H,W,3) uint8 or (B,3,H,W) float in [0,1]) and, optionally, the teache
                mask logits, validity = predicted IoU x stability score
 ``mask_transformer`` Mask2Former / Mask2Anomaly / CA-M2F outputs (mask + class logits);
                validity = 1 - P(no object)
-``superpixels`` SLIC or Felzenszwalb (scikit-image); needs no weights
+``superpixels`` SLIC, SEEDS or LSC (OpenCV-contrib ximgproc) or Felzenszwalb (scikit-image); no weights
 ``meanshift``  mean-shift of per-pixel embeddings as lines on the projective sphere, multi-scale (Dille et al.)
 ``onnx``       any ONNX model with outputs "region_scores" (B,N,h,w) and "validity" (B,N)
 ``csl``        ``onnx`` with the bundled CSL region-proposal net as default weights
@@ -38,20 +38,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from posthoc.errors import DTypeError, MissingExtraError, ShapeError, ValueRangeError
+from posthoc.errors import DTypeError, ShapeError, ValueRangeError
 from posthoc.types import Proposals, TeacherOutput
 from posthoc.validation import check_finite, shape_str
 
 from ._image import IMAGENET_MEAN, IMAGENET_STD, check_mean_std, normalize, parse_size, resize
 from ._proposal_common import (
     _images,
-    _to_uint8_hwc,
     _weights_entry,
     proposals_from_soft,
 )
 from .base import ProposalSource
 from .checkpoints import UnsafeCheckpointError, load_state_dict  # one safe loader for every adapter
 from .proposals_sam import SamProposals
+from .proposals_superpixels import SuperpixelProposals
 from .registry import register_proposals
 
 log = logging.getLogger(__name__)
@@ -214,142 +214,6 @@ class MaskTransformerProposals(ProposalSource):
         xin = normalize(resize(x, self.input_size), self.mean, self.std, self.channel_order)
         m, c = self._run(xin)
         return proposals_from_mask_transformer(m, c, (H, W), min_size=self.min_size)
-
-
-# ----------------------------------------------------------------------------- superpixels
-
-
-def _ximgproc():
-    """``cv2.ximgproc``, or MissingExtraError naming the package that provides it."""
-    import cv2
-
-    xi = getattr(cv2, "ximgproc", None)
-    if xi is None:
-        raise MissingExtraError(
-            "impl='ximgproc' needs OpenCV's contrib modules: `pip uninstall opencv-python-headless && "
-            "pip install opencv-contrib-python-headless` (the two cannot be installed together)"
-        )
-    return xi
-
-
-@register_proposals("superpixels")
-class SuperpixelProposals(ProposalSource):
-    """SLIC, Felzenszwalb, SEEDS or LSC superpixels as hard proposals; needs no weights.
-
-    Each image is downscaled (area interpolation) so its longer side is at most
-    ``max_side`` pixels, segmented, and the labels are upsampled back with nearest
-    neighbour, which keeps 512x1024 frames fast. Every pixel gets a label (0..M-1, no -1);
-    SLIC enforces connectivity, Felzenszwalb segments are connected by construction.
-
-    Two implementations (``impl``):
-
-    * ``"skimage"`` (default; the reference): scikit-image's ``slic`` / ``felzenszwalb``.
-    * ``"ximgproc"``: OpenCV-contrib's compiled ``cv2.ximgproc`` (``createSuperpixelSLIC``,
-      ``createSuperpixelSEEDS``, ``createSuperpixelLSC``), several times faster; it needs
-      ``opencv-contrib-python-headless`` *instead of* ``opencv-python-headless`` (installing
-      both breaks ``cv2``). Its SLIC follows the same recipe (Gaussian pre-smoothing with
-      ``sigma``, CIELAB, grid step from ``n_segments``, ``compactness`` as the ruler, 10
-      iterations, connectivity enforced) but is not the same code, so its segments differ
-      from skimage's; see docs/proposals.md for both.
-
-    Args:
-        method: "slic" (Achanta et al. 2012), "felzenszwalb" (Felzenszwalb & Huttenlocher
-            2004; skimage only), "seeds" (Van den Bergh et al. 2012) or "lsc" (Li & Chen 2015);
-            the last two with ``impl="ximgproc"`` only.
-        n_segments, compactness, sigma: SLIC settings (skimage defaults except n_segments=200);
-            SEEDS and LSC use ``n_segments`` (and LSC ``compactness / 100`` as its ratio).
-        scale, min_size: Felzenszwalb settings (sigma is shared, default 0.8 for it when None).
-        max_side: longer side the image is segmented at (None = full resolution).
-        impl: "skimage" or "ximgproc".
-    """
-
-    uses_teacher_output = False  # image-only: the benchmark may share them between teachers
-
-    def __init__(self, method: str = "slic", *, n_segments: int = 200, compactness: float = 10.0,
-                 sigma: float | None = None, scale: float = 100.0, min_size: int = 50,
-                 max_side: int | None = 512, weights: Any = None, impl: str = "skimage") -> None:
-        if method not in ("slic", "felzenszwalb", "seeds", "lsc"):
-            raise ValueRangeError(f"method must be 'slic', 'felzenszwalb', 'seeds' or 'lsc'; got {method!r}")
-        if impl not in ("skimage", "ximgproc"):
-            raise ValueRangeError(f"impl must be 'skimage' or 'ximgproc'; got {impl!r}")
-        if impl == "skimage" and method in ("seeds", "lsc"):
-            raise ValueRangeError(f"method {method!r} exists only in OpenCV-contrib: pass impl='ximgproc'")
-        if impl == "ximgproc" and method == "felzenszwalb":
-            raise ValueRangeError("method 'felzenszwalb' exists only in scikit-image: pass impl='skimage'")
-        if weights is not None:
-            raise ValueRangeError("the superpixels source takes no weights")
-        if not isinstance(n_segments, int) or n_segments < 1:
-            raise ValueRangeError(f"n_segments must be an integer >= 1; got {n_segments!r}")
-        if max_side is not None and (not isinstance(max_side, int) or max_side < 8):
-            raise ValueRangeError(f"max_side must be None or an integer >= 8; got {max_side!r}")
-        if float(compactness) <= 0 or float(scale) <= 0:
-            raise ValueRangeError(f"compactness and scale must be > 0; got {compactness!r}, {scale!r}")
-        if impl == "ximgproc":
-            _ximgproc()  # fail at construction, not on the first frame
-        self.method, self.impl = method, impl
-        self.n_segments, self.compactness = n_segments, float(compactness)
-        self.sigma = (0.8 if method == "felzenszwalb" else 1.0) if sigma is None else float(sigma)
-        self.scale, self.min_size, self.max_side = float(scale), int(min_size), max_side
-
-    def _segment_ximgproc(self, img: np.ndarray, u8: np.ndarray) -> np.ndarray:
-        """(h,w,3) float32 RGB in [0,1] (and the same as uint8) -> (h,w) int32 labels with cv2.ximgproc."""
-        import cv2
-
-        xi = _ximgproc()
-        h, w = img.shape[:2]
-        if self.method == "seeds":  # SEEDS histograms 8-bit channels
-            lab8 = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(u8), cv2.COLOR_RGB2LAB))
-            seeds = xi.createSuperpixelSEEDS(w, h, 3, self.n_segments, 4, 2, 5, False)
-            seeds.iterate(lab8, 10)
-            return seeds.getLabels()
-        if self.sigma > 0:
-            img = cv2.GaussianBlur(img, (0, 0), self.sigma, borderType=cv2.BORDER_REFLECT)
-        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
-        step = max(2, int(round(np.sqrt(h * w / self.n_segments))))
-        if self.method == "lsc":
-            sp = xi.createSuperpixelLSC(lab, region_size=step, ratio=self.compactness / 100.0)
-        else:
-            sp = xi.createSuperpixelSLIC(lab, algorithm=xi.SLIC, region_size=step, ruler=self.compactness)
-        sp.iterate(10)
-        sp.enforceLabelConnectivity(25)
-        return sp.getLabels()
-
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """One (H,W,3) uint8 image -> (H,W) int64 labels 0..M-1."""
-        import cv2
-
-        H, W = image.shape[:2]
-        s = 1.0 if self.max_side is None else min(1.0, self.max_side / max(H, W))
-        small = image
-        if s < 1.0:
-            small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
-        img = small.astype(np.float32) / 255.0
-        if self.impl == "ximgproc":
-            lab = self._segment_ximgproc(img, small)
-        elif self.method == "slic":
-            from skimage import segmentation
-
-            lab = segmentation.slic(img, n_segments=self.n_segments, compactness=self.compactness, sigma=self.sigma,
-                                    start_label=0, channel_axis=-1)
-        else:
-            from skimage import segmentation
-
-            lab = segmentation.felzenszwalb(img, scale=self.scale, sigma=self.sigma, min_size=self.min_size,
-                                            channel_axis=-1)
-        if lab.shape != (H, W):
-            lab = cv2.resize(lab.astype(np.int32), (W, H), interpolation=cv2.INTER_NEAREST)
-        _, lab = np.unique(lab, return_inverse=True)
-        return lab.reshape(H, W).astype(np.int64)
-
-    def __call__(self, images: Any, teacher_output: TeacherOutput | None = None) -> Proposals:
-        x = _images(images)
-        B, _, H, W = x.shape
-        u8 = _to_uint8_hwc(x)
-        labels = np.stack([self.segment(u8[b]) for b in range(B)]) if B else np.zeros((0, H, W), np.int64)
-        meta = {"source": "superpixels", "method": self.method, "impl": self.impl, "n_segments": self.n_segments,
-                "compactness": self.compactness, "sigma": self.sigma, "scale": self.scale,
-                "min_size": self.min_size, "max_side": self.max_side}
-        return Proposals(labels=torch.from_numpy(labels), meta=meta, labels_final=True)
 
 
 # ----------------------------------------------------------------------------- mean-shift

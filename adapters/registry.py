@@ -51,7 +51,7 @@ BUILTIN_TEACHERS = {
 BUILTIN_PROPOSALS = {
     "sam": "posthoc.adapters.proposals_sam:SamProposals",
     "mask_transformer": _P + "MaskTransformerProposals",
-    "superpixels": _P + "SuperpixelProposals",
+    "superpixels": "posthoc.adapters.proposals_superpixels:SuperpixelProposals",
     "meanshift": _P + "MeanShiftProposals",
     "onnx": _P + "OnnxProposals",
     "csl": _P + "csl_proposals",

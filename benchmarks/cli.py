@@ -7,6 +7,7 @@ Examples::
     posthoc-bench laf --subset noknown --data-root ~/data/LostAndFound --teacher sml
     posthoc-bench speed ...                                   # kernel speed benchmark
     posthoc-bench metrics-speed ...                           # metric speed benchmark
+    posthoc-bench speed-superpixels ...                       # superpixel proposals: ximgproc vs skimage
     posthoc-bench summary runs/x/results.json                 # one table across tracks
     torchrun --standalone --nproc-per-node=4 -m posthoc.bench smiyc ...   # one run over 4 processes
     posthoc-bench smiyc ... --shard 1/3 --out runs/s1          # shard 1 of 3 (e.g. a Slurm array task)
@@ -35,6 +36,7 @@ _DELEGATES = {
     "speed": "posthoc.bench.speed",
     "metrics-speed": "posthoc.bench.metrics_speed",
     "speed-meanshift": "posthoc.bench.speed_meanshift",
+    "speed-superpixels": "posthoc.bench.speed_superpixels",
 }
 
 
@@ -58,6 +60,9 @@ def _add_common(p: argparse.ArgumentParser, *, split_default: str = "test") -> N
         help="proposal sources, comma-separated (default: csl,superpixels when the CSL net is bundled, "
         "else superpixels)",
     )
+    p.add_argument("--superpixels-impl", default=None, choices=("auto", "ximgproc", "skimage"),
+                   help="implementation of the superpixels source: auto (default: OpenCV-contrib ximgproc), "
+                   "ximgproc, or skimage (scikit-image, the reference)")
     p.add_argument(
         "--data-root", default=None, help="data-set root (default: $POSTHOC_DATA_ROOT or the per-data-set variable)"
     )
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean-shift speed per level, lines against directions (posthoc.bench.speed_meanshift; its own flags)",
         add_help=False,
     )
+    sub.add_parser("speed-superpixels", add_help=False,
+                   help="superpixel proposal speed, ximgproc vs skimage (posthoc.bench.speed_superpixels; own flags)")
     return parser
 
 
@@ -382,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         strict=args.strict,
         threshold_dtype=args.threshold_dtype,
         open_threshold=getattr(args, "open_threshold", None),
+        superpixels_impl=args.superpixels_impl,
     )
     if cfg.out is None:
         cfg.out = str(default_run_dir(cfg))

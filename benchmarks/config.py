@@ -16,7 +16,7 @@ from .fingerprint import hash_files, precomputed_fingerprint, weight_files
 log = logging.getLogger(__name__)
 
 __all__ = ["DATASETS", "PEERS", "PRECOMPUTED", "VARIANTS", "BenchConfig", "BenchError", "TeacherSpec", "build_adapter",
-           "check_device", "check_output_dir", "default_proposals", "teacher_specs"]
+           "check_device", "check_output_dir", "default_proposals", "proposal_settings", "teacher_specs"]
 
 #: training-free peers of CSL2 (:mod:`posthoc.peers`), alternatives to ``csl2``, not stacked on it
 PEERS = ("objectomaly", "ugains", "maskomaly")
@@ -72,6 +72,8 @@ class BenchConfig:
             :class:`posthoc.metrics.ComponentMetrics`).
         open_threshold: StreetHazards open-set metrics: anomaly threshold of the unknown
             class (None = 95 % TPR on the validation split; :mod:`posthoc.bench.open_semantic`).
+        superpixels_impl: ``impl`` of the ``superpixels`` source (``"auto"``, ``"ximgproc"``,
+            ``"skimage"``; None = the source's default, ``"auto"``).
     """
 
     dataset: str = "smiyc"
@@ -101,6 +103,7 @@ class BenchConfig:
     strict: bool = False
     threshold_dtype: str = "float64"
     open_threshold: float | None = None
+    superpixels_impl: str | None = None
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -138,6 +141,8 @@ class BenchConfig:
                              f"got {self.threshold_dtype!r}")
         if self.open_threshold is not None and not 0.0 <= self.open_threshold <= 1.0:
             raise BenchError(f"--open-threshold must lie in [0,1]; got {self.open_threshold}")
+        if self.superpixels_impl not in (None, "auto", "ximgproc", "skimage"):
+            raise BenchError(f"--superpixels-impl must be auto, ximgproc or skimage; got {self.superpixels_impl!r}")
         self.device = check_device(self.device)
 
 
@@ -218,6 +223,12 @@ def default_proposals() -> list[str]:
         log.warning("could not read the bundled manifest; proposals default to superpixels", exc_info=True)
         names = []
     return ["csl", "superpixels"] if "csl" in names else ["superpixels"]
+
+
+def proposal_settings(cfg: Any, name: str) -> dict:
+    """Keywords the command line gives proposal source ``name`` (``--superpixels-impl``)."""
+    impl = getattr(cfg, "superpixels_impl", None)
+    return {"impl": impl} if name == "superpixels" and impl is not None else {}
 
 
 def parse_weights(weights: str | None) -> Any:

@@ -15,7 +15,8 @@ from posthoc.errors import PosthocError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["code_fingerprint", "git_sha", "hash_files", "precomputed_fingerprint", "versions", "weight_files"]
+__all__ = ["code_fingerprint", "git_sha", "hash_files", "precomputed_fingerprint", "proposal_fingerprint", "versions",
+           "weight_files"]
 
 #: the benchmark modules whose code decides the cached maps (edits to them invalidate a cache)
 _MAP_MODULES = ("config.py", "infer.py", "precomputed.py", "runner.py", "variants.py")
@@ -54,6 +55,16 @@ def hash_files(files: dict) -> dict:
     return out
 
 
+def proposal_fingerprint(name: str, source: Any) -> dict:
+    """What identifies a proposal source's output in a cache key: its weight-file hashes and,
+    where the source has a ``settings()`` method, its settings (for ``superpixels`` the resolved
+    implementation, so that maps made with skimage are never served for ximgproc)."""
+    out = hash_files(weight_files(name, None))
+    settings = getattr(source, "settings", None)
+    if callable(settings):
+        out["settings"] = settings()
+    return out
+
 
 def precomputed_fingerprint(folder: Path) -> dict:
     """(name, size, mtime) of every score file of a ``--teacher DIR`` folder, hashed."""
@@ -67,7 +78,7 @@ def versions() -> dict:
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("posthoc", "numpy", "torch", "onnxruntime-gpu", "onnxruntime", "opencv-python-headless",
-                "scikit-image", "h5py"):
+                "opencv-contrib-python-headless", "scikit-image", "h5py"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

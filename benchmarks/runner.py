@@ -52,6 +52,7 @@ from .config import (
     build_adapter,
     check_output_dir,
     default_proposals,
+    proposal_settings,
     teacher_specs,
 )
 from .distributed import Scale, ShardView, save_shard_teacher, shard_note, write_shard_manifest
@@ -382,8 +383,9 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
     # build proposal sources once (their registry names are validated up front)
     with timer("setup:proposals"):
         need_props = any(v.source is not None for v in chain)
-        prop_objs = {s: build_adapter("proposals", s, device=cfg.device) for s in sources} if need_props else {}
-        prop_files = {s: fingerprint.hash_files(fingerprint.weight_files(s, None)) for s in prop_objs}
+        prop_objs = {s: build_adapter("proposals", s, device=cfg.device, **proposal_settings(cfg, s))
+                     for s in sources} if need_props else {}
+        prop_files = {s: fingerprint.proposal_fingerprint(s, o) for s, o in prop_objs.items()}
         sam = None
         if any(v.key == "ugains" for v in chain):
             from posthoc.adapters.proposals_sam import build_sam
@@ -395,6 +397,8 @@ def _run_cached(cfg: BenchConfig, out: Path, lock: RunLock, scale: Scale, cache_
 
     results: dict = {
         "config": asdict(cfg) | {"proposals": sources, "out": str(out)},
+        # what each source resolved its settings to (superpixels: the implementation that ran)
+        "proposal_settings": {s: f["settings"] for s, f in prop_files.items() if "settings" in f},
         "versions": fingerprint.versions(),
         "git": fingerprint.git_sha(),
         "seed": cfg.seed,

@@ -51,7 +51,7 @@ from posthoc.types import TeacherOutput
 from . import fingerprint
 from . import semantic_readers as sr
 from .cache import RunLock
-from .config import BenchError, build_adapter, check_output_dir, default_proposals, slug
+from .config import BenchError, build_adapter, check_output_dir, default_proposals, proposal_settings, slug
 from .datasets import DatasetLayoutError
 from .infer import progress
 
@@ -96,6 +96,7 @@ class SemanticConfig:
     pseudo_threshold: str = "0.9"
     pseudo_variant: str | None = None
     progress: bool = True
+    superpixels_impl: str | None = None  # --superpixels-impl (None = the source's default)
 
     def validate(self) -> None:
         if self.dataset not in SEMANTIC_DATASETS:
@@ -373,9 +374,11 @@ def _run(cfg, out, specs, sources) -> dict:
     task = SEMANTIC_DATASETS[cfg.dataset][0]
     chain_all = _chain(cfg.variants, sources)
     need_props = any(s is not None for _, s, _ in chain_all)
-    props = {s: build_adapter("proposals", s, device=cfg.device) for s in sources} if need_props else {}
+    props = ({s: build_adapter("proposals", s, device=cfg.device, **proposal_settings(cfg, s)) for s in sources}
+             if need_props else {})
     teachers = {}
     res = {"config": asdict(cfg) | {"proposals": sources, "out": str(out)}, "task": task,
+           "proposal_settings": {s: p.settings() for s, p in props.items() if callable(getattr(p, "settings", None))},
            "versions": fingerprint.versions(), "git": fingerprint.git_sha(), "seed": cfg.seed,
            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "evaluations": []}
     md = [f"# posthoc-bench {cfg.dataset}\n"]
@@ -626,7 +629,8 @@ def main_semantic(args) -> int:
             limit=args.limit, seed=args.seed, world_seed=args.world_seed,
             variants=csv(args.variants) if args.variants else list(SEMANTIC_VARIANTS),
             export_pseudo_labels=args.export_pseudo_labels, pseudo_threshold=args.pseudo_threshold,
-            pseudo_variant=args.pseudo_variant, progress=not args.quiet)
+            pseudo_variant=args.pseudo_variant, progress=not args.quiet,
+            superpixels_impl=getattr(args, "superpixels_impl", None))
         cfg.out = args.out or str(Path("runs") / f"{cfg.dataset}-{slug('+'.join(Path(t).stem for t in cfg.teachers))}"
                                                 f"-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
         res = run_semantic(cfg)

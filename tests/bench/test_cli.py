@@ -325,7 +325,8 @@ def test_limit_and_teacher_only(world, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "cmd,mod", [("speed", "posthoc.bench.speed"), ("metrics-speed", "posthoc.bench.metrics_speed"),
-                ("speed-meanshift", "posthoc.bench.speed_meanshift")]
+                ("speed-meanshift", "posthoc.bench.speed_meanshift"),
+                ("speed-superpixels", "posthoc.bench.speed_superpixels")]
 )
 def test_delegates_rest_of_argv(monkeypatch, cmd, mod):
     seen = []

@@ -80,4 +80,51 @@ def test_default_benchmark_metrics_match_the_recorded_run(tmp_path, monkeypatch)
         f" (library versions differ from the recording: {golden.get('versions')} vs {_env_versions()}; "
         "pixel metrics compared to 1e-3)"
     )
-    assert not bad, "metrics moved" + note + ":\n" + "\n".join(bad[:40])
+    assert not bad, ("metrics moved" + note + ":\n" + "\n".join(bad[:40]) + "\nif the change is intended, re-record: "
+                     "python -m tests.bench.test_golden --note 'why'")
+
+
+def record(note: str, results: Path | None = None) -> list[str]:
+    """Re-record the golden file from its own command (or from a ``results.json`` that command wrote).
+
+    Keeps the command, records the library versions, the commit and ``note``, keeps the recorded
+    numbers of every key that agrees with them to 1e-6 (the strict check's tolerance), and returns
+    the keys whose metrics changed. Run from the repository root:
+    ``python -m tests.bench.test_golden --note "why" [--results runs/x/results.json]``.
+    """
+    import subprocess
+    import tempfile
+
+    from posthoc.adapters.io import write_json_atomic
+
+    golden = json.loads(GOLDEN.read_text())
+    if results is None:
+        tmp = Path(tempfile.mkdtemp(prefix="golden-"))
+        if cli.main(golden["command"].split()[1:] + ["--out", str(tmp / "run"), "--quiet"]) != 0:
+            raise SystemExit(f"the golden command failed: {golden['command']}")
+        results = tmp / "run" / "results.json"
+    got = _flatten(json.loads(Path(results).read_text()))
+    old = golden["metrics"]
+
+    def same(a: dict | None, b: dict) -> bool:  # within the strict check's 1e-6: keep the recorded numbers
+        return a is not None and sorted(a) == sorted(b) and all(
+            a[n] is b[n] or (a[n] is not None and b[n] is not None
+                             and math.isclose(a[n], b[n], rel_tol=0, abs_tol=1e-6)) for n in b)
+
+    got = {k: old[k] if same(old.get(k), m) else m for k, m in got.items()}
+    changed = sorted(k for k in set(got) | set(old) if got.get(k) != old.get(k))
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=GOLDEN.parent).stdout
+    golden.update(metrics=got, versions=_env_versions(), recorded_at=sha.strip(), recorded_note=note)
+    write_json_atomic(GOLDEN, golden, indent=1)
+    return changed
+
+
+if __name__ == "__main__":  # pragma: no cover - the recording command
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.bench.test_golden", description="re-record the golden run")
+    ap.add_argument("--note", required=True, help="why the numbers changed (stored in the file)")
+    ap.add_argument("--results", type=Path, default=None, help="results.json of the golden command (else run it)")
+    a = ap.parse_args()
+    for key in record(a.note, a.results):
+        print("changed:", key)
