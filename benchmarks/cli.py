@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from posthoc.errors import PosthocError
+
+from . import _omp  # sets OMP_WAIT_POLICY=PASSIVE (unless set) before anything imports torch
 
 __all__ = ["build_parser", "main"]
 
@@ -317,10 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected and what came), 1 = unexpected failure.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "torch" not in sys.modules:
-        # OpenMP threads that spin after every op cost the small per-frame ops of the chain up to
-        # 40x on small or shared machines (docs/kernels.md); a user's own setting wins
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP threads that spin after every op cost the small per-frame ops of the chain up to
+    # 40x on small or shared machines (docs/kernels.md); a user's own setting wins
+    _omp.passive_openmp()
     if argv and argv[0] in _DELEGATES:
         _setup_logging("--quiet" in argv)
         return _delegate(argv[0], argv[1:])

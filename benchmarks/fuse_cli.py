@@ -43,6 +43,7 @@ import numpy as np
 
 from posthoc.errors import PosthocError
 
+from . import _omp  # noqa: F401  # first of the package's modules: sets OMP_WAIT_POLICY before torch loads
 from .config import BenchError, _onnx_out_channels, build_adapter, check_device, check_output_dir, parse_weights, slug
 from .fingerprint import hash_files, weight_files
 

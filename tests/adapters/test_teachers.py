@@ -247,6 +247,18 @@ def test_io_binding_path_equals_plain_run(models):
     assert O.session_device(s).type == "cpu"
 
 
+def test_sessions_do_not_spin_unless_asked(models, monkeypatch):
+    key = "session.intra_op.allow_spinning"
+    monkeypatch.delenv(O.SPINNING_ENV, raising=False)
+    assert O.make_session(models["seg_onnx"], device="cpu").get_session_options().get_session_config_entry(key) == "0"
+    on = O.make_session(models["seg_onnx"], device="cpu", allow_spinning=True)
+    assert on.get_session_options().get_session_config_entry(key) == "1"
+    monkeypatch.setenv(O.SPINNING_ENV, "1")
+    assert O.make_session(models["seg_onnx"], device="cpu").get_session_options().get_session_config_entry(key) == "1"
+    off = O.make_session(models["seg_onnx"], device="cpu", allow_spinning=False)  # the argument wins
+    assert off.get_session_options().get_session_config_entry(key) == "0"
+
+
 def test_missing_and_corrupt_onnx(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         T.OnnxTeacher(tmp_path / "nope.onnx")
