@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from .errors import DTypeError, ShapeError, ValueRangeError
-from .validation import as_torch, check_finite, check_range, restore, shape_str
+from .validation import as_int_labels, as_torch, check_finite, check_range, restore, shape_str
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,13 @@ def _anomaly(x: Any, name: str = "anomaly") -> tuple[torch.Tensor, bool]:
     if t.ndim != 4 or t.shape[1] != 1:
         raise ShapeError(f"{name} must be (B,1,H,W) anomaly probabilities; got shape {shape_str(t.shape)}")
     t = t.float()
-    check_finite(t, name)
-    check_range(t, name, 0.0, 1.0)
+    check_range(t, name, 0.0, 1.0)  # one pass: NaN/Inf (NonFiniteError) and the range
     return t, was_np
 
 
-def _labels(x: Any, ref: torch.Tensor, name: str = "labels") -> torch.Tensor:
+def _labels(x: Any, ref: torch.Tensor, name: str = "labels", *, check_min: bool = True) -> torch.Tensor:
+    """An integer (B,H,W) label map matching ``ref``, int64 (``check_min=False``: int32 kept, and the
+    >= -1 check left to a kernel that reads the labels anyway)."""
     t, _ = as_torch(x, name)
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise DTypeError(f"{name} must be an integer (B,H,W) label map (-1 = unassigned); got dtype {t.dtype}")
@@ -70,10 +72,17 @@ def _labels(x: Any, ref: torch.Tensor, name: str = "labels") -> torch.Tensor:
     if t.ndim != 3 or tuple(t.shape) != (b, h, w):
         raise ShapeError(f"{name} must be (B,H,W) = {(b, h, w)} matching anomaly {shape_str(ref.shape)}; "
                          f"got {shape_str(t.shape)}")
-    t = t.to(ref.device).long()
+    t = t.to(ref.device)
+    if not check_min:
+        return as_int_labels(t)
+    t = t.long()
     if t.numel() and int(t.min()) < -1:
-        raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got min {int(t.min())}")
+        _raise_below(name, int(t.min()))
     return t
+
+
+def _raise_below(name: str, lo: int) -> None:
+    raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got min {lo}")
 
 
 def _positive_int(v: Any, name: str, lo: int = 1) -> int:
@@ -140,12 +149,17 @@ def _laplacian_sharpen(a: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _gauss_taps(ksize: int, sigma: float) -> torch.Tensor:
+    """The (ksize,) float32 taps of cv2.getGaussianKernel(ksize, sigma) (computed in float64)."""
+    x = torch.arange(ksize, dtype=torch.float64) - ksize // 2
+    k = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return (k / k.sum()).float()
+
+
 def _gaussian_blur(a: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
     """cv2.GaussianBlur(ksize, sigma) with cv2's default reflect-101 border, separable, (B,H,W)."""
     r = ksize // 2
-    x = torch.arange(ksize, dtype=torch.float64) - r
-    k = torch.exp(-(x * x) / (2 * sigma * sigma))
-    k = (k / k.sum()).to(a.dtype).to(a.device)
+    k = _gauss_taps(ksize, sigma).to(a.dtype).to(a.device)
     t = a[:, None]
     h, w = a.shape[-2:]
     if h <= r or w <= r:  # reflect padding needs more pixels than the radius; use replicate then
@@ -158,7 +172,7 @@ def _gaussian_blur(a: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
 
 
 def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool = True, ksize: int = 7,
-                sigma: float = 1.0) -> Any:
+                sigma: float = 1.0, backend: str = "auto") -> Any:
     """Objectomaly (arXiv 2507.07460 §3.2-3.4): objectness-aware calibration + boundary sharpening.
 
     Stage 1 (CAS, §3.2) is the teacher's map ``anomaly``. Stage 2 (OASC, §3.3): inside each
@@ -181,6 +195,10 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
         masks: optional (B,N,H,W) bool instance masks (may overlap; all-False = padding).
         sharpen: run MBP (Laplacian + Gaussian); False = OASC only.
         ksize, sigma: the Gaussian (odd ``ksize`` >= 1, ``sigma`` > 0).
+        backend: ``"auto"`` (numba for CPU maps of at least
+            :data:`posthoc.kernels.SMALL` pixels, else torch), ``"numba"`` or ``"torch"``
+            (the reference path). The numba kernels (:mod:`posthoc.kernels._numba_peers`)
+            make the same float operations in the same order and agree bit for bit.
 
     Returns:
         (B,1,H,W) float32 in [0,1], numpy if ``anomaly`` was numpy.
@@ -191,6 +209,10 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
         raise ValueRangeError(f"ksize must be odd; got {ksize}")
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
         raise ValueRangeError(f"sigma must be a number > 0; got {sigma!r}")
+    be = kernels.resolve_backend(backend, a.device, a.numel())
+    nbk = kernels._numba_peers_mod() if be == "numba" else None
+    if nbk is not None:
+        kernels._numba_threads()
     s = a[:, 0]
     if masks is not None:
         m = _bool_masks(masks, a, "B,N,H,W").to(a.device)
@@ -204,7 +226,18 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
     else:
         if labels is None:
             raise ValueRangeError("objectomaly needs labels (B,H,W) or masks (B,N,H,W); got neither")
-        cal = _region_mean_paint(s, _labels(labels, a))
+        if nbk is not None:
+            lab = _labels(labels, a, check_min=False)
+            painted, lo = nbk.region_mean_paint_np(s.detach().contiguous().numpy(), lab.contiguous().numpy())
+            if lo is not None:
+                _raise_below("labels", lo)
+            cal = torch.from_numpy(painted)
+        else:
+            cal = _region_mean_paint(s, _labels(labels, a))
+    if sharpen and nbk is not None:
+        taps = _gauss_taps(ksize, float(sigma)).numpy()
+        out = torch.from_numpy(nbk.sharpen_blur_np(cal.detach().contiguous().numpy(), taps))
+        return restore(out, was_np)
     if sharpen:
         cal = _gaussian_blur(_laplacian_sharpen(cal), ksize, float(sigma))
     out = cal.clamp(0.0, 1.0)[:, None].contiguous()

@@ -29,9 +29,10 @@ caller that has already checked the labels (``posthoc.fuse`` with
 itself for an in-place fusion).
 
 The other ops of the chain have their numba kernels in sibling modules, loaded lazily
-(:func:`_numba_offsets_mod`, :func:`_numba_assign_mod`; ``posthoc.components`` imports
-:mod:`._numba_cc`): ``_numba_offsets`` (offset_resample, offsets_from_proposals),
-``_numba_assign`` (soft_assign with resizing), ``_numba_cc`` (split_components). They use
+(:func:`_numba_offsets_mod`, :func:`_numba_assign_mod`, :func:`_numba_peers_mod`;
+``posthoc.components`` imports :mod:`._numba_cc`): ``_numba_offsets`` (offset_resample,
+offsets_from_proposals), ``_numba_assign`` (soft_assign with resizing), ``_numba_peers``
+(Objectomaly), ``_numba_cc`` (split_components). They use
 :func:`resolve_backend` and :func:`_empty_cpu` from here.
 
 Threads: the numba path uses ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)``
@@ -117,6 +118,16 @@ def _numba_assign_mod():
         return importlib.import_module("posthoc.kernels._numba_assign")
     except ImportError as e:
         log.debug("numba assign kernel unavailable: %s", e)
+        return None
+
+
+@functools.cache
+def _numba_peers_mod():
+    """The numba kernels of the peers (:mod:`._numba_peers`, Objectomaly); None without numba."""
+    try:
+        return importlib.import_module("posthoc.kernels._numba_peers")
+    except ImportError as e:
+        log.debug("numba peer kernels unavailable: %s", e)
         return None
 
 

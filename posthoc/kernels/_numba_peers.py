@@ -1,0 +1,232 @@
+"""CPU kernels (numba) for the training-free peers of :mod:`posthoc.peers` (Objectomaly).
+
+Semantics are those of the torch path in :mod:`posthoc.peers` (the fallback and reference);
+this module only makes them fast. Every kernel performs, per element, the same IEEE float
+operations in the same order as that path (no fast-math), so the results agree bit for bit:
+
+* :func:`region_mean_paint_np` -- Objectomaly's OASC: float64 region sums in raster order
+  (as ``index_add_``), the mean rounded to float32, painted on the region's pixels; the
+  label check (>= -1) and the number of regions come from the same pass over the labels.
+* :func:`sharpen_blur_np` -- Objectomaly's MBP: the 3x3 Laplacian with reflect-101 border
+  and the flat-neighbour mean of :func:`posthoc.peers._laplacian_sharpen`, then the
+  separable Gaussian of :func:`posthoc.peers._gaussian_blur` and the clamp to [0,1]. The
+  Gaussian taps accumulate in tap order with one rounding per tap (a fused multiply-add:
+  the product of two float32 values is exact in float64), which is what torch's CPU
+  ``conv2d`` computes for these one-channel separable filters (tests check the two agree).
+
+The torch path makes ~20 full-size temporaries (the 3x3 neighbourhood loop, two
+``conv2d`` calls on padded copies); here each stage is one pass over the image, rows in
+parallel, on four image-sized float32 buffers.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._numba import _serialized
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _paint(s, lab, cal, nreg, bad):
+    """s (B,P) float32, lab (B,P) int32/int64 -> cal (B,P): region means (float64 sums) or s at -1."""
+    B, P = s.shape
+    for b in prange(B):
+        mx = -1
+        lo = 0
+        row = lab[b]
+        for p in range(P):
+            v = row[p]
+            if v < lo:
+                lo = v
+            if v > mx:
+                mx = v
+        if lo < -1:
+            bad[b] = lo
+            continue
+        n = mx + 1
+        nreg[b] = n
+        sums = np.zeros(n, np.float64)
+        cnt = np.zeros(n, np.int64)
+        srow = s[b]
+        for p in range(P):
+            v = row[p]
+            if v >= 0:
+                sums[v] += np.float64(srow[p])
+                cnt[v] += 1
+        means = np.empty(n, np.float32)
+        for r in range(n):
+            means[r] = np.float32(sums[r] / np.float64(max(cnt[r], 1)))
+        crow = cal[b]
+        for p in range(P):
+            v = row[p]
+            crow[p] = means[v] if v >= 0 else srow[p]
+
+
+@njit(cache=True, inline="always")
+def _reflect(i, n):
+    """Reflect-101 index (torch ``mode="reflect"``, cv2's default border) for a pad smaller than n."""
+    if i < 0:
+        return -i
+    if i >= n:
+        return 2 * (n - 1) - i
+    return i
+
+
+@njit(cache=True, inline="always")
+def _border(i, n, replicate):
+    if replicate:
+        return min(max(i, 0), n - 1)
+    return _reflect(i, n)
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _laplacian(a, lap):
+    """(B,H,W) -> (B,H,W) float32 ``(up + down) + (left + right) - 4c``, reflect-101 border (H,W >= 2)."""
+    B, H, W = a.shape
+    four = np.float32(4.0)
+    for it in prange(B * H):
+        b = it // H
+        y = it - b * H
+        up = a[b, _reflect(y - 1, H)]
+        dn = a[b, _reflect(y + 1, H)]
+        row = a[b, y]
+        out = lap[b, y]
+        out[0] = (up[0] + dn[0]) + (row[1] + row[1]) - four * row[0]
+        # interior: slices of equal length, so LLVM vectorizes without index checks
+        n = W - 2
+        u, d, left, c, right, o = up[1:1 + n], dn[1:1 + n], row[0:n], row[1:1 + n], row[2:2 + n], out[1:1 + n]
+        for x in range(n):
+            o[x] = (u[x] + d[x]) + (left[x] + right[x]) - four * c[x]
+        out[W - 1] = (up[W - 1] + dn[W - 1]) + (row[W - 2] + row[W - 2]) - four * row[W - 1]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _sharpen(a, lap, out):
+    """Pixels off the 1-pixel frame with Laplacian > 0 take the mean of their 3x3 neighbours with Laplacian == 0."""
+    B, H, W = a.shape
+    for it in prange(B * H):
+        b = it // H
+        y = it - b * H
+        src = a[b, y]
+        dst = out[b, y]
+        for x in range(W):
+            dst[x] = src[x]
+        if y == 0 or y == H - 1:
+            continue
+        lrow = lap[b, y]
+        for x in range(1, W - 1):
+            if not lrow[x] > 0:
+                continue
+            num = np.float32(0.0)
+            cnt = np.float32(0.0)
+            for dy in range(-1, 2):  # the torch loop's order: dy, then dx
+                ar = a[b, y + dy]
+                lr = lap[b, y + dy]
+                for dx in range(-1, 2):
+                    if lr[x + dx] == 0:
+                        num += ar[x + dx]
+                        cnt += np.float32(1.0)
+            if cnt > 0:
+                dst[x] = num / cnt
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _blur_rows(a, k, replicate, out):
+    """Horizontal pass: out[b,y,x] = sum_j k[j] * a[b,y,border(x+j-r)], tap order, one rounding per tap.
+
+    Taps outer, pixels inner (the per-pixel order of operations is unchanged), so the
+    interior loop vectorizes; the r border pixels on each side take their taps by index.
+    """
+    B, H, W = a.shape
+    K = k.shape[0]
+    r = K // 2
+    lo = min(r, W)
+    hi = max(lo, W - r)  # interior [lo, hi): every tap inside the row
+    for it in prange(B * H):
+        b = it // H
+        y = it - b * H
+        row = a[b, y]
+        dst = out[b, y]
+        for x in range(W):
+            dst[x] = np.float32(0.0)
+        n = hi - lo
+        o = dst[lo:hi]
+        for j in range(K):
+            kj = np.float64(k[j])
+            src = row[lo + j - r:lo + j - r + n]
+            for x in range(n):
+                o[x] = np.float32(np.float64(o[x]) + kj * np.float64(src[x]))
+        for x in range(W):
+            if lo <= x < hi:
+                continue
+            acc = np.float32(0.0)
+            for j in range(K):
+                xi = _border(x + j - r, W, replicate)
+                acc = np.float32(np.float64(acc) + np.float64(k[j]) * np.float64(row[xi]))
+            dst[x] = acc
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _blur_cols_clamp(a, k, replicate, out):
+    """Vertical pass (same accumulation) and the clamp to [0,1]: out (B,1,H,W)."""
+    B, H, W = a.shape
+    K = k.shape[0]
+    r = K // 2
+    for it in prange(B * H):
+        b = it // H
+        y = it - b * H
+        dst = out[b, 0, y]
+        for x in range(W):
+            dst[x] = np.float32(0.0)
+        for j in range(K):
+            src = a[b, _border(y + j - r, H, replicate)]
+            kj = np.float64(k[j])
+            for x in range(W):
+                dst[x] = np.float32(np.float64(dst[x]) + kj * np.float64(src[x]))
+        for x in range(W):
+            v = dst[x]
+            dst[x] = min(max(v, np.float32(0.0)), np.float32(1.0))
+
+
+@_serialized
+def region_mean_paint_np(s: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """s (B,H,W) float32, lab (B,H,W) int32/int64 (C-contiguous) -> (painted (B,H,W) float32, bad minimum or None).
+
+    Every labelled pixel takes its region's mean of ``s`` (float64 sums, rounded to float32);
+    -1 keeps its value. A label below -1 stops the image's work and is returned (the caller
+    raises); the painted map is then undefined.
+    """
+    B, H, W = s.shape
+    cal = np.empty((B, H, W), np.float32)
+    nreg = np.zeros(B, np.int64)
+    bad = np.zeros(B, np.int64)
+    if B and H * W:
+        _paint(s.reshape(B, H * W), lab.reshape(B, H * W), cal.reshape(B, H * W), nreg, bad)
+    lo = int(bad.min()) if B else 0
+    return cal, (lo if lo < -1 else None)
+
+
+@_serialized
+def sharpen_blur_np(a: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """a (B,H,W) float32 C-contiguous, k (K,) float32 Gaussian taps -> (B,1,H,W) float32 in [0,1].
+
+    The Laplacian step first (skipped, as in the torch path, when H or W < 3), then the
+    Gaussian with reflect-101 borders, or replicate when H or W <= K // 2 (the torch path's
+    rule), then the clamp.
+    """
+    B, H, W = a.shape
+    out = np.empty((B, 1, H, W), np.float32)
+    if B == 0 or H * W == 0:
+        return out
+    src = a
+    if H >= 3 and W >= 3:
+        lap = np.empty((B, H, W), np.float32)
+        _laplacian(a, lap)
+        src = np.empty((B, H, W), np.float32)
+        _sharpen(a, lap, src)
+    r = k.shape[0] // 2
+    replicate = H <= r or W <= r
+    tmp = np.empty((B, H, W), np.float32)
+    _blur_rows(src, k, replicate, tmp)
+    _blur_cols_clamp(tmp, k, replicate, out)
+    return out
