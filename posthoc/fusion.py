@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 NO_OBJECT_LOGIT = -1e4
 
 _NORMALIZE = ("auto", "softmax", "sigmoid", "none")
+#: value_range that checks finiteness only (NaN and +-Inf fail it)
+_FINITE = (float("-inf"), float("inf"))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -169,11 +171,12 @@ def _out_view(out: Any, was_numpy: bool, shape: tuple, scores: torch.Tensor) -> 
 
 def _region_sums(values: Any, labels: Any, vname: str, num_regions: int | None, backend: str):
     """Checked inputs -> (sums (B,N,C), counts (B,N), was_numpy, batched); the labels are read once to check them."""
-    vals, was_numpy, shape = as_scores_4d(values, vname)
+    vals, was_numpy, shape = as_scores_4d(values, vname, check=False)  # finiteness: fused into the reduction
     batched = len(shape) == 4
     lab, n_lab = as_label_map(labels, vals, batched, scores_name=vname, return_n=True)
     n = _num_regions(n_lab, num_regions)
-    sums, counts = kernels.region_sums(vals.contiguous(), lab.contiguous(), n, backend=backend, labels_checked=True)
+    sums, counts = kernels.region_sums(vals.contiguous(), lab.contiguous(), n, backend=backend, labels_checked=True,
+                                       value_range=_FINITE, name=vname)
     return sums, counts, was_numpy, batched
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .errors import DTypeError, ShapeError, ValueRangeError
-from .validation import as_int_labels, as_torch, check_finite, check_range, restore, shape_str
+from .validation import as_int_labels, as_torch, check_range, restore, shape_str
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,8 @@ def ugains(anomaly: Any, predict: PointPredictor, *, threshold: float = 0.5, num
 
 def maskomaly(mask_probs: Any, class_probs: Any, *, size: Sequence[int] | None = None,
               anomaly_queries: Sequence[int] = (), ground_queries: Sequence[int] = (),
-              reject_threshold: float = 0.7, border_threshold: float = 0.1, weight: float = 0.6) -> Any:
+              reject_threshold: float = 0.7, border_threshold: float = 0.1, weight: float = 0.6,
+              backend: str = "auto") -> Any:
     """Maskomaly (BMVC 2023, §3; official ``Maskomaly.get_soft_mask``) on a mask transformer's raw masks.
 
     With mask probabilities m_q = sigmoid(mask logits) and class probabilities
@@ -467,6 +468,9 @@ def maskomaly(mask_probs: Any, class_probs: Any, *, size: Sequence[int] | None =
         mask_probs: (B,N,h,w) float mask probabilities in [0,1].
         class_probs: (B,N,K+1) float class probabilities in [0,1], "no object" last.
         size: (H,W) of the output (default (h,w)).
+        backend: ``"auto"`` (numba for CPU masks of at least :data:`posthoc.kernels.SMALL`
+            elements, else torch), ``"numba"`` (one pass over the masks,
+            :mod:`posthoc.kernels._numba_peers`; bit for bit the torch result) or ``"torch"``.
 
     Returns:
         (B,1,H,W) float32 in [0,1].
@@ -480,8 +484,7 @@ def maskomaly(mask_probs: Any, class_probs: Any, *, size: Sequence[int] | None =
                          f"{shape_str(m.shape)} and {shape_str(p.shape)}")
     m, p = m.float(), p.float().to(m.device)
     for t, name in ((m, "mask_probs"), (p, "class_probs")):
-        check_finite(t, name)
-        check_range(t, name, 0.0, 1.0)
+        check_range(t, name, 0.0, 1.0)  # one pass: NaN/Inf (NonFiniteError) and the range
     reject_threshold = _unit(reject_threshold, "reject_threshold")
     border_threshold = _unit(border_threshold, "border_threshold")
     weight = _unit(weight, "weight")
@@ -490,11 +493,24 @@ def maskomaly(mask_probs: Any, class_probs: Any, *, size: Sequence[int] | None =
         bad = [q for q in qs if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q < n]
         if bad:
             raise ValueRangeError(f"{name} must be query indices in [0,{n}); got {list(bad)}")
+    if size is not None:
+        hw = tuple(int(s) for s in size)
+        if len(hw) != 2 or min(hw) < 1:
+            raise ValueRangeError(f"size must be (H,W) with H,W >= 1; got {size!r}")
     pmax, arg = p.max(2)
     positive = arg != p.shape[2] - 1
+    sel = positive & (pmax > reject_threshold)
+    be = kernels.resolve_backend(backend, m.device, m.numel())
+    nbk = kernels._numba_peers_mod() if be == "numba" else None
+    if nbk is not None:
+        kernels._numba_threads()
+        idx = [np.asarray([int(q) for q in qs], np.int64) for qs in (ground_queries, anomaly_queries)]
+        soft = torch.from_numpy(nbk.maskomaly_np(
+            m.detach().contiguous().numpy(), pmax.detach().contiguous().numpy(), sel.numpy(), positive.numpy(),
+            idx[0], idx[1], border_threshold, weight, 1 - weight))
+        return restore(_maskomaly_out(soft, size, h, w), was_np)
     conf = m * pmax[..., None, None]
     rej = torch.ones(b, h, w, device=m.device)
-    sel = positive & (pmax > reject_threshold)
     neg = torch.where(sel[..., None, None], 1 - conf, torch.ones_like(conf))
     if n:
         rej = torch.minimum(rej, neg.min(1).values)
@@ -506,10 +522,13 @@ def maskomaly(mask_probs: Any, class_probs: Any, *, size: Sequence[int] | None =
     for q in anomaly_queries:
         anom = torch.maximum(anom, conf[:, q])
     out = (weight * rej + (1 - weight) * anom)[:, None]
+    return restore(_maskomaly_out(out, size, h, w), was_np)
+
+
+def _maskomaly_out(out: torch.Tensor, size: Any, h: int, w: int) -> torch.Tensor:
+    """Maskomaly's last step: the (B,1,h,w) map resized bilinearly to ``size`` (checked), clamped to [0,1]."""
     if size is not None:
         hw = tuple(int(s) for s in size)
-        if len(hw) != 2 or min(hw) < 1:
-            raise ValueRangeError(f"size must be (H,W) with H,W >= 1; got {size!r}")
         if hw != (h, w):
             out = F.interpolate(out, size=hw, mode="bilinear", align_corners=False)
-    return restore(out.clamp(0.0, 1.0), was_np)
+    return out.clamp(0.0, 1.0)

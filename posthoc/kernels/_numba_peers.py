@@ -230,3 +230,69 @@ def sharpen_blur_np(a: np.ndarray, k: np.ndarray) -> np.ndarray:
     _blur_rows(src, k, replicate, tmp)
     _blur_cols_clamp(tmp, k, replicate, out)
     return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _maskomaly(m, pmax, sel, pos, ground, anomaly, bt, w1, w2, out):
+    """Maskomaly's soft map on the masks' grid, one pass over m: out (B,h,w) float32.
+
+    Per pixel, with conf_q = m_q * pmax_q (float32): rej = min(1, min over ``sel`` of
+    1 - conf_q), 0 where >= 2 ``pos`` queries have m_q > bt, then min with 1 - conf_g over
+    ``ground``; anom = max(0, max over ``anomaly`` of conf_a); out = w1 * rej + w2 * anom.
+    Queries outer, pixels of the row inner (the masks are read row by row, contiguous).
+    """
+    B, N, h, w = m.shape
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    for it in prange(B * h):
+        b = it // h
+        y = it - b * h
+        rej = np.ones(w, np.float32)
+        cnt = np.zeros(w, np.int32)
+        anom = np.zeros(w, np.float32)
+        for q in range(N):
+            row = m[b, q, y]
+            pq = pmax[b, q]
+            if sel[b, q]:
+                for x in range(w):
+                    v = one - row[x] * pq
+                    if v < rej[x]:
+                        rej[x] = v
+            if pos[b, q]:
+                for x in range(w):
+                    cnt[x] += np.int32(row[x] > bt)
+        for x in range(w):
+            if cnt[x] >= 2:
+                rej[x] = zero
+        for g in range(ground.shape[0]):
+            row = m[b, ground[g], y]
+            pq = pmax[b, ground[g]]
+            for x in range(w):
+                v = one - row[x] * pq
+                if v < rej[x]:
+                    rej[x] = v
+        for a in range(anomaly.shape[0]):
+            row = m[b, anomaly[a], y]
+            pq = pmax[b, anomaly[a]]
+            for x in range(w):
+                v = row[x] * pq
+                if v > anom[x]:
+                    anom[x] = v
+        dst = out[b, y]
+        for x in range(w):
+            dst[x] = w1 * rej[x] + w2 * anom[x]
+
+
+@_serialized
+def maskomaly_np(m: np.ndarray, pmax: np.ndarray, sel: np.ndarray, pos: np.ndarray, ground: np.ndarray,
+                 anomaly: np.ndarray, border_threshold: float, w1: float, w2: float) -> np.ndarray:
+    """m (B,N,h,w) float32 C-contiguous mask probabilities, pmax (B,N) float32 top class probability,
+    sel / pos (B,N) bool (rejecting / positive queries), ground / anomaly int64 query indices ->
+    (B,1,h,w) float32 (before the resize and the clamp). The weights and the threshold are
+    rounded to float32 as torch rounds a Python scalar for a float32 tensor."""
+    B, N, h, w = m.shape
+    out = np.empty((B, 1, h, w), np.float32)
+    if B and h * w:
+        _maskomaly(m, pmax, sel, pos, ground, anomaly, np.float32(border_threshold), np.float32(w1),
+                   np.float32(w2), out.reshape(B, h, w))
+    return out

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from posthoc.errors import NonFiniteError, ValueRangeError
-from posthoc.peers import objectomaly
+from posthoc.peers import maskomaly, objectomaly
 from tests.reference import peers as ref
 
 pytest.importorskip("numba")
@@ -76,3 +76,27 @@ def test_numba_all_unassigned_and_uint8_labels():
     a = rng.random((2, 1, 33, 17)).astype(np.float32)
     for lab in (np.full((2, 33, 17), -1), rng.integers(0, 4, (2, 33, 17)).astype(np.uint8)):
         np.testing.assert_array_equal(objectomaly(a, lab, backend="numba"), objectomaly(a, lab, backend="torch"))
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 10, 12, 4), (1, 0, 5, 5, 2), (3, 33, 17, 9, 1), (2, 5, 1, 1, 3)])
+def test_maskomaly_numba_equals_torch_bit_for_bit(shape):
+    b, n, h, w, k = shape
+    rng = np.random.default_rng(sum(shape))
+    for trial in range(6):
+        m = (rng.random((b, n, h, w)) ** (1 + 2 * (trial % 3 == 0))).astype(np.float32)
+        if trial % 2:  # exact ties with the thresholds
+            m = (np.round(m * 10) / 10).astype(np.float32)
+        lg = rng.normal(0, 3, (b, n, k + 1))
+        c = (np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)).astype(np.float32)
+        aq = [int(q) for q in rng.choice(n, min(n, 2), replace=False)] if n else []
+        gq = [int(q) for q in rng.choice(n, min(n, 1), replace=False)] if n else []
+        for kw in ({}, dict(anomaly_queries=aq, ground_queries=gq, weight=0.37, border_threshold=0.3,
+                            reject_threshold=0.2)):
+            for size in (None, (3 * h + 1, 2 * w)):
+                want = maskomaly(m, c, size=size, backend="torch", **kw)
+                got = maskomaly(m, c, size=size, backend="numba", **kw)
+                np.testing.assert_array_equal(got, want, err_msg=f"{kw} {size}")
+    got = maskomaly(torch.from_numpy(m), torch.from_numpy(c), backend="numba")
+    assert isinstance(got, torch.Tensor) and got.shape == (b, 1, h, w)
+    if n:
+        np.testing.assert_allclose(got[0, 0].numpy(), ref.maskomaly(m[0], c[0]), atol=1e-6)
