@@ -216,10 +216,9 @@ def _weighted_max(
     H, W = size
     dev = masks.t.device
     if masks.is_labels:
-        lab = masks.t[b]
-        w_full = torch.zeros(masks.n + 1, dtype=torch.float32, device=dev)  # slot n = -1 -> 0
+        w_full = torch.zeros(masks.n + 1, dtype=torch.float32, device=dev)  # last slot: label -1 -> 0
         w_full[idx] = weights.to(dev)
-        return w_full[torch.where(lab >= 0, lab, torch.full_like(lab, masks.n))]
+        return w_full[masks.t[b]]  # one gather: index -1 reads the last slot
     best = torch.zeros((H, W), dtype=torch.float32, device=dev)
     for i0 in range(0, int(idx.numel()), chunk):
         sel = idx[i0 : i0 + chunk]
@@ -269,6 +268,11 @@ def _refinement_mask_4d(
     for b in range(B):  # batch loop; regions are handled in chunks inside
         idx = keep[b].nonzero().flatten()
         if idx.numel() < min_masks:
+            continue
+        if masks.is_labels:  # threshold the per-region weights, then one gather into the output
+            lut = torch.zeros(masks.n + 1, dtype=torch.float32, device=cls.device)  # last slot: label -1 -> 0
+            lut[idx] = (scores[b, idx] >= mask_threshold).float()
+            torch.index_select(lut, 0, masks.t[b].reshape(-1), out=out[b, 0].view(-1))
             continue
         m = _weighted_max(masks, b, idx, scores[b, idx], size, chunk)
         out[b, 0] = (m >= mask_threshold).float()

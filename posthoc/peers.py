@@ -226,12 +226,13 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
     else:
         if labels is None:
             raise ValueRangeError("objectomaly needs labels (B,H,W) or masks (B,N,H,W); got neither")
-        if nbk is not None:
+        if nbk is not None:  # paint, sharpen, blur and clamp in the kernels
             lab = _labels(labels, a, check_min=False)
-            painted, lo = nbk.region_mean_paint_np(s.detach().contiguous().numpy(), lab.contiguous().numpy())
+            taps = _gauss_taps(ksize, float(sigma)).numpy() if sharpen else None
+            res, lo = nbk.objectomaly_np(s.detach().contiguous().numpy(), lab.contiguous().numpy(), taps)
             if lo is not None:
                 _raise_below("labels", lo)
-            cal = torch.from_numpy(painted)
+            return restore(torch.from_numpy(res), was_np)
         else:
             cal = _region_mean_paint(s, _labels(labels, a))
     if sharpen and nbk is not None:

@@ -4,26 +4,42 @@ Semantics are those of the torch path in :mod:`posthoc.peers` (the fallback and 
 this module only makes them fast. Every kernel performs, per element, the same IEEE float
 operations in the same order as that path (no fast-math), so the results agree bit for bit:
 
-* :func:`region_mean_paint_np` -- Objectomaly's OASC: float64 region sums in raster order
-  (as ``index_add_``), the mean rounded to float32, painted on the region's pixels; the
-  label check (>= -1) and the number of regions come from the same pass over the labels.
+* :func:`objectomaly_np` -- Objectomaly's OASC: float64 region sums in raster order
+  (as ``index_add_``), the mean rounded to float32, painted on the region's pixels (the
+  label check, >= -1, and the number of regions come from one pass over the labels); then
+  MBP as below.
 * :func:`sharpen_blur_np` -- Objectomaly's MBP: the 3x3 Laplacian with reflect-101 border
   and the flat-neighbour mean of :func:`posthoc.peers._laplacian_sharpen`, then the
   separable Gaussian of :func:`posthoc.peers._gaussian_blur` and the clamp to [0,1]. The
-  Gaussian taps accumulate in tap order with one rounding per tap (a fused multiply-add:
-  the product of two float32 values is exact in float64), which is what torch's CPU
-  ``conv2d`` computes for these one-channel separable filters (tests check the two agree).
+  Gaussian taps accumulate in tap order with one fused multiply-add per tap, which is what
+  torch's CPU ``conv2d`` computes for these one-channel separable filters (tests check the
+  two agree bit for bit).
 
 The torch path makes ~20 full-size temporaries (the 3x3 neighbourhood loop, two
 ``conv2d`` calls on padded copies); here each stage is one pass over the image, rows in
-parallel, on four image-sized float32 buffers.
+parallel, through four image-sized scratch buffers that are kept from call to call.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from ._numba import _serialized
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """float32 ``a * b + c`` with one rounding (LLVM's ``llvm.fma.f32``: the FMA instruction where the CPU has it)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fn, args)
+
+    return sig, codegen
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -48,11 +64,19 @@ def _paint(s, lab, cal, nreg, bad):
         sums = np.zeros(n, np.float64)
         cnt = np.zeros(n, np.int64)
         srow = s[b]
-        for p in range(P):
+        p = 0
+        while p < P:  # runs of equal labels: the region's sum stays in a register, same order of additions
             v = row[p]
+            e = p + 1
+            while e < P and row[e] == v:
+                e += 1
             if v >= 0:
-                sums[v] += np.float64(srow[p])
-                cnt[v] += 1
+                acc = sums[v]
+                for q in range(p, e):
+                    acc += np.float64(srow[q])
+                sums[v] = acc
+                cnt[v] += e - p
+            p = e
         means = np.empty(n, np.float32)
         for r in range(n):
             means[r] = np.float32(sums[r] / np.float64(max(cnt[r], 1)))
@@ -132,7 +156,7 @@ def _sharpen(a, lap, out):
 
 @njit(cache=True, parallel=True, nogil=True)
 def _blur_rows(a, k, replicate, out):
-    """Horizontal pass: out[b,y,x] = sum_j k[j] * a[b,y,border(x+j-r)], tap order, one rounding per tap.
+    """Horizontal pass: out[b,y,x] = sum_j k[j] * a[b,y,border(x+j-r)], in tap order, one FMA per tap.
 
     Taps outer, pixels inner (the per-pixel order of operations is unchanged), so the
     interior loop vectorizes; the r border pixels on each side take their taps by index.
@@ -152,17 +176,16 @@ def _blur_rows(a, k, replicate, out):
         n = hi - lo
         o = dst[lo:hi]
         for j in range(K):
-            kj = np.float64(k[j])
+            kj = k[j]
             src = row[lo + j - r:lo + j - r + n]
             for x in range(n):
-                o[x] = np.float32(np.float64(o[x]) + kj * np.float64(src[x]))
+                o[x] = _fma32(kj, src[x], o[x])
         for x in range(W):
             if lo <= x < hi:
                 continue
             acc = np.float32(0.0)
             for j in range(K):
-                xi = _border(x + j - r, W, replicate)
-                acc = np.float32(np.float64(acc) + np.float64(k[j]) * np.float64(row[xi]))
+                acc = _fma32(k[j], row[_border(x + j - r, W, replicate)], acc)
             dst[x] = acc
 
 
@@ -180,30 +203,68 @@ def _blur_cols_clamp(a, k, replicate, out):
             dst[x] = np.float32(0.0)
         for j in range(K):
             src = a[b, _border(y + j - r, H, replicate)]
-            kj = np.float64(k[j])
+            kj = k[j]
             for x in range(W):
-                dst[x] = np.float32(np.float64(dst[x]) + kj * np.float64(src[x]))
+                dst[x] = _fma32(kj, src[x], dst[x])
         for x in range(W):
             v = dst[x]
             dst[x] = min(max(v, np.float32(0.0)), np.float32(1.0))
 
 
-@_serialized
-def region_mean_paint_np(s: np.ndarray, lab: np.ndarray) -> tuple[np.ndarray, int | None]:
-    """s (B,H,W) float32, lab (B,H,W) int32/int64 (C-contiguous) -> (painted (B,H,W) float32, bad minimum or None).
+#: scratch buffers by role, reused from call to call (a fresh 1 MB buffer costs page faults on
+#: every call: on the 2-core development machine up to ~3 ms, more than the kernels themselves).
+#: Only touched by the ``_serialized`` entry points, so one caller at a time.
+_SCRATCH: dict[str, np.ndarray] = {}
 
-    Every labelled pixel takes its region's mean of ``s`` (float64 sums, rounded to float32);
-    -1 keeps its value. A label below -1 stops the image's work and is returned (the caller
-    raises); the painted map is then undefined.
+
+def _scratch(role: str, shape: tuple[int, ...]) -> np.ndarray:
+    buf = _SCRATCH.get(role)
+    if buf is None or buf.shape != shape:
+        buf = _SCRATCH[role] = np.empty(shape, np.float32)
+    return buf
+
+
+def _sharpen_blur(a: np.ndarray, k: np.ndarray, out: np.ndarray) -> None:
+    B, H, W = a.shape
+    src = a
+    if H >= 3 and W >= 3:
+        lap = _scratch("lap", (B, H, W))
+        _laplacian(a, lap)
+        src = _scratch("sharp", (B, H, W))
+        _sharpen(a, lap, src)
+    r = k.shape[0] // 2
+    replicate = H <= r or W <= r
+    tmp = _scratch("rows", (B, H, W))
+    _blur_rows(src, k, replicate, tmp)
+    _blur_cols_clamp(tmp, k, replicate, out)
+
+
+@_serialized
+def objectomaly_np(s: np.ndarray, lab: np.ndarray, k: np.ndarray | None) -> tuple[np.ndarray, int | None]:
+    """s (B,H,W) float32, lab (B,H,W) int32/int64 (C-contiguous), k (K,) float32 Gaussian taps or None
+    -> (out (B,1,H,W) float32, bad minimum label or None).
+
+    OASC: every labelled pixel takes its region's mean of ``s`` (float64 sums, rounded to
+    float32), -1 keeps its value. With taps, MBP on the painted map (:func:`_sharpen_blur`);
+    without, the painted map. Then the clamp to [0,1]. A label below -1 stops the work and
+    is returned (the caller raises); ``out`` is then undefined.
     """
     B, H, W = s.shape
-    cal = np.empty((B, H, W), np.float32)
+    out = np.empty((B, 1, H, W), np.float32)
+    if B == 0 or H * W == 0:
+        return out, None
     nreg = np.zeros(B, np.int64)
     bad = np.zeros(B, np.int64)
-    if B and H * W:
-        _paint(s.reshape(B, H * W), lab.reshape(B, H * W), cal.reshape(B, H * W), nreg, bad)
-    lo = int(bad.min()) if B else 0
-    return cal, (lo if lo < -1 else None)
+    cal = _scratch("paint", (B, H, W)) if k is not None else out.reshape(B, H, W)
+    _paint(s.reshape(B, H * W), lab.reshape(B, H * W), cal.reshape(B, H * W), nreg, bad)
+    lo = int(bad.min())
+    if lo < -1:
+        return out, lo
+    if k is not None:
+        _sharpen_blur(cal, k, out)
+    else:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out, None
 
 
 @_serialized
@@ -216,19 +277,8 @@ def sharpen_blur_np(a: np.ndarray, k: np.ndarray) -> np.ndarray:
     """
     B, H, W = a.shape
     out = np.empty((B, 1, H, W), np.float32)
-    if B == 0 or H * W == 0:
-        return out
-    src = a
-    if H >= 3 and W >= 3:
-        lap = np.empty((B, H, W), np.float32)
-        _laplacian(a, lap)
-        src = np.empty((B, H, W), np.float32)
-        _sharpen(a, lap, src)
-    r = k.shape[0] // 2
-    replicate = H <= r or W <= r
-    tmp = np.empty((B, H, W), np.float32)
-    _blur_rows(src, k, replicate, tmp)
-    _blur_cols_clamp(tmp, k, replicate, out)
+    if B and H * W:
+        _sharpen_blur(a, k, out)
     return out
 
 
