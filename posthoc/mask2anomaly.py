@@ -272,7 +272,7 @@ def _refinement_mask_4d(
         if masks.is_labels:  # threshold the per-region weights, then one gather into the output
             lut = torch.zeros(masks.n + 1, dtype=torch.float32, device=cls.device)  # last slot: label -1 -> 0
             lut[idx] = (scores[b, idx] >= mask_threshold).float()
-            torch.index_select(lut, 0, masks.t[b].reshape(-1), out=out[b, 0].view(-1))
+            out[b, 0] = lut[masks.t[b]]  # index -1 reads the last slot
             continue
         m = _weighted_max(masks, b, idx, scores[b, idx], size, chunk)
         out[b, 0] = (m >= mask_threshold).float()
