@@ -29,9 +29,18 @@ from .fusion import fuse, region_class_logits
 from .mask2anomaly import CITYSCAPES_SUPPRESS_IDS, mine_unknown_instances, refine
 from .offsets import offset_resample, offsets_from_proposals
 from .types import Proposals, TeacherOutput
-from .validation import as_label_map, as_torch, check_tensor_type, restore, shape_str
+from .validation import as_label_map, as_torch, check_tensor_type, label_check_memo, restore, shape_str
 
 __all__ = ["Pipeline"]
+
+
+def _in_unit(x: Any) -> bool:
+    """Whether every value of ``x`` lies in [0,1] (False for NaN); one ``aminmax`` pass."""
+    t, _ = as_torch(x, "current")
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.reshape(-1))
+    return bool(lo >= 0) and bool(hi <= 1)
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +200,7 @@ class Pipeline:
             (B,2,H,W), ``"confidence"`` (B,1,H,W) and ``"resampled"``,
             ``"unknown_instances"`` (B,H,W) int64, and ``"output"`` (the last score map).
         """
-        with torch.no_grad():
+        with torch.no_grad(), label_check_memo():  # the label map is checked once, not by every op
             scores, semantic_logits = self._scores(teacher_output_or_scores, semantic_logits)
             hw = (int(scores.shape[-2]), int(scores.shape[-1]))
             if isinstance(proposals, Proposals):
@@ -211,9 +220,11 @@ class Pipeline:
                 labels = split_components(labels, self.connectivity, self.min_size)
                 out["components"] = labels
             current = scores
+            unit = False  # whether `current` is known to lie in [0,1] (then not read again to check it)
             if self.fuse:
                 current = fuse(scores, labels, normalize=self.normalize, backend=self.backend)
                 out["fused"] = current
+                unit = True  # CSL Eq. 3 on probabilities: a region mean in [0,1] times a value in [0,1]
             if self.refine or self.mine:
                 anomaly_like = current.shape[1] == 1
                 if self.refine and not anomaly_like:
@@ -229,7 +240,7 @@ class Pipeline:
                     )
                     out["refinement_mask"] = r
                     out["refined"] = refined
-                    current = refined
+                    current = refined  # anomaly * (1 - R), R in {0,1}: stays in [0,1] when it was
                 if self.mine:
                     assert self.stuff_ids is not None and self.thing_ids is not None  # __post_init__ checked
                     out["unknown_instances"] = mine_unknown_instances(
@@ -237,9 +248,7 @@ class Pipeline:
                         mask_threshold=self.mask_threshold, size=hw,
                     )
             if self.offsets:
-                ct, _ = as_torch(current, "current")
-                teacher = (current if (self.teacher_weight > 0 and float(ct.min()) >= 0 and float(ct.max()) <= 1)
-                           else None)
+                teacher = current if self.teacher_weight > 0 and (unit or _in_unit(current)) else None
                 offs, conf = offsets_from_proposals(
                     labels, max_offset=self.max_offset, boundary_width=self.boundary_width,
                     teacher=teacher, teacher_weight=self.teacher_weight,

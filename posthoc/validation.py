@@ -8,8 +8,10 @@ device.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "check_tensor_type",
     "compact_labels",
     "finite_range",
+    "label_check_memo",
     "label_range_error",
     "masks_to_labels",
     "range_error",
@@ -234,10 +237,40 @@ def check_label_dtype(labels: torch.Tensor, name: str = "labels") -> None:
     )
 
 
+#: label tensors already checked inside a :func:`label_check_memo` block: id -> (tensor, version, max + 1)
+_CHECKED_LABELS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("posthoc_checked_labels", default=None)
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return int(t._version)
+    except RuntimeError:  # inference tensors keep no version counter (and cannot change outside inference mode)
+        return -1
+
+
+@contextlib.contextmanager
+def label_check_memo() -> Iterator[None]:
+    """Within the block, :func:`check_labels` reads a given label tensor once.
+
+    :class:`posthoc.Pipeline` hands the same label map to several ops (``fuse``,
+    ``region_class_logits``, ``refine``), and each checks it with a full pass. Inside this
+    block the first check's result is kept for that tensor object (and its version counter,
+    so an in-place change is checked again) and reused by the later ones. The block is
+    private to one call of the chain, whose ops never modify their inputs; outside it every
+    check reads the labels.
+    """
+    token = _CHECKED_LABELS.set({})
+    try:
+        yield
+    finally:
+        _CHECKED_LABELS.reset(token)
+
+
 def check_labels(labels: torch.Tensor, name: str = "labels") -> int:
     """Check an int32/int64 label map with -1 for unassigned; return max label + 1 (0 when all are -1).
 
-    One ``aminmax`` pass gives both the check (minimum >= -1) and the number of regions.
+    One ``aminmax`` pass gives both the check (minimum >= -1) and the number of regions
+    (none inside :func:`label_check_memo` for a tensor checked there before).
 
     >>> check_labels(torch.tensor([[-1, 0], [2, 2]]))
     3
@@ -245,11 +278,19 @@ def check_labels(labels: torch.Tensor, name: str = "labels") -> int:
     check_label_dtype(labels, name)
     if labels.numel() == 0:
         return 0
+    memo = _CHECKED_LABELS.get()
+    if memo is not None:
+        hit = memo.get(id(labels))
+        if hit is not None and hit[0] is labels and hit[1] == _version(labels):
+            return hit[2]
     lo_t, hi_t = torch.aminmax(labels.reshape(-1))  # one pass for both ends
     lo = int(lo_t)
     if lo < -1:
         raise ValueRangeError(f"{name} must be >= -1 (-1 = unassigned); got minimum {lo}")
-    return int(hi_t) + 1
+    n = int(hi_t) + 1
+    if memo is not None:
+        memo[id(labels)] = (labels, _version(labels), n)
+    return n
 
 
 def compact_labels(labels: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
