@@ -19,6 +19,7 @@ All scores: higher = more anomalous, probabilities in [0,1] in and out.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -156,6 +157,14 @@ def _gauss_taps(ksize: int, sigma: float) -> torch.Tensor:
     return (k / k.sum()).float()
 
 
+@functools.lru_cache(maxsize=16)
+def _gauss_taps_np(ksize: int, sigma: float) -> np.ndarray:
+    """:func:`_gauss_taps` as a read-only numpy array, computed once per (ksize, sigma)."""
+    k = _gauss_taps(ksize, sigma).numpy()
+    k.setflags(write=False)
+    return k
+
+
 def _gaussian_blur(a: torch.Tensor, ksize: int, sigma: float) -> torch.Tensor:
     """cv2.GaussianBlur(ksize, sigma) with cv2's default reflect-101 border, separable, (B,H,W)."""
     r = ksize // 2
@@ -228,7 +237,7 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
             raise ValueRangeError("objectomaly needs labels (B,H,W) or masks (B,N,H,W); got neither")
         if nbk is not None:  # paint, sharpen, blur and clamp in the kernels
             lab = _labels(labels, a, check_min=False)
-            taps = _gauss_taps(ksize, float(sigma)).numpy() if sharpen else None
+            taps = _gauss_taps_np(ksize, float(sigma)) if sharpen else None
             res, lo = nbk.objectomaly_np(s.detach().contiguous().numpy(), lab.contiguous().numpy(), taps)
             if lo is not None:
                 _raise_below("labels", lo)
@@ -236,7 +245,7 @@ def objectomaly(anomaly: Any, labels: Any, *, masks: Any = None, sharpen: bool =
         else:
             cal = _region_mean_paint(s, _labels(labels, a))
     if sharpen and nbk is not None:
-        taps = _gauss_taps(ksize, float(sigma)).numpy()
+        taps = _gauss_taps_np(ksize, float(sigma))
         out = torch.from_numpy(nbk.sharpen_blur_np(cal.detach().contiguous().numpy(), taps))
         return restore(out, was_np)
     if sharpen:
