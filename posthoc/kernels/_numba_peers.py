@@ -213,11 +213,21 @@ def _blur_cols_clamp(a, k, replicate, out):
 
 #: scratch buffers by role, reused from call to call (a fresh 1 MB buffer costs page faults on
 #: every call: on the 2-core development machine up to ~3 ms, more than the kernels themselves).
-#: Only touched by the ``_serialized`` entry points, so one caller at a time.
+#: Only buffers below ``KEEP_MAX_BYTES`` are kept (four at most, so at most 32 MB stay
+#: allocated); larger ones are allocated per call (``kernels._empty_cpu``: huge pages for the
+#: largest). Only touched by the ``_serialized`` entry points, so one caller at a time.
 _SCRATCH: dict[str, np.ndarray] = {}
+KEEP_MAX_BYTES = 8 << 20
 
 
 def _scratch(role: str, shape: tuple[int, ...]) -> np.ndarray:
+    from . import _empty_cpu
+
+    if 4 * int(np.prod(shape)) > KEEP_MAX_BYTES:
+        import torch
+
+        _SCRATCH.pop(role, None)
+        return _empty_cpu(tuple(int(v) for v in shape), torch.float32).numpy()
     buf = _SCRATCH.get(role)
     if buf is None or buf.shape != shape:
         buf = _SCRATCH[role] = np.empty(shape, np.float32)

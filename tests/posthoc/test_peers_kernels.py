@@ -100,3 +100,17 @@ def test_maskomaly_numba_equals_torch_bit_for_bit(shape):
     assert isinstance(got, torch.Tensor) and got.shape == (b, 1, h, w)
     if n:
         np.testing.assert_allclose(got[0, 0].numpy(), ref.maskomaly(m[0], c[0]), atol=1e-6)
+
+
+def test_scratch_buffers_are_bounded():
+    from posthoc.kernels import _numba_peers as K
+
+    a = np.random.default_rng(5).random((1, 1, 1500, 1500)).astype(np.float32)  # 9 MB planes: not kept
+    lab = np.zeros((1, 1500, 1500), np.int32)
+    lab[:, 700:] = 1
+    out = objectomaly(a, lab, backend="numba")
+    assert out.shape == a.shape
+    assert all(v.nbytes <= K.KEEP_MAX_BYTES for v in K._SCRATCH.values())
+    small = objectomaly(a[..., :300, :300], lab[:, :300, :300], backend="numba")  # kept and reused
+    np.testing.assert_array_equal(small, objectomaly(a[..., :300, :300], lab[:, :300, :300], backend="torch"))
+    assert K._SCRATCH and all(v.shape == (1, 300, 300) for v in K._SCRATCH.values())
