@@ -21,17 +21,17 @@ parallel, through four image-sized scratch buffers that are kept from call to ca
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir  # type: ignore[import-untyped]
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._numba import _serialized
 
 
-@intrinsic
-def _fma32(typingctx, a, b, c):
-    """float32 ``a * b + c`` with one rounding (LLVM's ``llvm.fma.f32``: the FMA instruction where the CPU has it)."""
+def _fma32_typer(typingctx, a, b, c):
     sig = types.float32(types.float32, types.float32, types.float32)
 
     def codegen(context, builder, signature, args):
@@ -40,6 +40,11 @@ def _fma32(typingctx, a, b, c):
         return builder.call(fn, args)
 
     return sig, codegen
+
+
+#: ``_fma32(a, b, c)``: float32 ``a * b + c`` with one rounding (LLVM's ``llvm.fma.f32``: the FMA
+#: instruction where the CPU has it), callable from the kernels below
+_fma32: Any = intrinsic(_fma32_typer)
 
 
 @njit(cache=True, parallel=True, nogil=True)
