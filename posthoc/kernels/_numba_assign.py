@@ -11,10 +11,10 @@ an output pixel interpolates the 2x2 low-resolution cell at (y0, x0); bilinear w
 convex, so on the whole cell ``V_n min_cell R_n <= V_n bilinear(R_n) <= V_n max_cell R_n``.
 Per cell row (contiguous blocks of cell rows are the parallel work items, each with its
 scratch allocated once), the bounds of every region are computed for all cells of the row in
-contiguous loops, and their best values region by region (vectorised over the cells); a region whose upper bound is below the best lower
-bound (by more than a relative 1e-5, which covers float rounding) cannot win anywhere in
-the cell. Cells with one candidate are painted directly; in the others only the candidates
-are evaluated, per pixel.
+contiguous loops, and their best values region by region (vectorised over the cells); a
+region whose upper bound is below the best lower bound (by more than a relative 1e-5, which
+covers float rounding) cannot win anywhere in the cell. Cells with one candidate are painted
+run by run; in the others only the candidates are evaluated, per pixel.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ PRUNE_REL = 1e-5
 
 
 @njit(cache=True, nogil=True)
-def _cell_row(r, v, b, cy, y1, ly0, ly1, x1, lx0, lx1, ystart, xstart, up, dn, out, U, L, mL, mU, thr, cand, ncand):
+def _cell_row(r, v, b, cy, y1, ly0, ly1, x1, lx0, lx1, ystart, xstart, up, dn, out, U, L, mL, mU, thr, cand,
+              ncand):
     """One low-resolution cell row: bounds, candidates, then its output rows; returns the number
     of values of R's row cy outside [0,1] (NaN included; then nothing is written)."""
     N = r.shape[1]

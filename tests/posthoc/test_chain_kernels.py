@@ -13,8 +13,8 @@ from posthoc.assign import _Grid, _soft_assign_dense
 from posthoc.bench.speed import voronoi_labels
 from posthoc.bench.speed_chain import blob_masks
 from posthoc.components import connected_components
-from posthoc.offsets import _boundary_map
 from posthoc.kernels import _numba_offsets as nbo
+from posthoc.offsets import _boundary_map
 
 HYP = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -184,7 +184,8 @@ def test_edt_row_pass_equals_brute_force():
     a = g.copy()
     nbo._edt_rows(a, a)  # in place is allowed: a row is read before it is written
     i = np.arange(50)
-    np.testing.assert_array_equal(a, ((i[None, :, None] - i[None, None, :]) ** 2 + g.astype(np.int64)[:, None, :] ** 2).min(-1))
+    brute = ((i[None, :, None] - i[None, None, :]) ** 2 + g.astype(np.int64)[:, None, :] ** 2).min(-1)
+    np.testing.assert_array_equal(a, brute)
 
 
 # ----------------------------------------------------------------------------- split_components
