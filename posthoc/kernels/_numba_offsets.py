@@ -46,6 +46,25 @@ def _scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
 # --------------------------------------------------------------------------- offset_resample
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _blend(plane, k, dxs, dys, wx, wy, fc, sv):
+    """Eq. 2-4 for one element: bilinear from the corners at k, k+dxs, k+dys, k+dys+dxs, clamped
+    to the corners' range, blended with the pixel's own score ``sv`` and clamped between them."""
+    one = np.float32(1.0)
+    v00 = plane[k]
+    v01 = plane[k + dxs]
+    v10 = plane[k + dys]
+    v11 = plane[k + dys + dxs]
+    top = v00 * (one - wx) + v01 * wx
+    bot = v10 * (one - wx) + v11 * wx
+    val = top * (one - wy) + bot * wy
+    lo = min(min(v00, v01), min(v10, v11))
+    hi = max(max(v00, v01), max(v10, v11))
+    val = min(max(val, lo), hi)
+    r = sv + fc * (val - sv)
+    return min(max(r, min(sv, val)), max(sv, val))
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _resample(s, o, f, sx, sy, out, bad, nchunk):
     """s (B,C,H,W) f32; o (B,2,H,W) f32; f (B,1,H,W) f32; sx, sy f32 unit scales; out (B,C,H,W).
@@ -176,21 +195,7 @@ def _resample(s, o, f, sx, sy, out, bad, nchunk):
                             sv = row[x]
                             if not abs(sv) <= big:
                                 nbad += 1
-                            k = tj[x]
-                            wx = twx[x]
-                            wy = twy[x]
-                            v00 = plane[k]
-                            v01 = plane[k + dxs]
-                            v10 = plane[k + dys]
-                            v11 = plane[k + dys + dxs]
-                            top = v00 * (one - wx) + v01 * wx
-                            bot = v10 * (one - wx) + v11 * wx
-                            val = top * (one - wy) + bot * wy
-                            lo = min(min(v00, v01), min(v10, v11))
-                            hi = max(max(v00, v01), max(v10, v11))
-                            val = min(max(val, lo), hi)
-                            r = sv + tfc[x] * (val - sv)
-                            r = min(max(r, min(sv, val)), max(sv, val))
+                            r = _blend(plane, tj[x], dxs, dys, twx[x], twy[x], tfc[x], sv)
                             orow[x] = r if tmv[x] else sv  # the identity bit for bit (-0.0 stays -0.0)
                     else:
                         for x in range(W):
@@ -206,21 +211,7 @@ def _resample(s, o, f, sx, sy, out, bad, nchunk):
                         for q in range(m):
                             x = txs[q]
                             sv = row[x]
-                            k = tcj[q]
-                            wx = tcwx[q]
-                            wy = tcwy[q]
-                            v00 = plane[k]
-                            v01 = plane[k + dxs]
-                            v10 = plane[k + dys]
-                            v11 = plane[k + dys + dxs]
-                            top = v00 * (one - wx) + v01 * wx
-                            bot = v10 * (one - wx) + v11 * wx
-                            val = top * (one - wy) + bot * wy
-                            lo = min(min(v00, v01), min(v10, v11))
-                            hi = max(max(v00, v01), max(v10, v11))
-                            val = min(max(val, lo), hi)
-                            r = sv + tcfc[q] * (val - sv)
-                            orow[x] = min(max(r, min(sv, val)), max(sv, val))
+                            orow[x] = _blend(plane, tcj[q], dxs, dys, tcwx[q], tcwy[q], tcfc[q], sv)
                     nb[ti] += nbad
             for ti in range(nt):
                 bad[t0 + ti] = nb[ti]
