@@ -292,19 +292,23 @@ def _gauss_taps(sigma: float) -> np.ndarray:
 
 
 def _field_numba(nb: Any, lb: np.ndarray, max_offset: float, boundary_width: float, smooth: float,
-                 dev: np.ndarray | None, teacher_weight: float, offs: np.ndarray, conf: np.ndarray) -> None:
+                 teacher: np.ndarray | None, teacher_weight: float, offs: np.ndarray, conf: np.ndarray) -> None:
     """:func:`_field_numpy` with the compiled kernels: boundary + exact squared EDT (Meijster),
     the separable blur on the band where offsets can be non-zero, then
     gradient/length/halving/confidence fused in one pass. Same floats, except that a zero
     offset is always +0.0 (numpy's path can give -0.0) and the confidence may differ by an
-    ulp where ``exp`` is evaluated per pixel (squared distances beyond its table)."""
+    ulp where ``exp`` is evaluated per pixel (squared distances beyond its table). ``teacher``
+    (C,H,W) float32: its deviation from the region means is computed inside the field pass
+    (no deviation map)."""
     n2 = nb.boundary_edt_np(lb)
     if n2 is None:  # one region or none: no boundary, nothing moves, zero confidence
         offs.fill(0.0)
         conf.fill(0.0)
         return
     taps = _gauss_taps(float(smooth)) if smooth > 0 else None
-    nb.offset_field_np(lb, n2, taps, max_offset, boundary_width, dev, teacher_weight, offs[0], offs[1], conf[0])
+    means = None if teacher is None else nb.teacher_means_np(lb, teacher)
+    nb.offset_field_np(lb, n2, taps, max_offset, boundary_width, teacher, means, teacher_weight,
+                       offs[0], offs[1], conf[0])
 
 
 @torch.no_grad()
@@ -383,6 +387,7 @@ def offsets_from_proposals(
     lab_np = np.ascontiguousarray(lab_np)
 
     dev_map = None
+    t32: np.ndarray | None = None  # the teacher for the numba field pass
     if teacher is not None:
         t, _, tshape = as_scores_4d(teacher, "teacher")
         if (len(tshape) == 4) != batched or t.shape[0] != B or t.shape[-2:] != (H, W):
@@ -393,12 +398,15 @@ def offsets_from_proposals(
         check_range(t, "teacher", 0.0, 1.0)
         # region means in float64 with bincount: exact enough and bit-reproducible (the result
         # feeds only this CPU-side confidence; the fast kernels may reorder float32 sums)
-        nbk = (kernels._numba_offsets_mod()
-               if kernels.resolve_backend(backend, torch.device("cpu"), B * H * W) == "numba" else None)
+        which_t = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
+        nbk = kernels._numba_offsets_mod() if which_t == "numba" else None
         if nbk is not None:  # the same float64 sums, in the same order, compiled
             t32 = np.ascontiguousarray(t.detach().cpu().numpy())
-            dev_map = np.stack([nbk.teacher_deviation_np(lab_np[b], t32[b]) for b in range(B)]) if B else \
-                np.zeros((0, H, W), np.float64)
+            # the numba field pass computes the deviation per pixel from t32 (no map); images
+            # beyond the compiled EDT take the numpy field below, which reads a deviation map
+            if backend == "auto" and not nbk.edt_fits(H, W):
+                dev_map = np.stack([nbk.teacher_deviation_np(lab_np[b], t32[b]) for b in range(B)]) if B else \
+                    np.zeros((0, H, W), np.float64)
         else:
             t_np = t.detach().cpu().numpy().astype(np.float64)
             C = t_np.shape[1]
@@ -434,7 +442,7 @@ def offsets_from_proposals(
             break
         if nb is not None:
             _field_numba(nb, lab_np[b], max_offset, boundary_width, smooth,
-                         None if dev_map is None else dev_map[b], teacher_weight, offs[b], conf[b])
+                         None if t32 is None else t32[b], teacher_weight, offs[b], conf[b])
         else:
             _field_numpy(lab_np[b], max_offset, boundary_width, smooth,
                          None if dev_map is None else dev_map[b], teacher_weight, offs[b], conf[b])

@@ -488,15 +488,21 @@ def _blur_row(dr, z, k, r, H, tr, out):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, dev, tw, use_dev, ox, oy, conf):
+def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, tch, means, div, tw, use_dev,
+               ox, oy, conf):
     """Offsets and confidence of row y from the (blurred) distance rows y-1, y, y+1 (``up``/``dn``
     unused at the image's top/bottom row); the gradient is numpy's ``np.gradient`` (central
     differences, one-sided at the borders).
 
     First the confidence and zero offsets of the whole row (the common case: most pixels are
     farther than ``max_offset`` from a boundary and do not move), then the offsets of the
-    pixels within ``max_offset`` of a boundary."""
+    pixels within ``max_offset`` of a boundary.
+
+    With ``use_dev`` the confidence is scaled by the teacher's deviation from its region mean,
+    computed here from the teacher ``tch`` (C,H,W) and the float64 region ``means`` (C,n)
+    (the same float64 operations as :func:`_deviation`, without a deviation map)."""
     H, W = lab.shape
+    C = tch.shape[0]
     zero = two - two
     half = two / (two + two)  # x / 2 == x * 0.5 exactly (a power of two): no division per pixel
     z32 = np.float32(0.0)
@@ -510,7 +516,14 @@ def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, dev
         n = nrow[x]
         fc = table[n] if n < nt else np.exp(-_dist(n) / bw)
         if use_dev:
-            fc = fc * np.float32((1.0 - tw) + tw * dev[y, x])
+            v = lrow[x]
+            dv = 0.0
+            if v >= 0:
+                acc = 0.0
+                for c in range(C):
+                    acc += abs(np.float64(tch[c, y, x]) - means[c, v])
+                dv = min(max(acc / div, 0.0), 1.0)
+            fc = fc * np.float32((1.0 - tw) + tw * dv)
         fc = min(max(fc, z32), np.float32(1.0))
         crow[x] = fc if lrow[x] >= 0 else z32  # unassigned pixels: zero confidence
         orx[x] = z32
@@ -564,8 +577,8 @@ def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, dev
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _field(lab, n2, k, blur, dring, tring, sring, two, eps, max_off, n_off, bw, table, dev, tw, use_dev,
-           ox, oy, conf):
+def _field(lab, n2, k, blur, dring, tring, sring, two, eps, max_off, n_off, bw, table, tch, means, div, tw,
+           use_dev, ox, oy, conf):
     """Offsets and confidence of :func:`posthoc.offsets.offsets_from_proposals` for one image.
 
     ``blur``: smooth the distance with the float64 taps ``k`` (``sring`` float64), else use the
@@ -606,11 +619,11 @@ def _field(lab, n2, k, blur, dring, tring, sring, two, eps, max_off, n_off, bw, 
             y = z - 1
             if y >= ya:
                 _field_row(lab, n2, y, sr[(y - 1) % 3], sr[y % 3], sr[z % 3], two, eps, max_off, n_off, bw,
-                           table, dev, tw, use_dev, ox, oy, conf)
+                           table, tch, means, div, tw, use_dev, ox, oy, conf)
         if yb == H:  # the last row (its gradient is one-sided)
             y = H - 1
             _field_row(lab, n2, y, sr[(y - 1) % 3], sr[y % 3], sr[y % 3], two, eps, max_off, n_off, bw,
-                       table, dev, tw, use_dev, ox, oy, conf)
+                       table, tch, means, div, tw, use_dev, ox, oy, conf)
 
 
 #: largest confidence table (entries = squared distances); beyond it exp is evaluated per pixel
@@ -698,6 +711,20 @@ def teacher_deviation_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out.reshape(lab.shape)
 
 
+@_serialized
+def teacher_means_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """(H,W) labels, (C,H,W) float32 teacher -> (C, max label + 1) float64 region means
+    (the sums of :func:`teacher_deviation_np`, in the same order), for :func:`offset_field_np`."""
+    C = t.shape[0]
+    flat = lab.reshape(-1)
+    n = max(int(flat.max()) + 1, 0) if flat.size else 0
+    cnt = np.zeros(n, np.int64)
+    sums = np.zeros((C, n), np.float64)
+    if n:
+        _region_means(flat, t.reshape(C, -1), n, cnt, sums)
+    return sums
+
+
 def _first_at_least(max_offset: float) -> np.int64:
     """The smallest n >= 0 with float32(sqrt(n)) >= float32(max_offset): ``d < max_offset <=> n < it``."""
     m = np.float32(max_offset)
@@ -721,10 +748,12 @@ def _conf_table(bw: float, max_n2: int) -> np.ndarray:
 
 
 @_serialized
-def offset_field_np(lab, n2, smooth_taps, max_offset, boundary_width, dev, teacher_weight, ox, oy, conf):
+def offset_field_np(lab, n2, smooth_taps, max_offset, boundary_width, teacher, means, teacher_weight, ox, oy, conf):
     """Fill ``ox, oy, conf`` (H,W) float32 for one image from its squared EDT ``n2``.
 
-    ``smooth_taps`` are the float64 Gaussian taps, or None for ``smooth=0``.
+    ``smooth_taps`` are the float64 Gaussian taps, or None for ``smooth=0``. ``teacher``
+    (C,H,W) float32 and its region ``means`` (:func:`teacher_means_np`), or both None: the
+    deviation of :func:`teacher_deviation_np` is computed per pixel inside the pass.
     """
     import numba
 
@@ -736,9 +765,11 @@ def offset_field_np(lab, n2, smooth_taps, max_offset, boundary_width, dev, teach
     sring = np.empty((nblk, 3, W), t)
     dring = np.empty((nblk, taps.shape[0] if blur else 1, W), np.float64)
     tring = np.empty((nblk, W), np.float64)
-    use_dev = dev is not None
-    devarr = dev if use_dev else np.zeros((1, 1), np.float64)
+    use_dev = teacher is not None
+    tch = np.ascontiguousarray(teacher) if use_dev else np.zeros((1, 1, 1), np.float32)
+    mns = means if use_dev else np.zeros((1, 1), np.float64)
+    div = 2.0 if tch.shape[0] > 1 else 1.0
     table = _conf_table(float(boundary_width), (H - 1) ** 2 + (W - 1) ** 2 + 1)
     _field(lab, n2, taps, blur, dring, tring, sring, t(2.0), t(1e-6), np.float32(max_offset),
            _first_at_least(float(max_offset)), np.float32(boundary_width), table,
-           devarr, float(teacher_weight), use_dev, ox, oy, conf)
+           tch, mns, div, float(teacher_weight), use_dev, ox, oy, conf)
