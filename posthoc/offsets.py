@@ -386,6 +386,10 @@ def offsets_from_proposals(
         lab_np = lab_np.astype(np.int64)
     lab_np = np.ascontiguousarray(lab_np)
 
+    which = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
+    nb = kernels._numba_offsets_mod() if which == "numba" else None
+    if nb is not None and backend == "auto" and not nb.edt_fits(H, W):
+        nb = None  # beyond the compiled EDT's int32 range: the numpy path (explicit "numba" raises)
     dev_map = None
     t32: np.ndarray | None = None  # the teacher for the numba field pass
     if teacher is not None:
@@ -398,15 +402,8 @@ def offsets_from_proposals(
         check_range(t, "teacher", 0.0, 1.0)
         # region means in float64 with bincount: exact enough and bit-reproducible (the result
         # feeds only this CPU-side confidence; the fast kernels may reorder float32 sums)
-        which_t = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
-        nbk = kernels._numba_offsets_mod() if which_t == "numba" else None
-        if nbk is not None:  # the same float64 sums, in the same order, compiled
+        if nb is not None:  # the numba field pass computes the deviation per pixel (no map)
             t32 = np.ascontiguousarray(t.detach().cpu().numpy())
-            # the numba field pass computes the deviation per pixel from t32 (no map); images
-            # beyond the compiled EDT take the numpy field below, which reads a deviation map
-            if backend == "auto" and not nbk.edt_fits(H, W):
-                dev_map = np.stack([nbk.teacher_deviation_np(lab_np[b], t32[b]) for b in range(B)]) if B else \
-                    np.zeros((0, H, W), np.float64)
         else:
             t_np = t.detach().cpu().numpy().astype(np.float64)
             C = t_np.shape[1]
@@ -425,10 +422,6 @@ def offsets_from_proposals(
                     acc[ok] += np.abs(tc[ok] - mean_c[lb[ok]])
                 dev_map[b] = np.clip(acc / (2.0 if C > 1 else 1.0), 0.0, 1.0).reshape(H, W)
 
-    which = kernels.resolve_backend(backend, torch.device("cpu"), B * H * W)
-    nb = kernels._numba_offsets_mod() if which == "numba" else None
-    if nb is not None and backend == "auto" and not nb.edt_fits(H, W):
-        nb = None  # beyond the compiled EDT's int32 range: the numpy path (explicit "numba" raises)
     # the numba path writes every pixel; the numpy path only those of images with a boundary
     if nb is not None:  # fresh outputs on huge pages (fewer page faults; see kernels._empty_cpu)
         o_t, c_t = kernels._empty_cpu((B, 2, H, W), torch.float32), kernels._empty_cpu((B, 1, H, W), torch.float32)

@@ -500,7 +500,7 @@ def _field_row(lab, n2, y, up, cur, dn, two, eps, max_off, n_off, bw, table, tch
 
     With ``use_dev`` the confidence is scaled by the teacher's deviation from its region mean,
     computed here from the teacher ``tch`` (C,H,W) and the float64 region ``means`` (C,n)
-    (the same float64 operations as :func:`_deviation`, without a deviation map)."""
+    (the float64 operations of the numpy path's deviation, without a deviation map)."""
     H, W = lab.shape
     C = tch.shape[0]
     zero = two - two
@@ -674,43 +674,11 @@ def _region_means(lab, t, n, cnt, sums):
             sums[c, v] = sums[c, v] / kk
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _deviation(lab, t, means, div, out):
-    """out = clip(sum_c |t_c - mean_c(region)| / div, 0, 1) (float64, c ascending); 0 where unassigned."""
-    C, P = t.shape
-    nblk = (P + 4095) // 4096
-    for k in prange(nblk):
-        for p in range(k * 4096, min(P, (k + 1) * 4096)):
-            v = lab[p]
-            if v < 0:
-                out[p] = 0.0
-                continue
-            acc = 0.0
-            for c in range(C):
-                acc += abs(np.float64(t[c, p]) - means[c, v])
-            out[p] = min(max(acc / div, 0.0), 1.0)
-
-
-@_serialized
-def teacher_deviation_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """(H,W) labels, (C,H,W) float32 teacher -> (H,W) float64 deviation from the region means.
-
-    Equal to the bincount formulation of :func:`posthoc.offsets.offsets_from_proposals`
-    (same float64 sums in the same order)."""
-    C = t.shape[0]
-    flat = lab.reshape(-1)
-    out = np.zeros(flat.shape[0], np.float64)
-    sums = teacher_means_np.__wrapped__(lab, t)
-    if sums.shape[1] == 0:
-        return out.reshape(lab.shape)
-    _deviation(flat, t.reshape(C, -1), sums, 2.0 if C > 1 else 1.0, out)
-    return out.reshape(lab.shape)
-
-
 @_serialized
 def teacher_means_np(lab: np.ndarray, t: np.ndarray) -> np.ndarray:
     """(H,W) labels, (C,H,W) float32 teacher -> (C, max label + 1) float64 region means
-    (the sums of :func:`teacher_deviation_np`, in the same order), for :func:`offset_field_np`."""
+    (the sums of the bincount formulation in :func:`posthoc.offsets.offsets_from_proposals`, in
+    the same order), for :func:`offset_field_np`."""
     C = t.shape[0]
     flat = lab.reshape(-1)
     n = max(int(flat.max()) + 1, 0) if flat.size else 0
@@ -749,7 +717,7 @@ def offset_field_np(lab, n2, smooth_taps, max_offset, boundary_width, teacher, m
 
     ``smooth_taps`` are the float64 Gaussian taps, or None for ``smooth=0``. ``teacher``
     (C,H,W) float32 and its region ``means`` (:func:`teacher_means_np`), or both None: the
-    deviation of :func:`teacher_deviation_np` is computed per pixel inside the pass.
+    deviation from the region means is computed per pixel inside the pass.
     """
     import numba
 
